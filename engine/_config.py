@@ -1,0 +1,160 @@
+"""Configuration as values, defaults in one place. `EngineConfig.from_env()` is the only code that
+reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from engine._exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KEY_ENV_VARS",
+    "PROVIDER_PRESETS",
+    "EmulatorOptions",
+    "EngineConfig",
+    "RetryPolicy",
+    "Secret",
+    "Timeouts",
+]
+
+DEFAULT_MODEL = "gemini-3.1-flash-image-preview"
+# Looked up in this order; the first one set wins.
+KEY_ENV_VARS = ("NANOEDIT_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "WISDOM_GATE_KEY")
+PROVIDER_PRESETS: Mapping[str, str] = {
+    "google": "https://generativelanguage.googleapis.com",
+    "wisdom-gate": "https://wisgate.ai",
+}
+ProviderName = Literal["local", "google", "wisdom-gate", "custom"]
+
+
+class Secret:
+    """A key that never shows itself in repr, str, logs or exceptions."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself, for the one header that needs it."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds: to connect, to the response headers, of silence between chunks, per attempt."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    idle: float = 60.0
+    total: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped; server-directed delays honoured."""
+
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    # Honour server-directed delays up to two minutes; longer ones fail fast instead.
+    max_server_delay: float = 120.0
+    retry_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorOptions:
+    """How the embedded emulator behaves when the engine starts it."""
+
+    flat: bool = False
+    latency: float = 0.0
+    faults: str = ""
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything an Engine needs; build it in code or with `from_env()`."""
+
+    provider: ProviderName = "local"
+    base_url: str = ""
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    model: str = DEFAULT_MODEL
+    stream: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_connections: int = 100
+    max_in_flight: int = 64
+    requests_per_minute: float = 0.0  # 0: no per-model rate limit
+    max_request_bytes: int = 20 * 1024 * 1024
+    emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
+    home: Path | None = None  # session store directory; see `store_dir()`
+    user_agent: str = "nanoedit/0.1"
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("local", "google", "wisdom-gate", "custom"):
+            raise ConfigError(f"unknown provider {self.provider!r}")
+        if self.provider == "custom" and not self.base_url:
+            raise ConfigError("provider 'custom' needs a base_url")
+        if self.provider in ("google", "wisdom-gate") and not self.api_key:
+            raise ConfigError(f"provider {self.provider!r} needs an API key")
+        if self.max_in_flight < 1 or self.max_connections < 1:
+            raise ConfigError("max_in_flight and max_connections must be at least 1")
+
+    @property
+    def resolved_base_url(self) -> str:
+        """The base URL requests go to (empty for `local` until the emulator has started)."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return PROVIDER_PRESETS.get(self.provider, "")
+
+    def with_base_url(self, base_url: str) -> EngineConfig:
+        """A copy pointing at `base_url` (the embedded emulator uses this once it listens)."""
+        return replace(self, base_url=base_url)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, key_env: str | None = None
+    ) -> EngineConfig:
+        """Read NANOEDIT_* and the key variables; no key and no base URL -> embedded emulator."""
+        env = os.environ if env is None else env
+        names = (key_env,) if key_env else KEY_ENV_VARS
+        key = next((env[n] for n in names if env.get(n)), "")
+        base_url = env.get("NANOEDIT_BASE_URL", "")
+        provider = env.get("NANOEDIT_PROVIDER", "")
+        if not provider:
+            if base_url:
+                provider = "custom"
+            elif key:
+                provider = "wisdom-gate" if env.get("WISDOM_GATE_KEY") == key else "google"
+            else:
+                provider = "local"
+        if provider == "local":
+            base_url = ""
+        home = env.get("NANOEDIT_HOME")
+        return cls(
+            provider=provider,  # type: ignore[arg-type]  # validated in __post_init__
+            base_url=base_url,
+            api_key=Secret(key),
+            model=env.get("NANOEDIT_MODEL") or DEFAULT_MODEL,
+            home=Path(home) if home else None,
+        )

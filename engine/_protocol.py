@@ -1,0 +1,155 @@
+"""Gemini REST request/response structs (the envelope around `Content`).
+
+Shared by the Gemini provider and the emulator. Response parts are decoded lazily as raw JSON and
+turned into `Part`s by `sessions.decode_part`, which keeps unmodelled fields and accepts both
+naming styles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from sessions._wire import Content, _WireContent
+
+__all__ = [
+    "Candidate",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "GenerateContentRequest",
+    "GenerateContentResponse",
+    "ModalityTokenCount",
+    "PromptFeedback",
+    "ResponseContent",
+    "UsageMetadata",
+    "request_decoder",
+    "response_decoder",
+]
+
+
+class GenerateContentRequest(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+    """The body of `:generateContent` / `:streamGenerateContent` (encoding side)."""
+
+    contents: list[Content | _WireContent]
+    system_instruction: Content | _WireContent | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_config: dict[str, Any] | None = None
+    safety_settings: list[dict[str, Any]] | None = None
+    generation_config: dict[str, Any] | None = None
+    cached_content: str | None = None
+
+
+class RequestContent(msgspec.Struct):
+    """A Content in an incoming request, parts still raw JSON."""
+
+    role: str | None = None
+    parts: list[msgspec.Raw] = msgspec.field(default_factory=list)
+
+
+class IncomingRequest(msgspec.Struct, kw_only=True):
+    """The body of a generateContent request as a server receives it (either naming style).
+
+    snake_case twins are separate fields because msgspec has one name per field; `normalized`
+    folds them into the camelCase ones.
+    """
+
+    contents: list[RequestContent] = msgspec.field(default_factory=list)
+    systemInstruction: RequestContent | None = None
+    system_instruction: RequestContent | None = None
+    generationConfig: dict[str, Any] | None = None
+    generation_config: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    safetySettings: list[dict[str, Any]] | None = None
+    safety_settings: list[dict[str, Any]] | None = None
+    generateContentRequest: dict[str, Any] | None = None  # countTokens wraps the request
+    generate_content_request: dict[str, Any] | None = None
+    model: str | None = None
+
+    def normalized(self) -> IncomingRequest:
+        """The same request with snake_case twins folded into the camelCase fields."""
+        return IncomingRequest(
+            contents=self.contents,
+            systemInstruction=self.systemInstruction or self.system_instruction,
+            generationConfig=self.generationConfig or self.generation_config,
+            tools=self.tools,
+            safetySettings=self.safetySettings or self.safety_settings,
+            generateContentRequest=self.generateContentRequest or self.generate_content_request,
+            model=self.model,
+        )
+
+
+class ResponseContent(msgspec.Struct):
+    """A candidate's content with parts still raw JSON."""
+
+    role: str | None = None
+    parts: list[msgspec.Raw] = msgspec.field(default_factory=list)
+
+
+class Candidate(msgspec.Struct, rename="camel", kw_only=True):
+    """One candidate of a response (or of one stream chunk)."""
+
+    content: ResponseContent | None = None
+    finish_reason: str | None = None
+    finish_message: str | None = None
+    index: int | None = None
+    safety_ratings: list[dict[str, Any]] | None = None
+    grounding_metadata: dict[str, Any] | None = None
+    citation_metadata: dict[str, Any] | None = None
+
+
+class PromptFeedback(msgspec.Struct, rename="camel", kw_only=True):
+    """Why the prompt itself was blocked, if it was."""
+
+    block_reason: str | None = None
+    block_reason_message: str | None = None
+    safety_ratings: list[dict[str, Any]] | None = None
+
+
+class ModalityTokenCount(msgspec.Struct, rename="camel", kw_only=True):
+    """Tokens of one modality."""
+
+    modality: str = "MODALITY_UNSPECIFIED"
+    token_count: int = 0
+
+
+class UsageMetadata(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """`usageMetadata` as the server reports it."""
+
+    prompt_token_count: int = 0
+    candidates_token_count: int = 0
+    thoughts_token_count: int = 0
+    total_token_count: int = 0
+    cached_content_token_count: int = 0
+    prompt_tokens_details: list[ModalityTokenCount] | None = None
+    candidates_tokens_details: list[ModalityTokenCount] | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Google's `error` object."""
+
+    code: int = 0
+    message: str = ""
+    status: str = ""
+    details: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ErrorEnvelope(msgspec.Struct):
+    """`{"error": {...}}`."""
+
+    error: ErrorBody
+
+
+class GenerateContentResponse(msgspec.Struct, rename="camel", kw_only=True):
+    """A whole response, or one SSE chunk of a streamed one (same shape)."""
+
+    candidates: list[Candidate] = msgspec.field(default_factory=list)
+    prompt_feedback: PromptFeedback | None = None
+    usage_metadata: UsageMetadata | None = None
+    model_version: str | None = None
+    response_id: str | None = None
+    error: ErrorBody | None = None
+
+
+response_decoder = msgspec.json.Decoder(GenerateContentResponse)
+request_decoder = msgspec.json.Decoder(IncomingRequest)

@@ -1,0 +1,217 @@
+"""The model catalogue: windows, image token costs, pixel sizes, allowed image configs, prices.
+
+Figures from ../shared/GEMINI_FACTS.md. The emulator reads the same table, so what the engine
+budgets for is what the emulator bills.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import msgspec
+
+from engine._exceptions import ConfigError
+
+__all__ = [
+    "MODELS",
+    "ImageConfig",
+    "ModelSpec",
+    "Prices",
+    "estimate_text_tokens",
+    "resolve_model",
+]
+
+GEMINI_31_FLASH = "gemini-3.1-flash-image-preview"
+GEMINI_3_PRO = "gemini-3-pro-image-preview"
+GEMINI_25_FLASH = "gemini-2.5-flash-image"
+
+RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+EXTREME_RATIOS = ("1:4", "4:1", "1:8", "8:1")
+
+# width x height per ratio, per model family and size.
+_PX_25 = {
+    "1:1": (1024, 1024), "2:3": (832, 1248), "3:2": (1248, 832), "3:4": (864, 1184),
+    "4:3": (1184, 864), "4:5": (896, 1152), "5:4": (1152, 896), "9:16": (768, 1344),
+    "16:9": (1344, 768), "21:9": (1536, 672),
+}  # fmt: skip
+_PX_3_1K = {
+    "1:1": (1024, 1024), "2:3": (848, 1264), "3:2": (1264, 848), "3:4": (896, 1200),
+    "4:3": (1200, 896), "4:5": (928, 1152), "5:4": (1152, 928), "9:16": (768, 1376),
+    "16:9": (1376, 768), "21:9": (1584, 672), "1:4": (512, 2048), "4:1": (2048, 512),
+    "1:8": (384, 3072), "8:1": (3072, 384),
+}  # fmt: skip
+_PX_3_2K = {
+    "1:1": (2048, 2048), "2:3": (1696, 2528), "3:2": (2528, 1696), "3:4": (1792, 2400),
+    "4:3": (2400, 1792), "4:5": (1856, 2304), "5:4": (2304, 1856), "9:16": (1536, 2752),
+    "16:9": (2752, 1536), "21:9": (3168, 1344), "1:4": (1024, 4096), "4:1": (4096, 1024),
+    "1:8": (768, 6144), "8:1": (6144, 768),
+}  # fmt: skip
+_PX_3_4K = {
+    "1:1": (4096, 4096), "2:3": (3392, 5056), "3:2": (5056, 3392), "3:4": (3584, 4800),
+    "4:3": (4800, 3584), "4:5": (3712, 4608), "5:4": (4608, 3712), "9:16": (3072, 5504),
+    "16:9": (5504, 3072), "21:9": (6336, 2688), "1:4": (2048, 8192), "4:1": (8192, 2048),
+    "1:8": (1536, 12288), "8:1": (12288, 1536),
+}  # fmt: skip
+_PX_31_512 = {
+    "1:1": (512, 512), "2:3": (424, 632), "3:2": (632, 424), "3:4": (448, 600),
+    "4:3": (600, 448), "4:5": (464, 576), "5:4": (576, 464), "9:16": (384, 688),
+    "16:9": (688, 384), "21:9": (792, 336), "1:4": (256, 1024), "4:1": (1024, 256),
+    "1:8": (192, 1536), "8:1": (1536, 192),
+}  # fmt: skip
+
+
+class ImageConfig(msgspec.Struct, frozen=True, omit_defaults=True, rename="camel", kw_only=True):
+    """`generationConfig.imageConfig`: aspect ratio and size; unset fields are not sent."""
+
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+
+
+class Prices(msgspec.Struct, frozen=True, kw_only=True):
+    """USD prices: Google per output image by size and per 1M input tokens; gateway per request."""
+
+    image_by_size: Mapping[str, float]
+    input_per_million: float
+    text_output_per_million: float
+    per_request: Mapping[str, float]  # provider name -> flat price per request (Wisdom Gate)
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What one image model accepts and costs."""
+
+    id: str
+    aliases: tuple[str, ...]
+    context_window: int
+    max_input_images: int
+    output_image_tokens: Mapping[str, int]  # by image size ("1K" ...), "" when sizes unsupported
+    input_image_tokens: int  # per image (2.5 Flash: per 768x768 tile)
+    tiled_input: bool
+    pixels: Mapping[str, Mapping[str, tuple[int, int]]]  # size -> ratio -> (w, h)
+    sizes: tuple[str, ...]  # allowed imageSize values; () when the field is not accepted
+    ratios: tuple[str, ...]
+    default_size: str
+    thinking: bool
+    prices: Prices
+
+    def output_pixels(self, aspect_ratio: str, image_size: str | None) -> tuple[int, int]:
+        """Output (width, height) for a ratio and size; size None means the default."""
+        return self.pixels[image_size or self.default_size][aspect_ratio]
+
+    def output_tokens(self, image_size: str | None) -> int:
+        """Tokens one output image costs at `image_size`."""
+        return self.output_image_tokens[image_size or self.default_size]
+
+    def image_input_tokens(self, width: int, height: int) -> int:
+        """Tokens one input image costs; 2.5 Flash counts 768x768 tiles."""
+        if not self.tiled_input or (width <= 384 and height <= 384):
+            return self.input_image_tokens
+        return self.input_image_tokens * math.ceil(width / 768) * math.ceil(height / 768)
+
+    def image_price(self, image_size: str | None) -> float:
+        """Google's USD price for one output image at `image_size`."""
+        return self.prices.image_by_size[image_size or self.default_size]
+
+    def validate(self, config: ImageConfig) -> None:
+        """Raise ConfigError, before anything is sent, for a config this model rejects."""
+        ratio, size = config.aspect_ratio, config.image_size
+        if ratio is not None and ratio not in self.ratios:
+            raise ConfigError(
+                f"aspect_ratio {ratio!r} is not supported by {self.id}; "
+                f"allowed: {', '.join(self.ratios)}"
+            )
+        if size is None:
+            return
+        if not self.sizes:
+            raise ConfigError(f"{self.id} does not accept image_size (always {self.default_size})")
+        if size not in self.sizes:
+            hint = ""
+            if size.upper() in self.sizes:
+                hint = f" (use uppercase: {size.upper()!r})"
+            raise ConfigError(
+                f"image_size {size!r} is not supported by {self.id}{hint}; "
+                f"allowed: {', '.join(self.sizes)}"
+            )
+
+
+MODELS: dict[str, ModelSpec] = {
+    GEMINI_31_FLASH: ModelSpec(
+        id=GEMINI_31_FLASH,
+        aliases=("nano-banana-2",),
+        context_window=131_072,
+        max_input_images=14,
+        output_image_tokens={"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+        input_image_tokens=1120,
+        tiled_input=False,
+        pixels={"512": _PX_31_512, "1K": _PX_3_1K, "2K": _PX_3_2K, "4K": _PX_3_4K},
+        sizes=("512", "1K", "2K", "4K"),
+        ratios=RATIOS + EXTREME_RATIOS,
+        default_size="1K",
+        thinking=True,
+        prices=Prices(
+            image_by_size={"512": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151},
+            input_per_million=0.50,
+            text_output_per_million=3.00,
+            per_request={"wisdom-gate": 0.058},
+        ),
+    ),
+    GEMINI_3_PRO: ModelSpec(
+        id=GEMINI_3_PRO,
+        aliases=("nano-banana-pro",),
+        context_window=65_536,
+        max_input_images=14,
+        output_image_tokens={"1K": 1120, "2K": 1120, "4K": 2000},
+        input_image_tokens=560,
+        tiled_input=False,
+        pixels={
+            "1K": {r: _PX_3_1K[r] for r in RATIOS},
+            "2K": {r: _PX_3_2K[r] for r in RATIOS},
+            "4K": {r: _PX_3_4K[r] for r in RATIOS},
+        },
+        sizes=("1K", "2K", "4K"),
+        ratios=RATIOS,
+        default_size="1K",
+        thinking=True,
+        prices=Prices(
+            image_by_size={"1K": 0.134, "2K": 0.134, "4K": 0.24},
+            input_per_million=2.00,
+            text_output_per_million=12.00,
+            per_request={"wisdom-gate": 0.068},
+        ),
+    ),
+    GEMINI_25_FLASH: ModelSpec(
+        id=GEMINI_25_FLASH,
+        aliases=("nano-banana",),
+        context_window=32_768,
+        max_input_images=3,
+        output_image_tokens={"1K": 1290},
+        input_image_tokens=258,
+        tiled_input=True,
+        pixels={"1K": _PX_25},
+        sizes=(),
+        ratios=RATIOS,
+        default_size="1K",
+        thinking=False,
+        prices=Prices(
+            image_by_size={"1K": 0.039},
+            input_per_million=0.30,
+            text_output_per_million=2.50,
+            per_request={},
+        ),
+    ),
+}
+
+_ALIASES = {alias: spec for spec in MODELS.values() for alias in (spec.id, *spec.aliases)}
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """The spec for a model id or alias (`nano-banana-2`, `nano-banana-pro`, `nano-banana`)."""
+    spec = _ALIASES.get(name.removeprefix("models/"))
+    if spec is None:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(_ALIASES))}")
+    return spec
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens for text until the server reports real counts: ceil(UTF-8 bytes / 4)."""
+    return -(-len(text.encode()) // 4)

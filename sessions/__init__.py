@@ -1,0 +1,71 @@
+"""nanoedit sessions: wire structs, turn tree, blob and session stores. No network, no engine."""
+
+from sessions._errors import (
+    NanoeditError,
+    SessionBusy,
+    SessionError,
+    SessionNotFound,
+    StoreError,
+    TurnNotFound,
+)
+from sessions._records import (
+    SessionRecord,
+    SessionSettings,
+    SessionState,
+    SessionSummary,
+    TurnRecord,
+    Usage,
+    new_id,
+)
+from sessions._store import (
+    BlobStore,
+    MemoryBlobStore,
+    MemoryStore,
+    SessionStore,
+    intern_content,
+    intern_turn,
+)
+from sessions._wire import (
+    Blob,
+    Content,
+    FileData,
+    Part,
+    WireError,
+    decode_content,
+    decode_contents,
+    decode_part,
+    encode_contents,
+    wire_contents,
+)
+
+__all__ = [
+    "Blob",
+    "BlobStore",
+    "Content",
+    "FileData",
+    "MemoryBlobStore",
+    "MemoryStore",
+    "NanoeditError",
+    "Part",
+    "SessionBusy",
+    "SessionError",
+    "SessionNotFound",
+    "SessionRecord",
+    "SessionSettings",
+    "SessionState",
+    "SessionStore",
+    "SessionSummary",
+    "StoreError",
+    "TurnNotFound",
+    "TurnRecord",
+    "Usage",
+    "WireError",
+    "decode_content",
+    "decode_contents",
+    "decode_part",
+    "encode_contents",
+    "intern_content",
+    "intern_turn",
+    "new_id",
+    "wire_contents",
+]

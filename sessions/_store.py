@@ -1,0 +1,210 @@
+"""The store contract (`SessionStore`, `BlobStore`) and the in-memory implementations.
+
+Every write is all-or-nothing and guarded by the session's `version`: a writer that read version
+N may only write if the stored version is still N, otherwise it gets `SessionBusy` and nothing
+changes. This is what keeps two processes from both appending to one head.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from sessions._errors import SessionBusy, SessionNotFound
+from sessions._records import SessionRecord, SessionState, SessionSummary, TurnRecord
+from sessions._wire import Blob, Content, Part
+
+__all__ = [
+    "BlobStore",
+    "MemoryBlobStore",
+    "MemoryStore",
+    "SessionStore",
+    "blob_refs",
+    "intern_content",
+    "intern_turn",
+]
+
+
+class BlobStore(abc.ABC):
+    """Content-addressed bytes (sha256 hex). Equal bytes are stored once and held once."""
+
+    @abc.abstractmethod
+    def intern(self, data: bytes) -> tuple[str, bytes]:
+        """Register `data`; return its sha256 and the one canonical bytes object for it."""
+
+    @abc.abstractmethod
+    def get(self, sha256: str) -> bytes | None:
+        """The bytes for a digest held in memory, or None."""
+
+
+class MemoryBlobStore(BlobStore):
+    """Blobs in a dict; the canonical object is the first one seen."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+
+    def intern(self, data: bytes) -> tuple[str, bytes]:
+        """Register `data`; return its sha256 and the one canonical bytes object for it."""
+        digest = hashlib.sha256(data).hexdigest()
+        return digest, self._blobs.setdefault(digest, bytes(data))
+
+    def get(self, sha256: str) -> bytes | None:
+        """The bytes for a digest, or None."""
+        return self._blobs.get(sha256)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held, each distinct blob once."""
+        return sum(len(b) for b in self._blobs.values())
+
+
+def intern_content(content: Content, blobs: BlobStore) -> Content:
+    """The same Content with every inline payload replaced by the blob store's canonical bytes."""
+    if not any(p.inline_data is not None for p in content.parts):
+        return content
+    parts: list[Part] = []
+    for p in content.parts:
+        if p.inline_data is not None:
+            _, data = blobs.intern(p.inline_data.data)
+            if data is not p.inline_data.data:
+                blob = msgspec.structs.replace(p.inline_data, data=data)
+                p = msgspec.structs.replace(p, inline_data=blob)
+        parts.append(p)
+    return Content(role=content.role, parts=parts)
+
+
+def intern_turn(turn: TurnRecord, blobs: BlobStore) -> TurnRecord:
+    """The turn with its user and model Contents interned."""
+    return msgspec.structs.replace(
+        turn, user=intern_content(turn.user, blobs), model=intern_content(turn.model, blobs)
+    )
+
+
+class SessionStore(abc.ABC):
+    """Where sessions live. Implementations: MemoryStore, SqliteStore."""
+
+    blobs: BlobStore
+
+    @abc.abstractmethod
+    async def create(self, record: SessionRecord, turns: Sequence[TurnRecord] = ()) -> None:
+        """Store a new session (with turns, for fork and import); its version becomes 1."""
+
+    @abc.abstractmethod
+    async def load(self, session_id: str) -> SessionState:
+        """The session's record and whole turn tree, blobs interned."""
+
+    @abc.abstractmethod
+    async def commit_turn(
+        self, session_id: str, turn: TurnRecord, *, expected_version: int
+    ) -> SessionRecord:
+        """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash."""
+
+    @abc.abstractmethod
+    async def move_head(
+        self, session_id: str, head: str | None, tip: str | None, *, expected_version: int
+    ) -> SessionRecord:
+        """Move the head and tip (undo, redo, checkout); SessionBusy on a version clash."""
+
+    @abc.abstractmethod
+    async def list(self) -> list[SessionSummary]:
+        """Every stored session, most recently updated first."""
+
+    @abc.abstractmethod
+    async def delete(self, session_id: str) -> None:
+        """Remove a session and its turns (blobs other sessions use stay)."""
+
+    async def aclose(self) -> None:
+        """Release files and threads."""
+        return None
+
+    async def __aenter__(self) -> SessionStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def blob_refs(content: Content) -> list[Blob]:
+    """Inline blobs of a Content, in part order."""
+    return [p.inline_data for p in content.parts if p.inline_data is not None]
+
+
+class MemoryStore(SessionStore):
+    """Sessions in process memory: fast, shared by every handle of one engine, gone at exit."""
+
+    def __init__(self) -> None:
+        self.blobs: MemoryBlobStore = MemoryBlobStore()
+        self._states: dict[str, SessionState] = {}
+
+    def _get(self, session_id: str) -> SessionState:
+        try:
+            return self._states[session_id]
+        except KeyError:
+            raise SessionNotFound(f"no session {session_id!r}") from None
+
+    def _check(self, state: SessionState, expected_version: int) -> None:
+        if state.record.version != expected_version:
+            raise SessionBusy(
+                f"session {state.id} changed (version {state.record.version}, "
+                f"expected {expected_version})"
+            )
+
+    async def create(self, record: SessionRecord, turns: Sequence[TurnRecord] = ()) -> None:
+        """Store a new session (with turns, for fork and import); its version becomes 1."""
+        if record.id in self._states:
+            raise SessionBusy(f"session {record.id} already exists")
+        rec = msgspec.structs.replace(record, version=1)
+        self._states[rec.id] = SessionState(rec, {t.id: intern_turn(t, self.blobs) for t in turns})
+
+    async def load(self, session_id: str) -> SessionState:
+        """A snapshot of the session (the caller may not mutate the store through it)."""
+        state = self._get(session_id)
+        return SessionState(state.record, state.turns)
+
+    async def commit_turn(
+        self, session_id: str, turn: TurnRecord, *, expected_version: int
+    ) -> SessionRecord:
+        """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash."""
+        state = self._get(session_id)
+        self._check(state, expected_version)
+        turns = dict(state.turns)
+        turns[turn.id] = intern_turn(turn, self.blobs)
+        rec = msgspec.structs.replace(
+            state.record,
+            head=turn.id,
+            tip=turn.id,
+            version=expected_version + 1,
+            updated_at=time.time(),
+        )
+        self._states[session_id] = SessionState(rec, turns)
+        return rec
+
+    async def move_head(
+        self, session_id: str, head: str | None, tip: str | None, *, expected_version: int
+    ) -> SessionRecord:
+        """Move the head and tip (undo, redo, checkout); SessionBusy on a version clash."""
+        state = self._get(session_id)
+        self._check(state, expected_version)
+        rec = msgspec.structs.replace(
+            state.record, head=head, tip=tip, version=expected_version + 1, updated_at=time.time()
+        )
+        self._states[session_id] = SessionState(rec, state.turns)
+        return rec
+
+    async def list(self) -> list[SessionSummary]:
+        """Every session, most recently updated first."""
+        return sorted(
+            (s.summary() for s in self._states.values()), key=lambda s: s.updated, reverse=True
+        )
+
+    async def delete(self, session_id: str) -> None:
+        """Remove a session and its turns."""
+        self._get(session_id)
+        del self._states[session_id]

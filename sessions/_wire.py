@@ -1,0 +1,254 @@
+"""Gemini REST `Content` / `Part` structs: the accumulated history a session *is*.
+
+Output is always camelCase with standard base64. Input accepts camelCase and snake_case names and
+both base64 alphabets, as the real API does. Part fields the engine does not model are kept as raw
+JSON and sent back unchanged, so a server feature we have never heard of survives every turn.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from sessions._errors import NanoeditError
+
+__all__ = [
+    "Blob",
+    "Content",
+    "FileData",
+    "Part",
+    "WireError",
+    "decode_content",
+    "decode_contents",
+    "decode_part",
+    "encode_contents",
+    "wire_contents",
+]
+
+
+class WireError(NanoeditError, ValueError):
+    """A Content or Part that cannot be decoded from JSON."""
+
+
+class Blob(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+    """Inline bytes (`inlineData`): an image or other media carried in the request body."""
+
+    mime_type: str
+    data: bytes
+    display_name: str | None = None
+
+
+class FileData(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+    """A reference to an uploaded file (`fileData`)."""
+
+    file_uri: str
+    mime_type: str | None = None
+    display_name: str | None = None
+
+
+class Part(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+    """One part of a Content, kept verbatim: text, thought flag, signature, inline data, extras.
+
+    `extra` holds JSON fields the engine does not model, as raw JSON; it never goes on the wire
+    under its own name (see `wire_contents`).
+    """
+
+    text: str | None = None
+    thought: bool | None = None
+    thought_signature: bytes | None = None
+    inline_data: Blob | None = None
+    file_data: FileData | None = None
+    function_call: dict[str, Any] | None = None
+    function_response: dict[str, Any] | None = None
+    executable_code: dict[str, Any] | None = None
+    code_execution_result: dict[str, Any] | None = None
+    video_metadata: dict[str, Any] | None = None
+    extra: dict[str, msgspec.Raw] | None = None
+
+    @property
+    def is_image(self) -> bool:
+        """True for an inline image part."""
+        return self.inline_data is not None and self.inline_data.mime_type.startswith("image/")
+
+
+class Content(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One turn's message: `role` ("user" or "model") and its ordered parts."""
+
+    role: str | None = None
+    parts: list[Part] = msgspec.field(default_factory=list)
+
+    def images(self) -> list[Blob]:
+        """Inline images in part order, thought images excluded."""
+        return [p.inline_data for p in self.parts if p.inline_data is not None and not p.thought]
+
+    def text(self) -> str:
+        """Concatenated non-thought text."""
+        return "".join(p.text for p in self.parts if p.text and not p.thought)
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_str_dec = msgspec.json.Decoder(str)
+_bool_dec = msgspec.json.Decoder(bool)
+_bytes_dec = msgspec.json.Decoder(bytes)
+_dict_dec = msgspec.json.Decoder(dict[str, Any])
+
+
+def _b64(raw: msgspec.Raw) -> bytes:
+    # Fast path: standard base64 decoded in C. The SDK sends URL-safe base64; fall back for it.
+    try:
+        return _bytes_dec.decode(raw)
+    except msgspec.ValidationError:
+        text = _str_dec.decode(raw)
+        try:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise WireError("invalid base64 in bytes field") from exc
+
+
+_BLOB_NAMES = {
+    "mimeType": "mime_type",
+    "mime_type": "mime_type",
+    "data": "data",
+    "displayName": "display_name",
+    "display_name": "display_name",
+}
+_FILE_NAMES = {
+    "fileUri": "file_uri",
+    "file_uri": "file_uri",
+    "mimeType": "mime_type",
+    "mime_type": "mime_type",
+    "displayName": "display_name",
+    "display_name": "display_name",
+}
+
+
+def _blob(raw: msgspec.Raw) -> Blob:
+    fields = _raw_fields.decode(raw)
+    kw: dict[str, Any] = {}
+    for key, value in fields.items():
+        name = _BLOB_NAMES.get(key)
+        if name == "data":
+            kw["data"] = _b64(value)
+        elif name is not None:
+            kw[name] = _str_dec.decode(value)
+    if "data" not in kw or "mime_type" not in kw:
+        raise WireError("inlineData needs mimeType and data")
+    return Blob(**kw)
+
+
+def _file_data(raw: msgspec.Raw) -> FileData:
+    fields = _raw_fields.decode(raw)
+    kw = {_FILE_NAMES[k]: _str_dec.decode(v) for k, v in fields.items() if k in _FILE_NAMES}
+    if "file_uri" not in kw:
+        raise WireError("fileData needs fileUri")
+    return FileData(**kw)
+
+
+_PART_FIELDS: dict[str, tuple[str, Callable[[msgspec.Raw], Any]]] = {}
+for _camel, _snake, _decode in (
+    ("text", "text", _str_dec.decode),
+    ("thought", "thought", _bool_dec.decode),
+    ("thoughtSignature", "thought_signature", _b64),
+    ("inlineData", "inline_data", _blob),
+    ("fileData", "file_data", _file_data),
+    ("functionCall", "function_call", _dict_dec.decode),
+    ("functionResponse", "function_response", _dict_dec.decode),
+    ("executableCode", "executable_code", _dict_dec.decode),
+    ("codeExecutionResult", "code_execution_result", _dict_dec.decode),
+    ("videoMetadata", "video_metadata", _dict_dec.decode),
+):
+    _PART_FIELDS[_camel] = _PART_FIELDS[_snake] = (_snake, _decode)
+
+
+def decode_part(raw: msgspec.Raw | bytes) -> Part:
+    """Decode one Part from JSON, accepting both naming styles and both base64 alphabets."""
+    try:
+        fields = _raw_fields.decode(raw)
+        kw: dict[str, Any] = {}
+        extra: dict[str, msgspec.Raw] | None = None
+        for key, value in fields.items():
+            spec = _PART_FIELDS.get(key)
+            if spec is None:
+                if extra is None:
+                    extra = {}
+                # copy(): a Raw is a view into the whole response buffer; keep only its bytes.
+                extra[key] = value.copy()
+            else:
+                kw[spec[0]] = spec[1](value)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise WireError(f"malformed part: {exc}") from exc
+    return Part(**kw, extra=extra)
+
+
+class _RawContent(msgspec.Struct):
+    role: str | None = None
+    parts: list[msgspec.Raw] = msgspec.field(default_factory=list)
+
+
+_raw_content = msgspec.json.Decoder(_RawContent)
+_raw_contents = msgspec.json.Decoder(list[_RawContent])
+
+
+def content_from_raw_parts(role: str | None, parts: Iterable[msgspec.Raw]) -> Content:
+    """Build a Content from undecoded parts (as they come out of a response struct)."""
+    return Content(role=role, parts=[decode_part(p) for p in parts])
+
+
+def decode_content(data: bytes | msgspec.Raw) -> Content:
+    """Decode one Content JSON object."""
+    try:
+        rc = _raw_content.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise WireError(f"malformed content: {exc}") from exc
+    return content_from_raw_parts(rc.role, rc.parts)
+
+
+def decode_contents(data: bytes | msgspec.Raw) -> list[Content]:
+    """Decode a JSON array of Contents."""
+    try:
+        rcs = _raw_contents.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise WireError(f"malformed contents: {exc}") from exc
+    return [content_from_raw_parts(rc.role, rc.parts) for rc in rcs]
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+
+
+class _WireContent(msgspec.Struct, omit_defaults=True, kw_only=True):
+    role: str | None = None
+    parts: list[Any] = msgspec.field(default_factory=list)
+
+
+def _part_to_raw(part: Part) -> msgspec.Raw:
+    # Splice the unmodelled fields into the modelled object's JSON, so they go out under
+    # their own names exactly as they came in.
+    body = _encoder.encode(msgspec.structs.replace(part, extra=None))
+    extra = _encoder.encode(part.extra)
+    joiner = b"," if len(body) > 2 else b""
+    return msgspec.Raw(body[:-1] + joiner + extra[1:])
+
+
+def wire_contents(contents: Sequence[Content]) -> list[Content | _WireContent]:
+    """Contents ready for msgspec encoding; parts with unmodelled fields are spliced back."""
+    out: list[Content | _WireContent] = []
+    for c in contents:
+        if any(p.extra for p in c.parts):
+            parts = [_part_to_raw(p) if p.extra else p for p in c.parts]
+            out.append(_WireContent(role=c.role, parts=parts))
+        else:
+            out.append(c)
+    return out
+
+
+def encode_contents(contents: Sequence[Content]) -> bytes:
+    """The JSON array of Contents, as the Gemini REST API expects it."""
+    return _encoder.encode(wire_contents(contents))
