@@ -20,7 +20,8 @@ NanoeditError
 │   └── MalformedResponse           a body that is not the JSON it should be
 ├── ContentBlocked(reason)          promptFeedback.blockReason, IMAGE_SAFETY, NO_IMAGE, ...
 ├── BudgetExceeded(limit, needed, allowed)
-├── EventTooLarge                   an SSE event over the decoder's maximum
+├── SSEError                        an event stream that cannot be decoded
+│   └── EventTooLarge               an SSE event over the decoder's maximum
 ├── Closed                          the engine or session is closed
 ├── SubscriberDisconnected          a bus subscriber overflowed with policy "disconnect"
 ├── WireError                       Content/Part JSON that cannot be decoded
@@ -59,6 +60,7 @@ __all__ = [
     "NanoeditError",
     "NotFound",
     "RateLimited",
+    "SSEError",
     "ServerError",
     "SessionBusy",
     "SessionError",
@@ -191,8 +193,24 @@ class BudgetExceeded(NanoeditError):
         self.allowed = allowed
 
 
-class EventTooLarge(NanoeditError):
-    """An SSE event exceeded the decoder's maximum size."""
+class SSEError(NanoeditError):
+    """An event stream that cannot be decoded."""
+
+
+class EventTooLarge(SSEError):
+    """One SSE event's buffered data exceeded the decoder's maximum size."""
+
+    def __init__(self, limit: int, size: int) -> None:
+        super().__init__(
+            f"server-sent event exceeds max_event_bytes={limit} "
+            f"({size} bytes buffered before the event was complete)"
+        )
+        self.limit = limit
+        self.size = size
+
+    def __reduce__(self) -> tuple[type[EventTooLarge], tuple[int, int]]:
+        # Pickle by constructor arguments, since they differ from `args`.
+        return (type(self), (self.limit, self.size))
 
 
 class Closed(NanoeditError):

@@ -15,6 +15,7 @@ import msgspec
 from sessions._records import Usage
 
 __all__ = [
+    "ENGINE_WIDE",
     "BudgetExceededEvent",
     "BudgetWarning",
     "Event",
@@ -39,6 +40,11 @@ __all__ = [
 ]
 
 
+# `session_id` of events that belong to no session (limits.changed) and of the EventsMissed
+# markers a bus subscriber to all sessions receives.
+ENGINE_WIDE = "*"
+
+
 class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     """An image by reference: its bytes live in the blob store under `sha256`."""
 
@@ -56,6 +62,12 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True):
     seq: int = 0
     turn: int | None = None
     ts: float = msgspec.field(default_factory=time.time)
+
+    @property
+    def type(self) -> str:
+        """The event's type tag as it appears in JSON ("turn.completed", ...)."""
+        tag = type(self).__struct_config__.tag
+        return tag if isinstance(tag, str) else ""
 
 
 class SessionCreated(Event, tag="session.created"):
@@ -168,7 +180,7 @@ class HistoryCompacted(Event, tag="history.compacted"):
 
 
 class LimitsChanged(Event, tag="limits.changed"):
-    """The allowed in-flight count for a model changed."""
+    """The allowed in-flight count for a model changed (engine-wide: `session_id` is "*")."""
 
     model: str
     allowed_in_flight: int

@@ -8,6 +8,8 @@ from sessions._errors import (
     StoreError,
     TurnNotFound,
 )
+from sessions._export import export_session, import_session
+from sessions._ops import checkout, delete, fork, redo, undo
 from sessions._records import (
     SessionRecord,
     SessionSettings,
@@ -17,6 +19,7 @@ from sessions._records import (
     Usage,
     new_id,
 )
+from sessions._sqlite import SqliteBlobStore, SqliteStore, default_store_path
 from sessions._store import (
     BlobStore,
     MemoryBlobStore,
@@ -55,17 +58,27 @@ __all__ = [
     "SessionState",
     "SessionStore",
     "SessionSummary",
+    "SqliteBlobStore",
+    "SqliteStore",
     "StoreError",
     "TurnNotFound",
     "TurnRecord",
     "Usage",
     "WireError",
+    "checkout",
     "decode_content",
     "decode_contents",
     "decode_part",
+    "default_store_path",
+    "delete",
     "encode_contents",
+    "export_session",
+    "fork",
+    "import_session",
     "intern_content",
     "intern_turn",
     "new_id",
+    "redo",
+    "undo",
     "wire_contents",
 ]

@@ -106,7 +106,7 @@ def _b64(raw: msgspec.Raw) -> bytes:
     except msgspec.ValidationError:
         text = _str_dec.decode(raw)
         try:
-            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise WireError("invalid base64 in bytes field") from exc
 

@@ -1,0 +1,419 @@
+"""`nanoedit sessions`: list, show, export, import, undo, redo, checkout, fork and remove
+stored sessions.
+
+Session ids may be given as a unique prefix, like git commits. Turn numbers are 1-based along
+the current branch, matching the image files `turn-01.png`, `turn-02.png`, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from engine._config import EngineConfig
+from sessions import (
+    Blob,
+    Content,
+    MemoryStore,
+    NanoeditError,
+    SessionError,
+    SessionNotFound,
+    SessionState,
+    SessionStore,
+    TurnRecord,
+)
+from sessions._export import export_session, import_session
+from sessions._ops import checkout, delete, fork, redo, undo
+from sessions._sqlite import SqliteStore, default_store_path
+
+__all__ = ["add_parser", "image_size", "run"]
+
+_READ_ONLY = ("ls", "show", "export")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `sessions` and its subcommands on the `nanoedit` parser."""
+    store_help = (
+        "SQLite file of the session store, or 'memory' "
+        "(default: $NANOEDIT_HOME/sessions.db, else the platform's user data dir)"
+    )
+    p = subparsers.add_parser(
+        "sessions",
+        help="inspect, export, import, undo, redo and fork stored sessions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--store", metavar="PATH|memory", help=store_help)
+    sub = p.add_subparsers(dest="sessions_command", required=True, metavar="SUBCOMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        # Also accepted after the subcommand; SUPPRESS keeps it from clobbering the outer one.
+        c.add_argument("--store", metavar="PATH|memory", default=argparse.SUPPRESS, help=store_help)
+        return c
+
+    c = command("ls", "list sessions, most recently updated first")
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON list of {id, model, title, turns, total_turns, created, updated}; "
+        "times are ISO-8601 in UTC",
+    )
+    c = command("show", "the turn tree of a session, branches and head marked")
+    c.add_argument("id", metavar="ID")
+    c.add_argument("--json", action="store_true", help="the session and every turn as JSON")
+    c = command("export", "write a session as a Gemini REST request (JSON)")
+    c.add_argument("id", metavar="ID")
+    c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument(
+        "--all-branches", action="store_true", help="every turn of the tree in the metadata"
+    )
+    g.add_argument(
+        "--request-only",
+        action="store_true",
+        help="only the request fields, so a real server accepts the file",
+    )
+    c = command("import", 'store a session from an export or a {"contents": [...]} file')
+    c.add_argument("file", metavar="FILE", help="the JSON file, or - for stdin")
+    c.add_argument("--model", help="model for files that name none (default: $NANOEDIT_MODEL)")
+    c = command("undo", "move the head back one turn")
+    c.add_argument("id", metavar="ID")
+    c = command("redo", "move the head forward one turn")
+    c.add_argument("id", metavar="ID")
+    c = command("checkout", "put the head on a turn: its number on the branch, or a turn id")
+    c.add_argument("id", metavar="ID")
+    c.add_argument("turn", metavar="TURN")
+    c = command("fork", "copy turns 1..N of the current branch into a new session; prints its id")
+    c.add_argument("id", metavar="ID")
+    c.add_argument("--at", type=int, metavar="N", help="last turn to keep (default: the head)")
+    c = command("rm", "delete a session")
+    c.add_argument("id", metavar="ID")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out a parsed `sessions` command; print errors as one line; return the exit code."""
+    try:
+        return anyio.run(_run, args)
+    except (NanoeditError, OSError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    command: str = args.sessions_command
+    async with _open_store(args.store, read_only=command in _READ_ONLY) as store:
+        if command == "ls":
+            await _ls(store, as_json=args.json)
+        elif command == "show":
+            state = await store.load(await _resolve(store, args.id))
+            print(json.dumps(_show_json(state), indent=2) if args.json else _show_text(state))
+        elif command == "export":
+            await _export(store, args)
+        elif command == "import":
+            await _import(store, args)
+        elif command in ("undo", "redo", "checkout"):
+            sid = await _resolve(store, args.id)
+            if command == "undo":
+                await undo(store, sid)
+            elif command == "redo":
+                await redo(store, sid)
+            else:
+                await checkout(store, sid, _turn_id(await store.load(sid), args.turn))
+            print(_head_line(await store.load(sid)))
+        elif command == "fork":
+            rec = await fork(store, await _resolve(store, args.id), at_index=args.at)
+            print(rec.id)
+        elif command == "rm":
+            sid = await _resolve(store, args.id)
+            await delete(store, sid)
+            print(f"deleted {sid}")
+        else:  # pragma: no cover - argparse only lets the names above through
+            raise SessionError(f"unknown sessions command {command!r}")
+    return 0
+
+
+def _open_store(spec: str | None, *, read_only: bool) -> SessionStore:
+    if spec == "memory":
+        return MemoryStore()
+    path = Path(spec) if spec else default_store_path(EngineConfig.from_env().home)
+    if read_only and not path.exists():
+        return MemoryStore()  # nothing stored yet: answer "empty" without creating the file
+    return SqliteStore(path)
+
+
+async def _resolve(store: SessionStore, given: str) -> str:
+    """The full id for an id or a unique prefix of one."""
+    ids = [s.id for s in await store.list()]
+    if given in ids:
+        return given
+    matches = [i for i in ids if i.startswith(given)] if given else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SessionNotFound(f"no session {given!r}")
+    shown = ", ".join(m[:12] for m in matches[:4]) + (", ..." if len(matches) > 4 else "")
+    raise SessionError(f"{given!r} matches {len(matches)} sessions ({shown}); give more of it")
+
+
+def _turn_id(state: SessionState, given: str) -> str:
+    """A turn id from a number on the current branch, or a (prefix of a) turn id."""
+    if given.isdigit() and len(given) < 6:
+        return state.at_index(int(given)).id
+    matches = [t for t in state.turns if t.startswith(given)]
+    if len(matches) != 1:
+        what = "no turn" if not matches else "more than one turn"
+        raise SessionError(f"{what} {given!r} in session {state.id}")
+    return matches[0]
+
+
+# --- ls --------------------------------------------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _local(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+async def _ls(store: SessionStore, *, as_json: bool) -> None:
+    rows = await store.list()
+    if as_json:
+        out = [
+            {
+                "id": s.id,
+                "model": s.model,
+                "title": s.title,
+                "turns": s.turns,
+                "total_turns": s.total_turns,
+                "created": _iso(s.created),
+                "updated": _iso(s.updated),
+            }
+            for s in rows
+        ]
+        print(json.dumps(out, indent=2))
+        return
+    if not rows:
+        print("no sessions")
+        return
+    table = [("ID", "TURNS", "MODEL", "UPDATED", "TITLE")]
+    table += [
+        (s.id, f"{s.turns}/{s.total_turns}", s.model, _local(s.updated), s.title) for s in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)) + "  " + r[4])
+
+
+# --- show ------------------------------------------------------------------------------------
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG or WebP header without decoding; None if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h = int.from_bytes(data[i + 5 : i + 7], "big")
+                return int.from_bytes(data[i + 7 : i + 9], "big"), h
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        return None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            w = int.from_bytes(data[24:27], "little") + 1
+            return w, int.from_bytes(data[27:30], "little") + 1
+        if chunk == b"VP8 ":
+            w = int.from_bytes(data[26:28], "little") & 0x3FFF
+            return w, int.from_bytes(data[28:30], "little") & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _images(content: Content) -> str:
+    imgs = content.images()
+    if not imgs:
+        return ""
+    return f"{len(imgs)} img (" + ", ".join(_image_text(b) for b in imgs) + ")"
+
+
+def _image_text(blob: Blob) -> str:
+    size = image_size(blob.data)
+    dims = f"{size[0]}x{size[1]} " if size else ""
+    return f"{dims}{_bytes(len(blob.data))}"
+
+
+def _user_text(turn: TurnRecord, width: int = 40) -> str:
+    text = " ".join(turn.user.text().split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _label(turn: TurnRecord, state: SessionState, on_branch: set[str]) -> str:
+    mark = "*" if turn.id in on_branch else " "
+    bits = [f"{mark} #{turn.index} {turn.id[:8]}", json.dumps(_user_text(turn), ensure_ascii=False)]
+    if shown := _images(turn.user):
+        bits.append("in " + shown)
+    if shown := _images(turn.model):
+        bits.append("out " + shown)
+    bits.append(f"{turn.usage.prompt_tokens}/{turn.usage.output_tokens} tok")
+    bits.append(f"${turn.cost_usd:.4f}")
+    line = "  ".join(bits)
+    if turn.id == state.record.head:
+        line += "  <- head"
+    elif turn.id == state.record.tip:
+        line += "  <- tip (redo)"
+    return line
+
+
+def _tree(state: SessionState) -> list[str]:
+    """One line per turn; a straight run stays in its column, each branch point indents."""
+    kids: dict[str | None, list[TurnRecord]] = {}
+    for t in sorted(state.turns.values(), key=lambda t: t.created_at):
+        kids.setdefault(t.parent, []).append(t)
+    on_branch = {t.id for t in state.path()}
+    lines: list[str] = []
+
+    def chain(turn: TurnRecord, first: str, rest: str) -> None:
+        prefix = first
+        while True:  # iterate along single-child runs; recurse only at branch points
+            lines.append(prefix + _label(turn, state, on_branch))
+            children = kids.get(turn.id, [])
+            if len(children) != 1:
+                break
+            turn, prefix = children[0], rest
+        fan(children, rest)
+
+    def fan(children: list[TurnRecord], rest: str) -> None:
+        for i, child in enumerate(children):
+            last = i == len(children) - 1
+            chain(child, rest + ("└─ " if last else "├─ "), rest + ("   " if last else "│  "))
+
+    roots = kids.get(None, [])
+    if len(roots) == 1:
+        chain(roots[0], "", "")
+    else:
+        fan(roots, "")
+    return lines
+
+
+def _head_line(state: SessionState) -> str:
+    head = state.record.head
+    where = f"turn {state.turn(head).index} ({head[:8]})" if head else "before turn 1"
+    return f"{state.id}: head at {where} of {len(state.turns)} turns"
+
+
+def _show_text(state: SessionState) -> str:
+    rec = state.record
+    n_branches = len(state.branches())
+    cost = sum(t.cost_usd for t in state.turns.values())
+    out = [f"session  {rec.id}" + (f"  {rec.title!r}" if rec.title else "")]
+    out.append(f"model    {rec.model}")
+    out.append(f"created  {_local(rec.created_at)}   updated {_local(rec.updated_at)}")
+    if rec.parent_id:
+        out.append(f"forked   from {rec.parent_id} at turn {rec.forked_at}")
+    head = state.turn(rec.head).index if rec.head else 0
+    out.append(
+        f"head     turn {head} of {len(state.turns)} turns, "
+        f"{n_branches} branch{'es' if n_branches != 1 else ''}, ${cost:.4f} total"
+    )
+    out.append("")
+    out.extend(_tree(state) or ["(no turns)"])
+    return "\n".join(out)
+
+
+def _image_json(blob: Blob) -> dict[str, Any]:
+    size = image_size(blob.data)
+    return {
+        "mime_type": blob.mime_type,
+        "bytes": len(blob.data),
+        "width": size[0] if size else None,
+        "height": size[1] if size else None,
+    }
+
+
+def _show_json(state: SessionState) -> dict[str, Any]:
+    rec = state.record
+    on_branch = {t.id for t in state.path()}
+    return {
+        "id": rec.id,
+        "model": rec.model,
+        "title": rec.title,
+        "head": rec.head,
+        "tip": rec.tip,
+        "version": rec.version,
+        "created": _iso(rec.created_at),
+        "updated": _iso(rec.updated_at),
+        "parent_id": rec.parent_id,
+        "forked_at": rec.forked_at,
+        "branches": len(state.branches()),
+        "turns": [
+            {
+                "id": t.id,
+                "parent": t.parent,
+                "index": t.index,
+                "on_branch": t.id in on_branch,
+                "head": t.id == rec.head,
+                "text": t.user.text(),
+                "model_text": t.model.text(),
+                "user_images": [_image_json(b) for b in t.user.images()],
+                "model_images": [_image_json(b) for b in t.model.images()],
+                "prompt_tokens": t.usage.prompt_tokens,
+                "output_tokens": t.usage.output_tokens,
+                "cost_usd": t.cost_usd,
+                "finish_reason": t.finish_reason,
+                "created": _iso(t.created_at),
+            }
+            for t in sorted(state.turns.values(), key=lambda t: t.created_at)
+        ],
+    }
+
+
+# --- export / import -------------------------------------------------------------------------
+
+
+async def _export(store: SessionStore, args: argparse.Namespace) -> None:
+    state = await store.load(await _resolve(store, args.id))
+    data = export_session(
+        state, include_all_branches=args.all_branches, request_only=args.request_only
+    )
+    if args.output and args.output != "-":
+        await anyio.Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({_bytes(len(data))})", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data + b"\n")
+        sys.stdout.buffer.flush()
+
+
+async def _import(store: SessionStore, args: argparse.Namespace) -> None:
+    if args.file == "-":
+        data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+    else:
+        data = await anyio.Path(args.file).read_bytes()
+    model = args.model or EngineConfig.from_env().model
+    rec = await import_session(store, data, model=model)
+    print(rec.id)

@@ -1,0 +1,651 @@
+"""HTTP over one aiohttp `ClientSession` per engine, with nanoedit's timeouts and typed errors.
+
+aiohttp and msgspec exceptions stop here: everything is mapped to the tree in
+`engine._exceptions` with ``raise ... from exc``. Cancellation passes through untouched and drops
+the connection it interrupted. Error messages never carry the API key (every credential header's
+value is scrubbed from them) nor long base64 runs, and are capped at `MAX_MESSAGE` characters.
+
+Timeouts (`Timeouts`), per attempt:
+
+- connect: aiohttp's `sock_connect`, the TCP (and TLS) handshake only, so waiting for a free
+  pooled connection is not mistaken for an unreachable server;
+- first_byte: from sending until the response headers (pool wait and connect included);
+- idle: the longest silence between two body reads;
+- total: the whole attempt, headers and body; whichever of these deadlines is nearer decides
+  which error is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+import structlog
+
+from engine._config import Timeouts
+from engine._exceptions import (
+    ApiError,
+    Closed,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    FirstByteTimeout,
+    IdleTimeout,
+    MalformedResponse,
+    StreamBroken,
+    Timeout,
+    TotalTimeout,
+    TransportError,
+    api_error,
+)
+from engine._retry import parse_retry_after, parse_retry_info
+
+__all__ = [
+    "MAX_MESSAGE",
+    "Response",
+    "StreamResponse",
+    "Transport",
+    "clean_message",
+    "error_from_body",
+    "google_error",
+    "html_title",
+    "malformed",
+    "secrets_of",
+]
+
+_log = structlog.get_logger("nanoedit.transport")
+
+MAX_MESSAGE = 500
+"""Longest error message kept, in characters; the rest is cut (bodies can echo megabytes)."""
+_DEFAULT_TIMEOUTS = Timeouts()
+_MAX_ERROR_BODY = 1 << 20
+_SNIPPET = 200
+_CREDENTIAL_HEADERS = frozenset(
+    {"x-goog-api-key", "authorization", "proxy-authorization", "api-key", "x-api-key"}
+)
+# Long unbroken runs of base64 alphabet are image data or keys echoed back, never prose.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{120,}={0,2}")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_HEADING = re.compile(r"<h[1-3][^>]*>(.*?)</h[1-3]\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+# Google status strings for an in-stream error object whose numeric code is missing.
+_GOOGLE_STATUS_CODES = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "NOT_IMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+_any_json = msgspec.json.Decoder()
+
+
+# --- error messages and bodies -----------------------------------------------------------------
+
+
+def secrets_of(headers: Mapping[str, str] | None) -> tuple[str, ...]:
+    """The credential values in request headers (the strings no message may contain)."""
+    if not headers:
+        return ()
+    out: list[str] = []
+    for name, value in headers.items():
+        if name.lower() not in _CREDENTIAL_HEADERS or not value:
+            continue
+        out.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() in ("bearer", "basic", "token"):
+            out.append(token.strip())
+    # Longest first, so a key is scrubbed whole before any shorter secret inside it.
+    return tuple(sorted(set(out), key=len, reverse=True))
+
+
+def clean_message(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without secrets and base64 runs, whitespace collapsed, at most MAX_MESSAGE chars."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _BASE64_RUN.sub(lambda m: f"[{len(m.group(0))} chars elided]", text)
+    text = _SPACE.sub(" ", text).strip()
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 1] + "…"
+    return text
+
+
+def _html_text(fragment: str) -> str:
+    return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", fragment))).strip()
+
+
+def html_title(text: str) -> str | None:
+    """The `<title>` (else first heading) of an HTML page as plain text; None if it has neither."""
+    for pattern in (_TITLE, _HEADING):
+        match = pattern.search(text)
+        if match:
+            found = _html_text(match.group(1))
+            if found:
+                return found
+    return None
+
+
+def _looks_like_html(content_type: str, text: str) -> bool:
+    if "html" in content_type:
+        return True
+    head = text.lstrip()[:100].lower()
+    return head.startswith(("<!doctype html", "<html", "<head", "<body"))
+
+
+def _json_error(doc: Any) -> tuple[str, str, list[Any]] | None:
+    """(message, code, details) from the JSON error shapes servers and gateways use."""
+    if isinstance(doc, list) and doc and isinstance(doc[0], dict):
+        # streamGenerateContent without alt=sse answers errors as a one-element array.
+        doc = doc[0]
+    if not isinstance(doc, dict):
+        return None
+    err = doc.get("error")
+    if isinstance(err, dict):
+        message = err.get("message")
+        code = err.get("status") or err.get("type") or err.get("code")
+        details = err.get("details")
+        return (
+            message if isinstance(message, str) else "",
+            code if isinstance(code, str) else "",
+            details if isinstance(details, list) else [],
+        )
+    if isinstance(err, str):
+        return err, "", []
+    for key in ("message", "detail"):
+        if isinstance(doc.get(key), str):
+            return doc[key], "", []
+    return None
+
+
+def _server_delay(headers: Mapping[str, str], details: Sequence[Any]) -> float | None:
+    # Both are the server's minimum wait; honouring the larger one satisfies both.
+    delays = [
+        d
+        for d in (parse_retry_after(headers), parse_retry_info([x for x in details if x]))
+        if d is not None
+    ]
+    return max(delays) if delays else None
+
+
+def error_from_body(
+    status: int,
+    body: bytes,
+    *,
+    headers: Mapping[str, str] | None = None,
+    reason: str = "",
+    secrets: Iterable[str] = (),
+) -> ApiError:
+    """The typed ApiError for a non-2xx answer, whatever its body: Google or OpenAI-style JSON,
+    a gateway's HTML page (its title), plain text (a snippet), malformed JSON, or nothing.
+
+    `retry_after` is the larger of the `Retry-After`/`retry-after-ms` headers and a Google
+    `RetryInfo.retryDelay` (both are minimum waits).
+    """
+    headers = headers or {}
+    content_type = headers.get("content-type", headers.get("Content-Type", "")).lower()
+    text = body.decode("utf-8", "replace") if body else ""
+    code = ""
+    details: list[Any] = []
+    stripped = text.strip()
+    if not stripped:
+        message = reason or "empty error body"
+    elif stripped[0] in "{[":
+        try:
+            found = _json_error(_any_json.decode(body))
+        except msgspec.DecodeError:
+            message = f"malformed JSON error body: {stripped[:_SNIPPET]}"
+        else:
+            if found is None:
+                message = f"unexpected JSON error body: {stripped[:_SNIPPET]}"
+            else:
+                message, code, details = found
+                message = message or reason or "no message"
+    elif _looks_like_html(content_type, stripped):
+        message = html_title(stripped) or f"HTML error page ({reason or status})"
+    else:
+        message = stripped[:_SNIPPET]
+    return api_error(
+        status,
+        clean_message(message, secrets),
+        code=code,
+        retry_after=_server_delay(headers, details),
+    )
+
+
+def google_error(
+    code: int,
+    message: str,
+    status: str,
+    details: Sequence[Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+) -> ApiError:
+    """The typed ApiError for a Google `{"error": {...}}` object (e.g. one inside a stream)."""
+    http_status = code or _GOOGLE_STATUS_CODES.get(status, 500)
+    return api_error(
+        http_status,
+        clean_message(message or status or "error", secrets),
+        code=status,
+        retry_after=_server_delay(headers or {}, details),
+    )
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Attempt:
+    method: str
+    path: str
+    started: float
+    deadline: float
+    secrets: tuple[str, ...]
+    request_bytes: int
+    headers_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A whole 2xx answer. Times are `loop.time()` values, comparable with the caller's."""
+
+    status: int
+    headers: Mapping[str, str]
+    content_type: str
+    body: bytes
+    request_bytes: int
+    started_at: float
+    headers_at: float
+    done_at: float
+
+    @property
+    def response_bytes(self) -> int:
+        """Body bytes received (after content decoding)."""
+        return len(self.body)
+
+
+class StreamResponse:
+    """A 2xx answer whose body is read chunk by chunk; iterate it (or `chunks()`) for bytes.
+
+    Each read waits at most `Timeouts.idle` and never past the attempt's total deadline.
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_eof",
+        "_resp",
+        "_transport",
+        "content_type",
+        "headers",
+        "response_bytes",
+        "status",
+    )
+
+    def __init__(
+        self, transport: Transport, resp: aiohttp.ClientResponse, attempt: _Attempt
+    ) -> None:
+        self._transport = transport
+        self._resp = resp
+        self._attempt = attempt
+        self._eof = False
+        self.status: int = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self.content_type: str = resp.content_type
+        self.response_bytes = 0
+
+    @property
+    def request_bytes(self) -> int:
+        """Bytes of the request body sent."""
+        return self._attempt.request_bytes
+
+    @property
+    def started_at(self) -> float:
+        """`loop.time()` when the request was sent."""
+        return self._attempt.started
+
+    @property
+    def headers_at(self) -> float:
+        """`loop.time()` when the response headers arrived."""
+        return self._attempt.headers_at
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Credential values of the request, for scrubbing messages built from this body."""
+        return self._attempt.secrets
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in chunks of whatever size the network delivers."""
+        return self
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._eof:
+            raise StopAsyncIteration
+        data = await self._transport._read_chunk(self._resp, self._attempt)
+        if not data:
+            self._eof = True
+            raise StopAsyncIteration
+        self.response_bytes += len(data)
+        return data
+
+    async def read(self) -> bytes:
+        """The rest of the body, joined."""
+        return b"".join([chunk async for chunk in self])
+
+
+# --- the transport -----------------------------------------------------------------------------
+
+
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path or "/"
+    except ValueError:
+        return "<invalid url>"
+
+
+class Transport:
+    """One pooled aiohttp session for all of an engine's requests; use `async with` or `aclose()`.
+
+    The session is created on first use inside the running loop, with at most `max_connections`
+    open connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts = _DEFAULT_TIMEOUTS,
+        max_connections: int = 100,
+        user_agent: str = "nanoedit/0.1",
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self.user_agent = user_agent
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """True once `aclose()` has been called."""
+        return self._closed
+
+    @property
+    def connector(self) -> aiohttp.BaseConnector | None:
+        """The connection pool, once the session exists (for diagnostics and tests)."""
+        return self._session.connector if self._session is not None else None
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; later requests raise `Closed`. Idempotent."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+            # Let the closed sockets' connection_lost callbacks run before the loop may end.
+            await asyncio.sleep(0)
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise Closed("transport is closed")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # Only the handshake is aiohttp's; the other deadlines are ours (see module doc).
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=None, sock_read=None, sock_connect=self.timeouts.connect
+                ),
+                headers={"user-agent": self.user_agent},
+                trust_env=False,
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Send a request and read the whole 2xx body.
+
+        Raises ApiError subclasses for non-2xx answers, `ConnectError`, `ConnectTimeout`,
+        `FirstByteTimeout`, `IdleTimeout`, `TotalTimeout`, `StreamBroken`, `Closed`, `ConfigError`.
+        """
+        resp, attempt = await self._open(method, url, body, headers)
+        try:
+            chunks = []
+            while data := await self._read_chunk(resp, attempt):
+                chunks.append(data)
+        except BaseException as exc:
+            resp.close()
+            self._log_failure(attempt, exc, resp.status)
+            raise
+        resp.release()
+        payload = b"".join(chunks)
+        self.bytes_received += len(payload)
+        done = asyncio.get_running_loop().time()
+        self._log_done(attempt, resp.status, len(payload), done)
+        return Response(
+            status=resp.status,
+            headers=resp.headers,
+            content_type=resp.content_type,
+            body=payload,
+            request_bytes=attempt.request_bytes,
+            started_at=attempt.started,
+            headers_at=attempt.headers_at,
+            done_at=done,
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[StreamResponse]:
+        """Send a request and yield the 2xx response once its headers arrive; read it inside.
+
+        Raises like `request()`, while opening or while reading chunks. Leaving the block before
+        the body ended (an error, cancellation, or early exit) drops the connection.
+        """
+        resp, attempt = await self._open(method, url, body, headers)
+        response = StreamResponse(self, resp, attempt)
+        try:
+            yield response
+        except BaseException as exc:
+            resp.close()
+            self._log_failure(attempt, exc, resp.status)
+            raise
+        finally:
+            self.bytes_received += response.response_bytes
+        if response._eof:
+            resp.release()
+        else:
+            resp.close()
+        self._log_done(
+            attempt, resp.status, response.response_bytes, asyncio.get_running_loop().time()
+        )
+
+    async def _open(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[aiohttp.ClientResponse, _Attempt]:
+        session = self._ensure_session()
+        timeouts = self.timeouts
+        now = asyncio.get_running_loop().time()
+        attempt = _Attempt(
+            method=method,
+            path=_path(url),
+            started=now,
+            deadline=now + timeouts.total,
+            secrets=secrets_of(headers),
+            request_bytes=len(body) if body else 0,
+        )
+        self.bytes_sent += attempt.request_bytes
+        try:
+            resp = await self._send(session, attempt, url, body, headers)
+        except BaseException as exc:
+            self._log_failure(attempt, exc, None)
+            raise
+        attempt.headers_at = asyncio.get_running_loop().time()
+        if 200 <= resp.status < 300:
+            return resp, attempt
+        try:
+            error_body = await self._read_error_body(resp, attempt)
+        finally:
+            resp.close()
+        error = error_from_body(
+            resp.status,
+            error_body,
+            headers=resp.headers,
+            reason=resp.reason or "",
+            secrets=attempt.secrets,
+        )
+        self._log_failure(attempt, error, resp.status)
+        raise error
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        attempt: _Attempt,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> aiohttp.ClientResponse:
+        first_byte, total = self.timeouts.first_byte, self.timeouts.total
+        wait = min(first_byte, total)
+        kind: type[Timeout] = FirstByteTimeout if first_byte < total else TotalTimeout
+        where = f"{attempt.method} {attempt.path}"
+        deadline = asyncio.timeout(wait)
+        try:
+            async with deadline:
+                return await session.request(attempt.method, url, data=body, headers=headers)
+        except aiohttp.ConnectionTimeoutError as exc:
+            message = f"{where}: no connection within {self.timeouts.connect:g}s"
+            raise ConnectTimeout(message) from exc
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise kind(f"{where}: no response headers within {wait:g}s") from exc
+            raise FirstByteTimeout(f"{where}: {self._describe(exc, attempt)}") from exc
+        except aiohttp.InvalidURL as exc:
+            raise ConfigError(f"invalid URL for {attempt.method} request") from exc
+        except aiohttp.ClientResponseError as exc:
+            # The bytes before the headers were not HTTP (a proxy or a port speaking something
+            # else); nothing usable arrived, like a refused connection.
+            raise ConnectError(f"{where}: invalid HTTP response: {exc.message}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectError(f"{where}: {self._describe(exc, attempt)}") from exc
+        except ValueError as exc:
+            # aiohttp rejects header values it cannot send (say a key with a newline); the
+            # message could quote the key, so it is scrubbed and the chain cut.
+            reason = clean_message(str(exc), attempt.secrets)
+            raise ConfigError(f"{where}: request rejected before sending: {reason}") from None
+
+    async def _read_chunk(self, resp: aiohttp.ClientResponse, attempt: _Attempt) -> bytes:
+        remaining = attempt.deadline - asyncio.get_running_loop().time()
+        where = f"{attempt.method} {attempt.path}"
+        if remaining <= 0:
+            raise TotalTimeout(f"{where}: attempt exceeded {self.timeouts.total:g}s")
+        idle = self.timeouts.idle
+        wait = min(idle, remaining)
+        deadline = asyncio.timeout(wait)
+        try:
+            async with deadline:
+                return await resp.content.readany()
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise StreamBroken(f"{where}: {self._describe(exc, attempt)}") from exc
+            if remaining <= idle:
+                raise TotalTimeout(f"{where}: attempt exceeded {self.timeouts.total:g}s") from exc
+            raise IdleTimeout(f"{where}: no data for {idle:g}s") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise StreamBroken(f"{where}: body incomplete: {self._describe(exc, attempt)}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise StreamBroken(f"{where}: connection lost: {self._describe(exc, attempt)}") from exc
+
+    async def _read_error_body(self, resp: aiohttp.ClientResponse, attempt: _Attempt) -> bytes:
+        # The status is the news; a body that cannot be read in full still leaves a typed error.
+        chunks: list[bytes] = []
+        size = 0
+        with contextlib.suppress(TransportError):
+            while size < _MAX_ERROR_BODY and (data := await self._read_chunk(resp, attempt)):
+                chunks.append(data)
+                size += len(data)
+        self.bytes_received += size
+        return b"".join(chunks)
+
+    @staticmethod
+    def _describe(exc: BaseException, attempt: _Attempt) -> str:
+        text = str(exc)
+        name = type(exc).__name__
+        return clean_message(f"{name}: {text}" if text else name, attempt.secrets)
+
+    @staticmethod
+    def _log_done(attempt: _Attempt, status: int, received: int, done: float) -> None:
+        _log.debug(
+            "http.response",
+            method=attempt.method,
+            path=attempt.path,
+            status=status,
+            request_bytes=attempt.request_bytes,
+            response_bytes=received,
+            headers_s=round(attempt.headers_at - attempt.started, 6),
+            duration_s=round(done - attempt.started, 6),
+        )
+
+    @staticmethod
+    def _log_failure(attempt: _Attempt, exc: BaseException, status: int | None) -> None:
+        _log.debug(
+            "http.failed",
+            method=attempt.method,
+            path=attempt.path,
+            status=status,
+            error=type(exc).__name__,
+            request_bytes=attempt.request_bytes,
+            duration_s=round(asyncio.get_running_loop().time() - attempt.started, 6),
+        )
+
+
+def malformed(status: int, what: str, secrets: Iterable[str] = ()) -> MalformedResponse:
+    """A MalformedResponse with a cleaned message."""
+    return MalformedResponse(clean_message(what, secrets), status=status)

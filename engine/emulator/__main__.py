@@ -1,0 +1,7 @@
+"""`python -m engine.emulator`: run the emulator standalone."""
+
+import sys
+
+from engine.emulator._cli import main
+
+sys.exit(main())

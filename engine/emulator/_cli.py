@@ -1,0 +1,140 @@
+"""`nanoedit emulator`: run the emulator standalone until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import structlog
+
+from engine._exceptions import ConfigError
+from engine.emulator._faults import FAULT_GRAMMAR, parse_faults
+from engine.emulator._server import Emulator
+from engine.emulator._settings import EmulatorSettings
+
+__all__ = ["add_arguments", "main", "run"]
+
+
+def _faults(value: str) -> str:
+    try:
+        parse_faults(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options (and the fault grammar as the help epilog)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    parser.add_argument(
+        "--api-key",
+        default="",
+        help="require this key (x-goog-api-key, ?key= or Authorization: Bearer); default: none",
+    )
+    parser.add_argument(
+        "--latency", type=_seconds, default=0.0, help="seconds per generation (e.g. 20)"
+    )
+    parser.add_argument(
+        "--latency-jitter", type=_seconds, default=0.0, help="up to this many extra seconds"
+    )
+    parser.add_argument(
+        "--faults",
+        type=_faults,
+        default="",
+        metavar="SPEC",
+        help="inject faults, e.g. '429:retry=2', 'rate=0.1:429,500,cut:1', "
+        "'fail_first=2:503' (grammar below)",
+    )
+    parser.add_argument(
+        "--flat", action="store_true", help="images without grain (small, fast PNGs)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for images and signatures")
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=20 * 1024 * 1024,
+        help="largest accepted request body (default 20 MiB)",
+    )
+    if parser.epilog is None:
+        parser.epilog = FAULT_GRAMMAR
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _settings(args: argparse.Namespace) -> EmulatorSettings:
+    return EmulatorSettings(
+        api_key=args.api_key,
+        latency=args.latency,
+        latency_jitter=args.latency_jitter,
+        faults=args.faults,
+        flat=args.flat,
+        seed=args.seed,
+        max_request_bytes=args.max_request_bytes,
+    )
+
+
+async def _serve(settings: EmulatorSettings, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with Emulator(settings, host=host, port=port) as emulator:
+            print(emulator.base_url, flush=True)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _log_to_stderr() -> None:
+    # stdout carries exactly one line, the base URL, for scripts to read; logs go to stderr.
+    # The nanoedit CLI may have configured structlog already; then its choice stands.
+    if not structlog.is_configured():
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; print the base URL on stdout first. Returns the exit code."""
+    _log_to_stderr()
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"nanoedit emulator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(settings, args.host, args.port))
+    except OSError as exc:
+        print(
+            f"nanoedit emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.emulator`: the same command without the nanoedit CLI."""
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.emulator", description="Run the nanoedit emulator."
+    )
+    add_arguments(parser)
+    with contextlib.suppress(KeyboardInterrupt):
+        return run(parser.parse_args(argv))
+    return 0

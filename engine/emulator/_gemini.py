@@ -1,0 +1,699 @@
+"""The Gemini-native endpoints: generateContent, streamGenerateContent, countTokens, models."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from engine._exceptions import ConfigError
+from engine._protocol import IncomingRequest, RequestContent, request_decoder
+from engine.catalog import MODELS, ModelSpec, estimate_text_tokens, resolve_model
+from engine.emulator._faults import Decision
+from engine.emulator._generate import (
+    ApiFailure,
+    RenderJob,
+    TurnInput,
+    answer_text,
+    canonical_json,
+    closest_ratio,
+    invalid,
+    read_turn,
+    seed_for,
+    thought_text,
+)
+from engine.emulator._http import (
+    STATE,
+    Event,
+    ServerState,
+    check_gemini_key,
+    failure_for,
+    frame_json_array,
+    gemini_error,
+    html_502,
+    json_body,
+    read_body,
+    reset_connection,
+    send_plain,
+    send_stream,
+)
+from engine.emulator._render import RenderResult
+from engine.emulator._signatures import check_history
+from sessions import Blob, Content, Part, WireError, decode_part
+
+__all__ = ["handle_get_model", "handle_list_models", "handle_model_call"]
+
+log = structlog.get_logger("nanoedit.emulator")
+
+_SSE_SEPARATOR = b"\r\n\r\n"
+_OFFLOAD_BYTES = 512 * 1024  # bodies above this are parsed in a worker thread
+_DISPLAY = {
+    "gemini-3.1-flash-image-preview": "Nano Banana 2 (Gemini 3.1 Flash Image Preview)",
+    "gemini-3-pro-image-preview": "Nano Banana Pro (Gemini 3 Pro Image Preview)",
+    "gemini-2.5-flash-image": "Nano Banana (Gemini 2.5 Flash Image)",
+}
+_NO_IMAGE_TEXT = (
+    "I'm unable to create that image. I can help with a different request or a rephrased one."
+)
+_IMAGE_SAFETY_MESSAGE = (
+    "Unable to show the generated image. The image was filtered out because it violated "
+    "Google's Generative AI Prohibited Use policy. You will not be charged for blocked images. "
+    "Try rephrasing the prompt."
+)
+
+
+def _unknown_model(name: str, version: str) -> ApiFailure:
+    return ApiFailure(
+        404,
+        f"models/{name} is not found for API version {version}, or is not supported for "
+        "generateContent. Call ListModels to see the list of available models and their "
+        "supported methods.",
+        openai_code="model_not_found",
+    )
+
+
+def _version(request: web.Request) -> str:
+    return request.path.split("/", 2)[1]
+
+
+def _spec(name: str, request: web.Request) -> ModelSpec:
+    try:
+        return resolve_model(name)
+    except ConfigError:
+        raise _unknown_model(name.removeprefix("models/"), _version(request)) from None
+
+
+def _model_info(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "name": f"models/{spec.id}",
+        "version": spec.id.split("-")[1],
+        "displayName": _DISPLAY.get(spec.id, spec.id),
+        "description": f"Image generation and editing ({', '.join(spec.aliases)}).",
+        "inputTokenLimit": spec.context_window,
+        "outputTokenLimit": 32_768,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
+        "thinking": spec.thinking,
+    }
+
+
+async def handle_list_models(request: web.Request) -> web.Response:
+    """GET /v1beta/models: the catalogue in Google's shape."""
+    state = request.app[STATE]
+    try:
+        check_gemini_key(request, state.settings.api_key)
+    except ApiFailure as failure:
+        return gemini_error(failure)
+    body = {"models": [_model_info(spec) for spec in MODELS.values()]}
+    return web.Response(body=json_body(body), content_type="application/json")
+
+
+async def handle_get_model(request: web.Request) -> web.Response:
+    """GET /v1beta/models/{model}: one model, aliases accepted."""
+    state = request.app[STATE]
+    try:
+        check_gemini_key(request, state.settings.api_key)
+        spec = _spec(request.match_info["name"], request)
+    except ApiFailure as failure:
+        return gemini_error(failure)
+    return web.Response(body=json_body(_model_info(spec)), content_type="application/json")
+
+
+# --- request parsing ----------------------------------------------------------------------
+
+
+def _field(mapping: Mapping[str, Any], camel: str, snake: str) -> Any:
+    value = mapping.get(camel)
+    return mapping.get(snake) if value is None else value
+
+
+def _decode_request(body: bytes) -> IncomingRequest:
+    try:
+        return request_decoder.decode(body).normalized()
+    except msgspec.DecodeError as exc:
+        raise invalid(f"Invalid JSON payload received. {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise invalid(f"Invalid JSON payload received. {exc}") from None
+
+
+def _contents(raw: list[RequestContent]) -> list[Content]:
+    try:
+        return [Content(role=c.role, parts=[decode_part(p) for p in c.parts]) for c in raw]
+    except WireError as exc:
+        raise invalid(f"Invalid JSON payload received. {exc}") from None
+
+
+def _system(raw: RequestContent | None) -> Content | None:
+    return None if raw is None else _contents([raw])[0]
+
+
+def _ratio_key(ratio: str) -> tuple[int, int]:
+    w, h = ratio.split(":")
+    return int(w), int(h)
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return ", ".join(quoted[:-1]) + f", or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+
+
+_IMAGE_CONFIG = "* GenerateContentRequest.generation_config.image_config"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """The effective generationConfig of one request."""
+
+    aspect_ratio: str
+    image_size: str | None
+    width: int
+    height: int
+    want_text: bool
+    want_image: bool
+    include_thoughts: bool
+
+
+def generation_params(
+    spec: ModelSpec, config: Mapping[str, Any], turn: TurnInput
+) -> GenerationParams:
+    """Validate generationConfig as Google does; 400 with a Google-like message otherwise."""
+    image_config = _field(config, "imageConfig", "image_config") or {}
+    if not isinstance(image_config, Mapping):
+        raise invalid(f"{_IMAGE_CONFIG}: image_config must be an object.\n")
+    ratio = _field(image_config, "aspectRatio", "aspect_ratio")
+    size = _field(image_config, "imageSize", "image_size")
+    if ratio is not None and (not isinstance(ratio, str) or ratio not in spec.ratios):
+        allowed = _one_of(tuple(sorted(spec.ratios, key=_ratio_key)))
+        raise invalid(f"{_IMAGE_CONFIG}.aspect_ratio: aspect_ratio must be one of {allowed}.\n")
+    if size is not None:
+        if not spec.sizes:
+            raise invalid(
+                f"{_IMAGE_CONFIG}.image_size: image_size is not supported for models/{spec.id}.\n"
+            )
+        if not isinstance(size, str) or size not in spec.sizes:
+            raise invalid(
+                f"{_IMAGE_CONFIG}.image_size: image_size must be one of {_one_of(spec.sizes)}.\n"
+            )
+    if ratio is None:
+        ratio = (
+            "1:1"
+            if turn.base is None
+            else closest_ratio(spec.ratios, turn.base.width, turn.base.height)
+        )
+    width, height = spec.output_pixels(ratio, size)
+    modalities = _field(config, "responseModalities", "response_modalities")
+    if modalities is None:
+        want_text = want_image = True
+    elif not isinstance(modalities, list) or not modalities:
+        raise invalid("* GenerateContentRequest.generation_config.response_modalities: invalid.\n")
+    else:
+        names = {str(m).upper() for m in modalities}
+        want_text, want_image = "TEXT" in names, "IMAGE" in names
+    thinking = _field(config, "thinkingConfig", "thinking_config") or {}
+    include = bool(_field(thinking, "includeThoughts", "include_thoughts"))
+    return GenerationParams(
+        aspect_ratio=ratio,
+        image_size=size,
+        width=width,
+        height=height,
+        want_text=want_text,
+        want_image=want_image,
+        include_thoughts=include and spec.thinking,
+    )
+
+
+def check_limits(spec: ModelSpec, turn: TurnInput) -> None:
+    """The context window and input image limits, with Google's messages."""
+    if turn.prompt_tokens > spec.context_window:
+        raise invalid(
+            f"The input token count ({turn.prompt_tokens}) exceeds the maximum number of "
+            f"tokens allowed ({spec.context_window})."
+        )
+    if turn.latest_user_images > spec.max_input_images:
+        raise invalid(
+            f"Too many input images: the request has {turn.latest_user_images} images, "
+            f"{spec.id} accepts at most {spec.max_input_images}."
+        )
+
+
+# --- the answer ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Answer:
+    """One response, built once and sent whole or as stream chunks."""
+
+    parts: list[Part]
+    finish_reason: str | None
+    finish_message: str | None
+    prompt_feedback: dict[str, Any] | None
+    usage: dict[str, Any]
+    partial_usage: dict[str, Any]
+    model_version: str
+    response_id: str
+
+
+def _details(**by_modality: int) -> list[dict[str, Any]]:
+    return [{"modality": m, "tokenCount": n} for m, n in by_modality.items() if n]
+
+
+def _prompt_details(turn: TurnInput) -> list[dict[str, Any]]:
+    return [
+        {"modality": "TEXT", "tokenCount": turn.text_tokens},
+        *_details(IMAGE=turn.image_tokens),
+    ]
+
+
+def _usage(
+    spec: ModelSpec,
+    turn: TurnInput,
+    *,
+    text: str,
+    thought: str,
+    image_tokens: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    prompt = turn.prompt_tokens
+    text_tokens = estimate_text_tokens(text) if text else 0
+    thoughts = estimate_text_tokens(thought) if thought else 0
+    candidates = text_tokens + image_tokens
+    final: dict[str, Any] = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates + thoughts,
+        "promptTokensDetails": _prompt_details(turn),
+    }
+    if candidates:
+        final["candidatesTokensDetails"] = _details(IMAGE=image_tokens, TEXT=text_tokens)
+    if spec.thinking:
+        final["thoughtsTokenCount"] = thoughts
+    partial = {"promptTokenCount": prompt, "totalTokenCount": prompt + thoughts}
+    if spec.thinking:
+        partial["thoughtsTokenCount"] = thoughts
+    return final, partial
+
+
+def _response_id(digest: bytes) -> str:
+    raw = hashlib.sha256(b"response-id\0" + digest).digest()[:17]
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One validated generateContent request, ready to answer."""
+
+    spec: ModelSpec
+    turn: TurnInput
+    params: GenerationParams
+    seed: int
+    digest: bytes
+    grain: bool
+
+
+async def _render_all(
+    state: ServerState, job: Job
+) -> tuple[RenderResult | None, RenderResult | None]:
+    """The output image and, with includeThoughts, a small interim thought image."""
+    if not job.params.want_image:
+        return None, None
+    base = job.turn.base
+    render = RenderJob(
+        model=job.spec.id,
+        instruction=job.turn.instruction,
+        base=base.blob.data if base else None,
+        base_sha256=base.sha256 if base else b"",
+        width=job.params.width,
+        height=job.params.height,
+        seed=job.seed,
+        grain=job.grain,
+    )
+    if not job.params.include_thoughts:
+        return await state.pool.render(render), None
+    draft = RenderJob(
+        model=render.model,
+        instruction=render.instruction,
+        base=render.base,
+        base_sha256=render.base_sha256,
+        width=max(16, render.width // 4),
+        height=max(16, render.height // 4),
+        seed=render.seed,
+        grain=False,
+    )
+    image, thought_image = await asyncio.gather(state.pool.render(render), state.pool.render(draft))
+    return image, thought_image
+
+
+def build_answer(
+    state: ServerState,
+    job: Job,
+    image: RenderResult | None,
+    thought_image: RenderResult | None,
+    decision: Decision,
+) -> Answer:
+    """The response parts, usage and finish for a rendered (or refused) turn."""
+    spec, turn = job.spec, job.turn
+    outcome = decision.outcome.kind if decision.outcome else ""
+    signer = state.signer
+    thought = thought_text(turn) if spec.thinking else ""
+    parts: list[Part] = []
+    if thought:
+        parts.append(Part(text=thought, thought=True))
+    if thought_image is not None:
+        blob = Blob(mime_type=thought_image.mime_type, data=thought_image.data)
+        parts.append(Part(inline_data=blob, thought=True))
+    finish_reason: str | None = "STOP"
+    finish_message = None
+    prompt_feedback = None
+    text = ""
+    image_tokens = 0
+    if outcome == "block":
+        parts = []
+        thought = ""
+        finish_reason = None
+        prompt_feedback = {
+            "blockReason": "SAFETY",
+            "safetyRatings": [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+            ],
+        }
+    elif outcome == "image_safety":
+        parts = []
+        finish_reason, finish_message = "IMAGE_SAFETY", _IMAGE_SAFETY_MESSAGE
+    elif outcome == "no_image":
+        text = _NO_IMAGE_TEXT
+        finish_reason = "NO_IMAGE"
+    else:
+        if job.params.want_text:
+            text = (
+                answer_text(image, edited=turn.base is not None)
+                if image is not None
+                else f"Noted: {turn.instruction[:200]}"
+            )
+    if text:
+        signature = signer.text(job.digest) if spec.thinking else None
+        parts.append(Part(text=text, thought_signature=signature))
+    if image is not None and outcome not in ("block", "image_safety", "no_image"):
+        sha = hashlib.sha256(image.data).digest()
+        signature = signer.image(sha) if spec.thinking else None
+        blob = Blob(mime_type=image.mime_type, data=image.data)
+        parts.append(Part(inline_data=blob, thought_signature=signature))
+        image_tokens = spec.output_tokens(job.params.image_size)
+    usage, partial = _usage(spec, turn, text=text, thought=thought, image_tokens=image_tokens)
+    return Answer(
+        parts=parts,
+        finish_reason=finish_reason,
+        finish_message=finish_message,
+        prompt_feedback=prompt_feedback,
+        usage=usage,
+        partial_usage=partial,
+        model_version=spec.id,
+        response_id=_response_id(job.digest),
+    )
+
+
+def _chunk(
+    parts: list[Part] | None,
+    *,
+    usage: Mapping[str, Any],
+    model_version: str,
+    response_id: str,
+    finish_reason: str | None = None,
+    finish_message: str | None = None,
+    prompt_feedback: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if prompt_feedback is not None:
+        out["promptFeedback"] = prompt_feedback
+    else:
+        candidate: dict[str, Any] = {}
+        if parts:
+            candidate["content"] = Content(role="model", parts=parts)
+        if finish_reason:
+            candidate["finishReason"] = finish_reason
+        if finish_message:
+            candidate["finishMessage"] = finish_message
+        candidate["index"] = 0
+        out["candidates"] = [candidate]
+    out["usageMetadata"] = usage
+    out["modelVersion"] = model_version
+    out["responseId"] = response_id
+    return out
+
+
+def _final_chunk(answer: Answer, parts: list[Part] | None) -> dict[str, Any]:
+    return _chunk(
+        parts,
+        usage=answer.usage,
+        model_version=answer.model_version,
+        response_id=answer.response_id,
+        finish_reason=answer.finish_reason,
+        finish_message=answer.finish_message,
+        prompt_feedback=answer.prompt_feedback,
+    )
+
+
+def _partial_chunk(answer: Answer, parts: list[Part]) -> dict[str, Any]:
+    return _chunk(
+        parts,
+        usage=answer.partial_usage,
+        model_version=answer.model_version,
+        response_id=answer.response_id,
+    )
+
+
+def whole_response(answer: Answer) -> bytes:
+    """The non-streamed GenerateContentResponse."""
+    return json_body(_final_chunk(answer, answer.parts))
+
+
+def _split(text: str, pieces: int) -> list[str]:
+    # Cut at spaces where possible, so pieces look like a model's token groups.
+    words = text.split(" ")
+    if len(words) < pieces:
+        size = -(-len(text) // pieces)
+        return [text[i : i + size] for i in range(0, len(text), size)]
+    per = -(-len(words) // pieces)
+    groups = [words[i : i + per] for i in range(0, len(words), per)]
+    out = [" ".join(g) for g in groups]
+    return [p + " " for p in out[:-1]] + out[-1:]
+
+
+def stream_chunks(answer: Answer, *, text_chunks: int, sig_last: bool) -> list[list[Part]]:
+    """The answer's parts grouped into stream chunks: thoughts, text pieces, the image."""
+    chunks: list[list[Part]] = []
+    for part in answer.parts:
+        if part.thought:
+            chunks.append([part])
+        elif part.text is not None:
+            pieces = _split(part.text, text_chunks)
+            signature = part.thought_signature
+            texts = [[Part(text=p)] for p in pieces]
+            if signature is not None:
+                if sig_last:
+                    texts[-1].append(Part(text="", thought_signature=signature))
+                else:
+                    texts[0][0] = Part(text=pieces[0], thought_signature=signature)
+            chunks.extend(texts)
+        else:
+            chunks.append([part])  # an image: whole, in one event
+    return chunks
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+async def _admit(request: web.Request, state: ServerState, endpoint: str, model: str) -> bytes:
+    """Auth, then the capped body read; records the request either way."""
+    try:
+        check_gemini_key(request, state.settings.api_key)
+        body = await read_body(request, state.settings.max_request_bytes)
+    except ApiFailure:
+        state.record(request, endpoint, model, b"")
+        raise
+    state.record(request, endpoint, model, body)
+    return body
+
+
+def _parse_and_prepare(state: ServerState, spec: ModelSpec, body: bytes) -> Job:
+    """Decode and validate a generateContent body (pure; safe in a worker thread)."""
+    incoming = _decode_request(body)
+    contents = _contents(incoming.contents)
+    if not contents:
+        raise invalid("* GenerateContentRequest.contents: contents is not specified\n")
+    system = _system(incoming.systemInstruction)
+    turn = read_turn(spec, contents, system)
+    config = incoming.generationConfig or {}
+    params = generation_params(spec, config, turn)
+    check_limits(spec, turn)
+    if spec.thinking:
+        problem = check_history(contents, state.signer, turn.sha_of)
+        if problem is not None:
+            raise invalid(problem)
+    digest = hashlib.sha256(turn.digest + canonical_json(config)).digest()
+    return Job(
+        spec=spec,
+        turn=turn,
+        params=params,
+        seed=seed_for(state.settings.seed, digest),
+        digest=digest,
+        grain=not state.settings.flat,
+    )
+
+
+async def _error_outcome(request: web.Request, decision: Decision) -> web.StreamResponse | None:
+    """Answer an error-kind fault (status, reset, html502), or None to carry on."""
+    outcome = decision.outcome
+    if outcome is None:
+        return None
+    if outcome.kind == "reset":
+        if decision.latency:
+            await asyncio.sleep(decision.latency)
+        return reset_connection(request)
+    if outcome.kind == "html502" or outcome.status:
+        if decision.latency:
+            await asyncio.sleep(decision.latency)
+        return html_502() if outcome.kind == "html502" else gemini_error(failure_for(outcome))
+    return None
+
+
+async def _generate(request: web.Request, state: ServerState, model: str) -> web.StreamResponse:
+    stream = request.match_info["name"].endswith(":streamGenerateContent")
+    endpoint = "streamGenerateContent" if stream else "generateContent"
+    body = await _admit(request, state, endpoint, model)
+    spec = _spec(model, request)
+    if len(body) > _OFFLOAD_BYTES:
+        # Decoding, hashing and measuring megabytes of history images would stall the loop.
+        job = await state.pool.run(_parse_and_prepare, state, spec, body)
+    else:
+        job = _parse_and_prepare(state, spec, body)
+    decision = state.decide(request, endpoint, body)
+    early = await _error_outcome(request, decision)
+    if early is not None:
+        return early
+    latency = state.latency(decision)
+    blocked = decision.outcome is not None and decision.outcome.kind in (
+        "block",
+        "image_safety",
+        "no_image",
+    )
+    log.debug(
+        "emulator.generate",
+        endpoint=endpoint,
+        model=spec.id,
+        width=job.params.width,
+        height=job.params.height,
+        edit=job.turn.base is not None,
+    )
+    if stream and request.query.get("alt") == "sse":
+        return await send_stream(
+            request,
+            _sse_events(state, job, decision, latency, blocked),
+            decision=decision,
+            separator=_SSE_SEPARATOR,
+        )
+
+    async def render() -> tuple[RenderResult | None, RenderResult | None]:
+        return (None, None) if blocked else await _render_all(state, job)
+
+    (image, thought_image), _ = await asyncio.gather(render(), asyncio.sleep(latency))
+    answer = build_answer(state, job, image, thought_image, decision)
+    if stream:
+        # Without alt=sse Google streams one JSON array of the chunks; we send it whole.
+        chunks = [payload async for _, payload in _events(state, answer, decision)]
+        return await send_plain(request, frame_json_array(chunks), decision=decision)
+    return await send_plain(request, whole_response(answer), decision=decision)
+
+
+async def _sse_events(
+    state: ServerState, job: Job, decision: Decision, latency: float, blocked: bool
+) -> AsyncGenerator[Event, None]:
+    """SSE events: the thought first (a quarter of the latency in), the rest after the render."""
+    render_task: asyncio.Task[tuple[RenderResult | None, RenderResult | None]] | None = None
+    if not blocked:
+        render_task = asyncio.ensure_future(_render_all(state, job))
+    try:
+        await asyncio.sleep(latency / 4)
+        thought_sent = False
+        if job.spec.thinking and not blocked:
+            # The thought goes out before the render is done, like real thinking output.
+            thought = Part(text=thought_text(job.turn), thought=True)
+            _, partial = _usage(
+                job.spec, job.turn, text="", thought=thought.text or "", image_tokens=0
+            )
+            first = _chunk(
+                [thought],
+                usage=partial,
+                model_version=job.spec.id,
+                response_id=_response_id(job.digest),
+            )
+            yield None, json_body(first)
+            thought_sent = True
+        await asyncio.sleep(latency * 3 / 4)
+        image, thought_image = (None, None) if render_task is None else await render_task
+        answer = build_answer(state, job, image, thought_image, decision)
+        if thought_sent:
+            answer.parts = answer.parts[1:]  # the thought text, already sent
+        async for event in _events(state, answer, decision):
+            yield event
+    finally:
+        if render_task is not None and not render_task.done():
+            render_task.cancel()
+
+
+async def _events(
+    state: ServerState, answer: Answer, decision: Decision
+) -> AsyncGenerator[Event, None]:
+    """Stream chunks of a built answer; the last carries the finish reason and full usage."""
+    if answer.prompt_feedback is None:
+        chunks = stream_chunks(
+            answer,
+            text_chunks=state.settings.stream_text_chunks,
+            sig_last=decision.sig_last or state.settings.stream_signature == "last",
+        )
+        for parts in chunks:
+            yield None, json_body(_partial_chunk(answer, parts))
+    # Like Google's: the finishing chunk carries an empty text part, so clients that drop
+    # content-less chunks (the official SDK's chat history does) still see a valid turn.
+    closing = [Part(text="")] if answer.finish_reason in ("STOP", "NO_IMAGE") else None
+    yield None, json_body(_final_chunk(answer, closing))
+
+
+async def _count_tokens(request: web.Request, state: ServerState, model: str) -> web.Response:
+    body = await _admit(request, state, "countTokens", model)
+    spec = _spec(model, request)
+    incoming = _decode_request(body)
+    if incoming.generateContentRequest is not None:
+        incoming = _decode_request(json_body(incoming.generateContentRequest))
+    turn = read_turn(spec, _contents(incoming.contents), _system(incoming.systemInstruction))
+    answer = {
+        "totalTokens": turn.prompt_tokens,
+        "promptTokensDetails": _prompt_details(turn),
+    }
+    return web.Response(body=json_body(answer), content_type="application/json")
+
+
+_METHODS: dict[str, Callable[[web.Request, ServerState, str], Any]] = {
+    "generateContent": _generate,
+    "streamGenerateContent": _generate,
+    "countTokens": _count_tokens,
+}
+
+
+async def handle_model_call(request: web.Request) -> web.StreamResponse:
+    """POST /v1beta/models/{model}:{method}."""
+    state = request.app[STATE]
+    model, sep, method = request.match_info["name"].rpartition(":")
+    handler = _METHODS.get(method) if sep else None
+    if handler is None:
+        return gemini_error(ApiFailure(404, f"Method not found: {method or '(none)'}."))
+    state.requests[method] += 1
+    try:
+        response: web.StreamResponse = await handler(request, state, model)
+    except ApiFailure as failure:
+        return gemini_error(failure)
+    return response

@@ -1,0 +1,55 @@
+"""Emulator settings: one frozen value, defaults in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine._config import EmulatorOptions
+from engine._exceptions import ConfigError
+
+__all__ = ["EmulatorSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorSettings:
+    """How one emulator server behaves; see the package docstring for each knob."""
+
+    # repr=False: the key never shows up in logs, reprs or tracebacks.
+    api_key: str = field(default="", repr=False)
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    faults: str = ""
+    flat: bool = False
+    seed: int = 0
+    max_request_bytes: int = 20 * 1024 * 1024
+    record_requests: bool = False
+    stream_text_chunks: int = 3
+    # "first": signature on the first streamed text piece (Google's usual behaviour);
+    # "last": on an extra empty-text part after the last text piece (also seen from Google).
+    stream_signature: str = "first"
+    render_cache_entries: int = 256
+    render_cache_bytes: int = 512 * 1024 * 1024
+    render_threads: int = 0  # 0: one per CPU, at least 2
+
+    def __post_init__(self) -> None:
+        if self.latency < 0 or self.latency_jitter < 0:
+            raise ConfigError("latency and latency_jitter must be >= 0")
+        if self.max_request_bytes < 1:
+            raise ConfigError("max_request_bytes must be positive")
+        if self.stream_text_chunks < 1:
+            raise ConfigError("stream_text_chunks must be at least 1")
+        if self.stream_signature not in ("first", "last"):
+            raise ConfigError("stream_signature must be 'first' or 'last'")
+        if self.render_cache_entries < 0 or self.render_cache_bytes < 0:
+            raise ConfigError("render cache limits must be >= 0")
+
+    @classmethod
+    def from_options(cls, options: EmulatorOptions, *, api_key: str = "") -> EmulatorSettings:
+        """Settings for the embedded emulator from the engine's `EmulatorOptions`."""
+        return cls(
+            api_key=api_key,
+            latency=options.latency,
+            faults=options.faults,
+            flat=options.flat,
+            seed=options.seed,
+        )

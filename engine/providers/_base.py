@@ -1,0 +1,102 @@
+"""The provider contract: how the runtime talks to one wire protocol, documented once.
+
+A provider turns a request into bytes (`encode`, so the runtime can measure and budget the exact
+body) and makes ONE attempt to get an answer (`generate`); the runtime owns retries, limits,
+events and commits. Everything a provider raises is from `engine._exceptions`:
+
+- `ApiError` subclasses for error answers (also an error object inside a stream);
+- `TransportError` subclasses when no usable answer arrived (`StreamBroken` when a stream ended
+  without a finish reason);
+- `MalformedResponse` for a 2xx body that is not the JSON it should be;
+- `ContentBlocked` when the prompt or the output was blocked, or an image-only turn came back
+  without an image (the turn must not be committed);
+- `EventTooLarge` when one stream event exceeds the provider's maximum.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine._merge import ImageDelta, TextDelta
+from sessions._records import SessionSettings, Usage
+from sessions._wire import Content
+
+__all__ = ["GenerateRequest", "OnDelta", "Provider", "ProviderResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """What one turn sends: the resolved model id, the whole history, the session's settings."""
+
+    model: str  # resolved model id, e.g. "gemini-3.1-flash-image-preview"
+    contents: Sequence[Content]
+    settings: SessionSettings
+
+    @property
+    def images_only(self) -> bool:
+        """True when the session asks for images only (`response_modalities == ["IMAGE"]`)."""
+        modalities = self.settings.response_modalities
+        return modalities is not None and [m.upper() for m in modalities] == ["IMAGE"]
+
+
+@dataclass(slots=True)
+class ProviderResult:
+    """One successful answer: ONE merged model Content plus what the server said about it."""
+
+    content: Content
+    finish_reason: str | None
+    finish_message: str | None
+    usage: Usage
+    grounding_metadata: dict[str, Any] | None
+    model_version: str | None
+    response_id: str | None
+    status: int
+    request_bytes: int
+    response_bytes: int
+    # Seconds from the attempt's start: "headers_s", "first_event_s", "first_image_s", "done_s"
+    # (the middle two only when there was such an event).
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+OnDelta = Callable[[TextDelta | ImageDelta], Awaitable[None]]
+
+
+class Provider(abc.ABC):
+    """One wire protocol (Gemini REST, later OpenAI-compatible) behind one interface."""
+
+    name: str  # "google", "wisdom-gate", "custom", "local"
+    supports_streaming: bool
+
+    @abc.abstractmethod
+    def encode(self, request: GenerateRequest) -> bytes:
+        """The request body, in one encoder call (images become base64 in C)."""
+
+    @abc.abstractmethod
+    async def generate(
+        self,
+        model: str,
+        body: bytes,
+        *,
+        stream: bool,
+        on_delta: OnDelta | None = None,
+        images_only: bool = False,
+    ) -> ProviderResult:
+        """Make ONE attempt (no retries) with an encoded body; await `on_delta` per delta.
+
+        Deltas arrive as the stream does; a plain call delivers them all once its body arrived,
+        so a caller can build its events from deltas alone in both modes. A failed attempt may
+        have delivered deltas already (the runtime discards them).
+        `images_only` (see `GenerateRequest.images_only`) makes an answer without a non-thought
+        image a `ContentBlocked(reason="NO_IMAGE")`.
+        """
+
+    @abc.abstractmethod
+    async def count_tokens(self, model: str, contents: Sequence[Content]) -> int:
+        """The server's token count for `contents`."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release what the provider owns (not the shared transport)."""

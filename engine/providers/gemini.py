@@ -1,0 +1,403 @@
+"""The Gemini-native REST provider (Google, Wisdom Gate, the emulator, any compatible gateway).
+
+Requests are encoded in one msgspec call; each SSE event is decoded in one msgspec call; streamed
+parts are merged into one model Content (`engine._merge`). Decisions worth knowing:
+
+- a response without any candidate and without a prompt block is a `MalformedResponse`;
+- an answer that finished with no parts at all is `ContentBlocked` (committing it would make the
+  next request invalid): its finish reason, or "EMPTY_RESPONSE" when that was STOP or missing;
+- a 2xx `application/json` answer to a streaming request (a gateway that ignored `alt=sse`) is
+  read as one response or as a JSON array of chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from engine import sse
+from engine._config import Secret
+from engine._exceptions import ContentBlocked, StreamBroken, TransportError
+from engine._merge import ContentMerger, Delta, ImageDelta, TextDelta
+from engine._protocol import (
+    GenerateContentRequest,
+    GenerateContentResponse,
+    ModalityTokenCount,
+    UsageMetadata,
+    response_decoder,
+)
+from engine._transport import StreamResponse, Transport, google_error, html_title, malformed
+from engine.providers._base import GenerateRequest, OnDelta, Provider, ProviderResult
+from sessions._records import Usage
+from sessions._wire import Content, Part, WireError, _WireContent, decode_part, wire_contents
+
+__all__ = ["BLOCKED_FINISH_REASONS", "GeminiProvider"]
+
+BLOCKED_FINISH_REASONS = frozenset(
+    {
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "RECITATION",
+        "BLOCKLIST",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+    }
+)
+"""Finish reasons that mean the model withheld its answer: the turn fails with ContentBlocked."""
+
+_encoder = msgspec.json.Encoder()
+_response_list_decoder = msgspec.json.Decoder(list[GenerateContentResponse])
+
+
+class _CountTokensRequest(msgspec.Struct):
+    contents: list[Content | _WireContent]
+
+
+class _CountTokensResponse(msgspec.Struct, rename="camel", kw_only=True):
+    total_tokens: int = 0
+
+
+_count_decoder = msgspec.json.Decoder(_CountTokensResponse)
+
+
+def _tokens(details: list[ModalityTokenCount] | None, modality: str) -> int:
+    return sum(d.token_count for d in details or () if d.modality == modality)
+
+
+def usage_from(meta: UsageMetadata | None) -> Usage:
+    """`Usage` from `usageMetadata`, split per modality; zeros when the server sent none."""
+    if meta is None:
+        return Usage()
+    return Usage(
+        prompt_tokens=meta.prompt_token_count,
+        output_tokens=meta.candidates_token_count,
+        thoughts_tokens=meta.thoughts_token_count,
+        total_tokens=meta.total_token_count
+        or meta.prompt_token_count + meta.candidates_token_count + meta.thoughts_token_count,
+        prompt_image_tokens=_tokens(meta.prompt_tokens_details, "IMAGE"),
+        prompt_text_tokens=_tokens(meta.prompt_tokens_details, "TEXT"),
+        output_image_tokens=_tokens(meta.candidates_tokens_details, "IMAGE"),
+        output_text_tokens=_tokens(meta.candidates_tokens_details, "TEXT"),
+    )
+
+
+class _Answer:
+    """What the chunks of one answer said, gathered as they arrive."""
+
+    __slots__ = (
+        "candidates",
+        "finish_message",
+        "finish_reason",
+        "grounding",
+        "model_version",
+        "response_id",
+        "role",
+        "secrets",
+        "status",
+        "usage",
+    )
+
+    def __init__(self, status: int, secrets: tuple[str, ...]) -> None:
+        self.status = status
+        self.secrets = secrets
+        self.candidates = 0
+        self.role: str | None = None
+        self.finish_reason: str | None = None
+        self.finish_message: str | None = None
+        self.usage: UsageMetadata | None = None
+        self.grounding: dict[str, Any] | None = None
+        self.model_version: str | None = None
+        self.response_id: str | None = None
+
+    def observe(self, response: GenerateContentResponse) -> list[Part]:
+        """Record one response (or chunk); return its parts. Raises on error and prompt block."""
+        if response.error is not None:
+            err = response.error
+            raise google_error(err.code, err.message, err.status, err.details, secrets=self.secrets)
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason:
+            raise ContentBlocked(
+                feedback.block_reason_message or "the prompt was blocked",
+                reason=feedback.block_reason,
+            )
+        if response.usage_metadata is not None:
+            # Later chunks carry the running (finally the full) usage; the last one wins.
+            self.usage = response.usage_metadata
+        self.model_version = response.model_version or self.model_version
+        self.response_id = response.response_id or self.response_id
+        candidate = next((c for c in response.candidates if c.index in (None, 0)), None)
+        if candidate is None:
+            return []
+        self.candidates += 1
+        if candidate.finish_reason:
+            self.finish_reason = candidate.finish_reason
+        if candidate.finish_message:
+            self.finish_message = candidate.finish_message
+        if candidate.grounding_metadata is not None:
+            self.grounding = candidate.grounding_metadata
+        if candidate.content is None:
+            return []
+        self.role = candidate.content.role or self.role
+        try:
+            return [decode_part(raw) for raw in candidate.content.parts]
+        except WireError as exc:
+            raise malformed(self.status, f"malformed part: {exc}", self.secrets) from exc
+
+    def check(self, content: Content, *, images_only: bool, streamed: bool) -> None:
+        """Raise if the finished answer must not become a turn."""
+        reason = self.finish_reason
+        if reason in BLOCKED_FINISH_REASONS:
+            raise ContentBlocked(self.finish_message or "", reason=reason)
+        if streamed and reason is None:
+            raise StreamBroken("the stream ended before a finish reason")
+        if not streamed and not self.candidates:
+            raise malformed(self.status, "response has no candidates", self.secrets)
+        if not content.parts:
+            raise ContentBlocked(
+                self.finish_message or "the model returned no content",
+                reason=reason if reason and reason != "STOP" else "EMPTY_RESPONSE",
+            )
+        if images_only and not any(p.is_image and not p.thought for p in content.parts):
+            raise ContentBlocked(
+                self.finish_message or "the model answered without an image", reason="NO_IMAGE"
+            )
+
+    def result(
+        self,
+        content: Content,
+        *,
+        request_bytes: int,
+        response_bytes: int,
+        timings: dict[str, float],
+    ) -> ProviderResult:
+        return ProviderResult(
+            content=content,
+            finish_reason=self.finish_reason,
+            finish_message=self.finish_message,
+            usage=usage_from(self.usage),
+            grounding_metadata=self.grounding,
+            model_version=self.model_version,
+            response_id=self.response_id,
+            status=self.status,
+            request_bytes=request_bytes,
+            response_bytes=response_bytes,
+            timings=timings,
+        )
+
+
+def _deltas(parts: Sequence[Part]) -> list[Delta]:
+    out: list[Delta] = []
+    for part in parts:
+        if part.is_image:
+            out.append(ImageDelta(part))
+        elif part.text and part.inline_data is None:
+            out.append(TextDelta(part.text, bool(part.thought)))
+    return out
+
+
+class GeminiProvider(Provider):
+    """Gemini REST: `:generateContent`, `:streamGenerateContent?alt=sse`, `:countTokens`.
+
+    The transport is shared and owned by the engine; `aclose()` leaves it open.
+    """
+
+    supports_streaming = True
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        base_url: str,
+        api_key: Secret,
+        name: str = "custom",
+        max_event_bytes: int = sse.DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self.name = name
+        self._transport = transport
+        self._base_url = base_url.rstrip("/")
+        self._max_event_bytes = max_event_bytes
+        key = api_key.reveal()
+        self._headers: dict[str, str] = {"content-type": "application/json"}
+        if key:
+            self._headers["x-goog-api-key"] = key
+        self._secrets: tuple[str, ...] = (key,) if key else ()
+
+    def _url(self, model: str, method: str) -> str:
+        name = quote(model.removeprefix("models/"), safe="-._~")
+        return f"{self._base_url}/v1beta/models/{name}:{method}"
+
+    def encode(self, request: GenerateRequest) -> bytes:
+        """The generateContent body: history verbatim plus the session's settings."""
+        settings = request.settings
+        generation: dict[str, Any] = dict(settings.generation_config or {})
+        if settings.response_modalities is not None:
+            generation["responseModalities"] = list(settings.response_modalities)
+        if settings.image_config:
+            generation["imageConfig"] = dict(settings.image_config)
+        system = settings.system_instruction
+        return _encoder.encode(
+            GenerateContentRequest(
+                contents=wire_contents(request.contents),
+                system_instruction=wire_contents([system])[0] if system is not None else None,
+                tools=settings.tools,
+                tool_config=settings.tool_config,
+                safety_settings=settings.safety_settings,
+                generation_config=generation or None,
+            )
+        )
+
+    async def generate(
+        self,
+        model: str,
+        body: bytes,
+        *,
+        stream: bool,
+        on_delta: OnDelta | None = None,
+        images_only: bool = False,
+    ) -> ProviderResult:
+        """One attempt at `model` with an encoded body (see `Provider.generate`)."""
+        if stream:
+            return await self._stream(model, body, on_delta, images_only)
+        return await self._once(model, body, on_delta, images_only)
+
+    async def _once(
+        self, model: str, body: bytes, on_delta: OnDelta | None, images_only: bool
+    ) -> ProviderResult:
+        resp = await self._transport.request(
+            "POST", self._url(model, "generateContent"), body=body, headers=self._headers
+        )
+        answer = _Answer(resp.status, self._secrets)
+        parts: list[Part] = []
+        for response in self._decode_body(resp.body, resp.content_type, answer):
+            parts.extend(answer.observe(response))
+        content = Content(role=answer.role or "model", parts=parts)
+        answer.check(content, images_only=images_only, streamed=False)
+        if on_delta is not None:
+            for delta in _deltas(parts):
+                await on_delta(delta)
+        timings = {
+            "headers_s": resp.headers_at - resp.started_at,
+            "done_s": resp.done_at - resp.started_at,
+        }
+        return answer.result(
+            content,
+            request_bytes=resp.request_bytes,
+            response_bytes=resp.response_bytes,
+            timings=timings,
+        )
+
+    def _decode_body(
+        self, body: bytes, content_type: str, answer: _Answer
+    ) -> list[GenerateContentResponse]:
+        if "html" in content_type:
+            title = html_title(body[:65536].decode("utf-8", "replace"))
+            raise malformed(
+                answer.status, f"expected JSON, got an HTML page: {title or ''}", self._secrets
+            )
+        try:
+            if body.lstrip()[:1] == b"[":
+                return _response_list_decoder.decode(body)
+            return [response_decoder.decode(body)]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            message = f"malformed response body: {exc}"
+            raise malformed(answer.status, message, self._secrets) from exc
+
+    async def _stream(
+        self, model: str, body: bytes, on_delta: OnDelta | None, images_only: bool
+    ) -> ProviderResult:
+        url = self._url(model, "streamGenerateContent") + "?alt=sse"
+        timings: dict[str, float] = {}
+        merger = ContentMerger()
+        async with self._transport.stream("POST", url, body=body, headers=self._headers) as resp:
+            start = resp.started_at
+            timings["headers_s"] = resp.headers_at - start
+            answer = _Answer(resp.status, self._secrets)
+            if resp.content_type in ("application/json", "text/html"):
+                for response in self._decode_body(await resp.read(), resp.content_type, answer):
+                    await self._chunk(response, answer, merger, on_delta, timings, start)
+            else:
+                try:
+                    await self._read_events(resp, answer, merger, on_delta, timings, start)
+                except TransportError:
+                    if answer.finish_reason is None:
+                        raise
+                    # The model had finished and said so in a complete event; only the
+                    # connection's goodbye failed. Retrying would pay for the image twice.
+            response_bytes = resp.response_bytes
+            request_bytes = resp.request_bytes
+        content = merger.content()
+        answer.check(content, images_only=images_only, streamed=True)
+        timings["done_s"] = _now() - start
+        return answer.result(
+            content, request_bytes=request_bytes, response_bytes=response_bytes, timings=timings
+        )
+
+    async def _read_events(
+        self,
+        resp: StreamResponse,
+        answer: _Answer,
+        merger: ContentMerger,
+        on_delta: OnDelta | None,
+        timings: dict[str, float],
+        start: float,
+    ) -> None:
+        decoder = sse.SSEDecoder(self._max_event_bytes)
+        async for data in resp:
+            # An oversized event raises engine._exceptions.EventTooLarge (sse uses it).
+            for event in decoder.feed(data):
+                text = event.data
+                if not text or text == "[DONE]":
+                    continue
+                try:
+                    response = response_decoder.decode(text)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    message = f"malformed stream event: {exc}"
+                    raise malformed(answer.status, message, self._secrets) from exc
+                await self._chunk(response, answer, merger, on_delta, timings, start)
+        decoder.close()
+
+    @staticmethod
+    async def _chunk(
+        response: GenerateContentResponse,
+        answer: _Answer,
+        merger: ContentMerger,
+        on_delta: OnDelta | None,
+        timings: dict[str, float],
+        start: float,
+    ) -> None:
+        timings.setdefault("first_event_s", _now() - start)
+        parts = answer.observe(response)
+        if not parts:
+            return
+        for delta in merger.add(parts):
+            if isinstance(delta, ImageDelta) and "first_image_s" not in timings:
+                timings["first_image_s"] = _now() - start
+            if on_delta is not None:
+                await on_delta(delta)
+
+    async def count_tokens(self, model: str, contents: Sequence[Content]) -> int:
+        """`totalTokens` from `:countTokens` for `contents`."""
+        body = _encoder.encode(_CountTokensRequest(contents=wire_contents(contents)))
+        resp = await self._transport.request(
+            "POST", self._url(model, "countTokens"), body=body, headers=self._headers
+        )
+        try:
+            return _count_decoder.decode(resp.body).total_tokens
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            message = f"malformed countTokens body: {exc}"
+            raise malformed(resp.status, message, self._secrets) from exc
+
+    async def aclose(self) -> None:
+        """Nothing to release: the transport belongs to the engine."""
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

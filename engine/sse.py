@@ -1,0 +1,336 @@
+"""Incremental decoder for ``text/event-stream`` (Server-Sent Events) byte streams.
+
+Implements the WHATWG "event stream interpretation" rules
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation)
+on raw bytes, tuned for Gemini streams where an image arrives as one ``data:`` line of
+many megabytes split over many small network reads.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine._exceptions import EventTooLarge, SSEError
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EventTooLarge",
+    "SSEDecoder",
+    "SSEError",
+    "ServerSentEvent",
+]
+
+DEFAULT_MAX_EVENT_BYTES = 64 * 1024 * 1024 + 64 * 1024
+"""Default event size limit: one 64 MiB data line plus room for the JSON around it."""
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
+    """One dispatched event.
+
+    ``id`` and ``retry`` are the values set inside this event's block (None when the
+    block set none); ``last_event_id`` is the decoder's last-event-ID buffer at dispatch,
+    which persists across events as the spec requires.
+    """
+
+    # gc=False is safe because the fields are only str/int/None (no reference cycles),
+    # and it keeps 100k-event streams from triggering collector passes.
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+    last_event_id: str = ""
+
+
+class SSEDecoder:
+    """Incremental WHATWG event-stream parser: feed bytes, receive completed events.
+
+    Line ends are located with ``bytes.rfind``/``find`` on newly arrived bytes only, an
+    unterminated line is kept as a list of byte chunks (joined once, when it completes),
+    and every complete line is UTF-8 decoded exactly once, so a multi-megabyte line fed in
+    small pieces costs linear time.
+
+    ``max_event_bytes`` bounds one event: its data buffer (decoded characters, one extra
+    per line for the joining LF) plus its unterminated line (raw bytes). ``close()`` ends
+    the stream. ``last_event_id`` and ``retry`` follow the spec across events.
+    """
+
+    __slots__ = (
+        "_after_cr",
+        "_at_start",
+        "_data",
+        "_data_len",
+        "_event",
+        "_failed",
+        "_head",
+        "_id",
+        "_pending",
+        "_pending_len",
+        "_retry",
+        "last_event_id",
+        "max_event_bytes",
+        "retry",
+    )
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        """Create a decoder that rejects events larger than ``max_event_bytes``."""
+        if max_event_bytes <= 0:
+            raise ValueError(f"max_event_bytes must be positive, got {max_event_bytes}")
+        self.max_event_bytes: int = max_event_bytes
+        self.last_event_id: str = ""
+        self.retry: int | None = None
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._data: list[str] = []
+        self._data_len = 0
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._at_start = True
+        self._head = b""
+        self._after_cr = False
+        self._failed = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
+        """Decode the next chunk of the stream and return the events it completed.
+
+        Raises EventTooLarge when the event being built outgrows ``max_event_bytes``
+        (events completed earlier in the same call are lost with it); after that the
+        decoder raises SSEError until close() starts a new stream.
+        """
+        if self._failed:
+            raise SSEError("SSE decoder failed on an oversized event; call close() to reuse it")
+        if not data:
+            return []
+        if type(data) is not bytes:
+            # Pending chunks are kept by reference; a caller-owned bytearray could mutate.
+            data = bytes(data)
+
+        if self._at_start:
+            # The BOM may itself be split across feeds, so hold back a prefix of it.
+            data = self._head + data
+            if len(data) < 3 and _BOM.startswith(data):
+                self._head = data
+                return []
+            self._head = b""
+            self._at_start = False
+            if data.startswith(_BOM):
+                data = data[3:]
+                if not data:
+                    return []
+        elif self._after_cr:
+            # The CR that ended the previous feed already terminated its line; an LF
+            # opening this feed is the second half of that CRLF, not an empty line.
+            self._after_cr = False
+            if data[0] == 0x0A:
+                data = data[1:]
+                if not data:
+                    return []
+
+        size = len(data)
+        nl = data.rfind(b"\n")
+        cr = data.rfind(b"\r")
+        end = nl if nl > cr else cr
+        if end < 0:
+            self._pending.append(data)
+            self._pending_len += size
+            if self._pending_len + self._data_len > self.max_event_bytes:
+                self._overflow(self._pending_len + self._data_len)
+            return []
+        if cr == size - 1:
+            self._after_cr = True
+
+        events: list[ServerSentEvent] = []
+        start = 0
+        if self._pending:
+            # Locate the end of the carried-over line (CR, LF or CRLF) to complete it alone.
+            first = data.find(b"\n", 0, end + 1)
+            skip = 1
+            if cr >= 0:
+                first_cr = data.find(b"\r", 0, end + 1 if first < 0 else first)
+                if first_cr >= 0:
+                    skip = 2 if first_cr + 1 == first else 1
+                    first = first_cr
+            line = self._finish_pending(data, first)
+            if line is not None:
+                self._process(line, events)
+            elif self._data_len > self.max_event_bytes:
+                self._overflow(self._data_len)
+            start = first + skip
+        if start <= end:
+            block = data if start == 0 and end == size - 1 else data[start : end + 1]
+            # Decoding a run of complete lines at once equals decoding each line alone: CR
+            # and LF never occur inside a UTF-8 sequence, so no character straddles a line.
+            text = block.decode("utf-8", "replace")
+            # A blank line is two consecutive line ends; with only one line-end style in
+            # the block it has a fixed spelling, and "\r\n\r\n" is unambiguous even in
+            # mixed text (an LF after a CR always completes that CR).
+            sep = "\n\n" if cr < 0 else "\r\r" if nl < 0 else "\r\n\r\n"
+            self._process_text(text, sep, cr >= 0, events)
+
+        if end + 1 < size:
+            self._pending.append(data[end + 1 :])
+            self._pending_len = size - end - 1
+            if self._pending_len + self._data_len > self.max_event_bytes:
+                self._overflow(self._pending_len + self._data_len)
+        return events
+
+    def close(self) -> list[ServerSentEvent]:
+        """Signal end of stream; per spec an unterminated line or block is discarded.
+
+        Returns the events completed at end of stream, which is always an empty list
+        because the spec never dispatches an unterminated block. ``last_event_id`` and
+        ``retry`` are kept (a reconnection needs them); everything else is reset so the
+        decoder can parse a new stream, including stripping that stream's leading BOM.
+        """
+        self._reset_stream()
+        return []
+
+    def _reset_stream(self) -> None:
+        """Drop every per-stream buffer, keeping ``last_event_id`` and ``retry``."""
+        self._pending = []
+        self._pending_len = 0
+        self._data = []
+        self._data_len = 0
+        self._event = ""
+        self._id = None
+        self._retry = None
+        self._at_start = True
+        self._head = b""
+        self._after_cr = False
+        self._failed = False
+
+    def _overflow(self, size: int) -> None:
+        """Free the oversized event's buffers, poison the decoder and raise."""
+        self._reset_stream()
+        self._at_start = False
+        self._failed = True
+        raise EventTooLarge(self.max_event_bytes, size)
+
+    def _finish_pending(self, data: bytes, first: int) -> list[str] | None:
+        """Complete the carried-over line with ``data[:first]``; return it unless it was data."""
+        chunks = self._pending
+        if first:
+            chunks.append(data[:first])
+        self._pending = []
+        self._pending_len = 0
+        head = chunks[0]
+        # A head of just b"data:" cannot tell whether the next chunk opens with the space.
+        if head.startswith(b"data:") and (len(head) > 5 or len(chunks) == 1):
+            # Strip the field name on the small head chunk so the multi-megabyte value is
+            # produced by the single join+decode, with no further copy.
+            chunks[0] = head[6:] if head.startswith(b" ", 5) else head[5:]
+            value = b"".join(chunks).decode("utf-8", "replace")
+            self._data.append(value)
+            self._data_len += len(value) + 1
+            return None
+        return [b"".join(chunks).decode("utf-8", "replace")]
+
+    def _process_text(
+        self, text: str, sep: str, has_cr: bool, events: list[ServerSentEvent]
+    ) -> None:
+        """Apply the field rules to ``text`` (complete lines), appending dispatched events.
+
+        ``sep`` is a line end followed by an empty line. Splitting on it first lets the
+        common block, a single ``data:`` line opening a fresh block, become an event with
+        no per-line bookkeeping and no CR normalisation pass over the whole text; every
+        other block goes through the general line-by-line path.
+        """
+        blocks = text.split(sep)
+        # The text ends with a line end, so the tail holds lines not yet followed by a
+        # blank line (or is empty).
+        tail = blocks.pop()
+        slow: list[str] = []
+        dirty = bool(self._data or self._event or self._id is not None or self._retry is not None)
+        limit = self.max_event_bytes
+        last_id = self.last_event_id
+        for block in blocks:
+            if (
+                dirty
+                or not block.startswith("data:")
+                or "\n" in block
+                or (has_cr and "\r" in block)
+            ):
+                if has_cr:
+                    block = block.replace("\r\n", "\n").replace("\r", "\n")
+                slow.extend(block.split("\n"))
+                slow.append("")
+                dirty = False
+                continue
+            if slow:
+                self._process(slow, events)
+                slow = []
+                last_id = self.last_event_id
+            value = block[6:] if block.startswith(" ", 5) else block[5:]
+            if len(value) >= limit:
+                self._overflow(len(value) + 1)
+            events.append(ServerSentEvent("message", value, None, None, last_id))
+        if tail:
+            if has_cr:
+                tail = tail.replace("\r\n", "\n").replace("\r", "\n")
+            slow.extend(tail[:-1].split("\n"))
+        if slow:
+            self._process(slow, events)
+
+    def _process(self, lines: list[str], events: list[ServerSentEvent]) -> None:
+        """Apply the field rules to complete lines, appending the events dispatched."""
+        data_buf = self._data
+        data_len = self._data_len
+        limit = self.max_event_bytes
+        event_type = self._event
+        block_id = self._id
+        block_retry = self._retry
+        last_id = self.last_event_id
+        for line in lines:
+            if not line:
+                if data_buf:
+                    events.append(
+                        ServerSentEvent(
+                            event_type or "message",
+                            "\n".join(data_buf),
+                            block_id,
+                            block_retry,
+                            last_id,
+                        )
+                    )
+                    data_buf = []
+                    data_len = 0
+                event_type = ""
+                block_id = None
+                block_retry = None
+            elif line.startswith("data:"):
+                value = line[6:] if line.startswith(" ", 5) else line[5:]
+                data_buf.append(value)
+                data_len += len(value) + 1
+                if data_len > limit:
+                    self._overflow(data_len)
+            elif line[0] == ":":
+                continue
+            else:
+                name, _, value = line.partition(":")
+                if value.startswith(" "):
+                    value = value[1:]
+                if name == "data":
+                    data_buf.append(value)
+                    data_len += len(value) + 1
+                    if data_len > limit:
+                        self._overflow(data_len)
+                elif name == "event":
+                    event_type = value
+                elif name == "id":
+                    if "\x00" not in value:
+                        last_id = block_id = self.last_event_id = value
+                elif name == "retry" and value.isascii() and value.isdigit():
+                    try:
+                        block_retry = int(value)
+                    except ValueError:
+                        # Beyond int()'s digit limit; no sane reconnection delay, so ignore.
+                        continue
+                    self.retry = block_retry
+        self._data = data_buf
+        self._data_len = data_len
+        self._event = event_type
+        self._id = block_id
+        self._retry = block_retry
+        self.last_event_id = last_id

@@ -1,0 +1,549 @@
+"""`SqliteStore`: sessions, turns and blobs in one SQLite file that survives `kill -9`.
+
+Durability. The database runs in WAL mode. With `synchronous="NORMAL"` (the default) a commit is
+in the WAL (in the OS page cache) before `commit_turn` returns, so it survives the process being
+killed at any moment; only a power loss or kernel crash may lose the last commits (never corrupt
+the file). `synchronous="FULL"` fsyncs the WAL on every commit and survives power loss too, at a
+few milliseconds per turn.
+
+Concurrency. Every SQLite call runs in a worker thread, one at a time per store (a
+`CapacityLimiter(1)`), never on the event loop. Several processes may share the file: writes take
+the write lock up front (`BEGIN IMMEDIATE`) and wait up to `busy_timeout` for it, and every change
+to a session is guarded by its `version` (optimistic lock -> `SessionBusy`).
+
+Schema (``PRAGMA user_version`` = 1)::
+
+    sessions(id PK, model, settings JSON, head, tip, version, created_at, updated_at,
+             parent_id, forked_at, title)
+    turns(seq PK, session_id -> sessions ON DELETE CASCADE, id, parent, idx,
+          user, model,            -- Gemini REST Content JSON with every inlineData.data emptied
+          meta,                   -- the rest of the TurnRecord (msgspec JSON)
+          blobs,                  -- JSON list: sha256 of each inlineData, user parts then model
+          UNIQUE(session_id, id))
+    blobs(sha256 PK, size, data)  -- each distinct payload once, shared by every session
+    turn_blobs(session_id, turn_id, sha256 -> blobs)  -- which turns use a blob (for deletion)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import anyio
+import anyio.to_thread
+import msgspec
+import platformdirs
+
+from sessions._errors import SessionBusy, SessionNotFound, StoreError, TurnNotFound
+from sessions._records import (
+    SessionRecord,
+    SessionSettings,
+    SessionState,
+    SessionSummary,
+    TurnRecord,
+)
+from sessions._store import MemoryBlobStore, SessionStore
+from sessions._wire import Content, WireError, decode_content, wire_contents
+
+__all__ = ["SCHEMA_VERSION", "SqliteBlobStore", "SqliteStore", "default_store_path"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE sessions (
+        id          TEXT PRIMARY KEY,
+        model       TEXT NOT NULL,
+        settings    BLOB NOT NULL,
+        head        TEXT,
+        tip         TEXT,
+        version     INTEGER NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        parent_id   TEXT,
+        forked_at   INTEGER,
+        title       TEXT NOT NULL DEFAULT ''
+    )""",
+    # `seq` keeps insertion order, so children and branches list in the order they were made.
+    """CREATE TABLE turns (
+        seq         INTEGER PRIMARY KEY,
+        session_id  TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        id          TEXT NOT NULL,
+        parent      TEXT,
+        idx         INTEGER NOT NULL,
+        user        BLOB NOT NULL,
+        model       BLOB NOT NULL,
+        meta        BLOB NOT NULL,
+        blobs       TEXT NOT NULL,
+        UNIQUE (session_id, id)
+    )""",
+    """CREATE TABLE blobs (
+        sha256  TEXT PRIMARY KEY,
+        size    INTEGER NOT NULL,
+        data    BLOB NOT NULL
+    )""",
+    """CREATE TABLE turn_blobs (
+        session_id  TEXT NOT NULL,
+        turn_id     TEXT NOT NULL,
+        sha256      TEXT NOT NULL REFERENCES blobs(sha256),
+        PRIMARY KEY (session_id, turn_id, sha256),
+        FOREIGN KEY (session_id, turn_id) REFERENCES turns(session_id, id) ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    "CREATE INDEX turn_blobs_sha256 ON turn_blobs(sha256)",
+)
+
+_SESSION_COLS = (
+    "id, model, settings, head, tip, version, created_at, updated_at, parent_id, forked_at, title"
+)
+# A WAL that once grew large (a big fork or import) is cut back to this size after checkpoints.
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+_encoder = msgspec.json.Encoder()
+_settings_dec = msgspec.json.Decoder(SessionSettings)
+_turn_dec = msgspec.json.Decoder(TurnRecord)
+_shas_dec = msgspec.json.Decoder(list[str])
+_EMPTY = Content()
+
+
+def default_store_path(home: Path | None = None) -> Path:
+    """`home / "sessions.db"`; without a home, the platform's user data dir for nanoedit."""
+    base = home if home is not None else Path(platformdirs.user_data_dir("nanoedit"))
+    return base / "sessions.db"
+
+
+class SqliteBlobStore(MemoryBlobStore):
+    """The store's blob cache: each digest held once in memory, filled by commits and loads.
+
+    `get` answers from memory only (it is sync); `SqliteStore.load_blob` reads a miss from disk.
+    """
+
+    def _held(self) -> dict[str, bytes]:
+        return self._blobs
+
+    def _adopt(self, sha256: str, data: bytes) -> bytes:
+        # Bytes read from disk become canonical unless the same digest is already held.
+        return self._blobs.setdefault(sha256, data)
+
+    def _forget(self, digests: Sequence[str]) -> None:
+        for d in digests:
+            self._blobs.pop(d, None)
+
+
+def _strip(content: Content, blobs: MemoryBlobStore, out: list[tuple[str, bytes]]) -> bytes:
+    """The Content's wire JSON with inline payloads emptied; (sha256, bytes) appended to `out`."""
+    if not any(p.inline_data is not None for p in content.parts):
+        return _encoder.encode(wire_contents([content])[0])
+    parts = []
+    for p in content.parts:
+        if p.inline_data is not None:
+            out.append(blobs.intern(p.inline_data.data))
+            p = msgspec.structs.replace(
+                p, inline_data=msgspec.structs.replace(p.inline_data, data=b"")
+            )
+        parts.append(p)
+    return _encoder.encode(wire_contents([Content(role=content.role, parts=parts)])[0])
+
+
+def _fill(content: Content, shas: Iterator[str], blobs: dict[str, bytes]) -> Content:
+    """The stored Content with each emptied payload replaced by its canonical bytes."""
+    if not any(p.inline_data is not None for p in content.parts):
+        return content
+    parts = []
+    for p in content.parts:
+        if p.inline_data is not None:
+            data = blobs[next(shas)]
+            p = msgspec.structs.replace(
+                p, inline_data=msgspec.structs.replace(p.inline_data, data=data)
+            )
+        parts.append(p)
+    return Content(role=content.role, parts=parts)
+
+
+def _record(row: Any) -> SessionRecord:
+    sid, model, settings, head, tip, version, created, updated, parent_id, forked_at, title = row
+    return SessionRecord(
+        id=sid,
+        model=model,
+        settings=_settings_dec.decode(settings),
+        head=head,
+        tip=tip,
+        version=version,
+        created_at=created,
+        updated_at=updated,
+        parent_id=parent_id,
+        forked_at=forked_at,
+        title=title,
+    )
+
+
+class SqliteStore(SessionStore):
+    """Sessions in one SQLite file (WAL): one transaction per turn, shared by processes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        self.path = os.fspath(path)
+        self.blobs: SqliteBlobStore = SqliteBlobStore()
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._limiter = anyio.CapacityLimiter(1)
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # The database is opened lazily in the worker thread, so constructing a store never
+        # blocks the event loop. A cancelled caller waits for the thread: a commit that has
+        # started finishes (or rolls back) before the cancellation is delivered.
+        def call() -> T:
+            try:
+                return fn(self._connect())
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            except (msgspec.DecodeError, msgspec.ValidationError, WireError) as exc:
+                raise StoreError(f"{self.path}: corrupt row: {exc}") from exc
+
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        if self._db is not None:
+            return self._db
+        uri = self.path.startswith("file:")
+        if self.path != ":memory:" and not uri:
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+        db = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=uri,
+        )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        if self._user_version(db) == SCHEMA_VERSION:
+            return
+        with _transaction(db, write=True):
+            # Re-read under the write lock: another process may have just created the schema.
+            version = self._user_version(db)
+            if version == 0:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version}; this nanoedit reads {SCHEMA_VERSION}"
+                )
+
+    @staticmethod
+    def _user_version(db: sqlite3.Connection) -> int:
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    # --- SessionStore --------------------------------------------------------------------
+
+    async def create(self, record: SessionRecord, turns: Sequence[TurnRecord] = ()) -> None:
+        """Store a new session (with turns, for fork and import); its version becomes 1."""
+
+        def work(db: sqlite3.Connection) -> None:
+            rows = [self._turn_row(t) for t in turns]  # sha256 of payloads, off the event loop
+            with _transaction(db, write=True):
+                if db.execute("SELECT 1 FROM sessions WHERE id = ?", (record.id,)).fetchone():
+                    raise SessionBusy(f"session {record.id} already exists")
+                db.execute(
+                    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        record.id,
+                        record.model,
+                        _encoder.encode(record.settings),
+                        record.head,
+                        record.tip,
+                        1,
+                        record.created_at,
+                        record.updated_at,
+                        record.parent_id,
+                        record.forked_at,
+                        record.title,
+                    ),
+                )
+                for row in rows:
+                    _insert_turn(db, record.id, row)
+                _require_turn(db, record.id, record.head, record.tip)
+
+        await self._run(work)
+
+    async def load(self, session_id: str) -> SessionState:
+        """The session's record and whole turn tree; equal payloads share one bytes object."""
+
+        def work(db: sqlite3.Connection) -> SessionState:
+            with _transaction(db, write=False):  # one snapshot for the record and its turns
+                row = db.execute(
+                    f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+                ).fetchone()
+                if row is None:
+                    raise SessionNotFound(f"no session {session_id!r}")
+                rows = db.execute(
+                    "SELECT user, model, meta, blobs FROM turns WHERE session_id = ? ORDER BY seq",
+                    (session_id,),
+                ).fetchall()
+                refs = [_shas_dec.decode(r[3]) for r in rows]
+                held = self.blobs._held()
+                for sha in {s for shas in refs for s in shas} - held.keys():
+                    found = db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha,)).fetchone()
+                    if found is None:
+                        raise StoreError(f"{self.path}: blob {sha} of session {session_id} missing")
+                    self.blobs._adopt(sha, found[0])
+            turns: dict[str, TurnRecord] = {}
+            for (user, model, meta, _), shas in zip(rows, refs, strict=True):
+                it = iter(shas)
+                try:
+                    t = msgspec.structs.replace(
+                        _turn_dec.decode(meta),
+                        user=_fill(decode_content(user), it, held),
+                        model=_fill(decode_content(model), it, held),
+                    )
+                except StopIteration:
+                    raise StoreError(f"{self.path}: turn of {session_id} lacks blobs") from None
+                turns[t.id] = t
+            return SessionState(_record(row), turns)
+
+        return await self._run(work)
+
+    async def commit_turn(
+        self, session_id: str, turn: TurnRecord, *, expected_version: int
+    ) -> SessionRecord:
+        """Add `turn` and move head and tip to it in one transaction; SessionBusy on a clash."""
+
+        def work(db: sqlite3.Connection) -> SessionRecord:
+            row = self._turn_row(turn)  # sha256 of the payloads, in this worker thread
+            with _transaction(db, write=True):
+                _bump(db, session_id, turn.id, turn.id, expected_version)
+                _require_turn(db, session_id, turn.parent)
+                _insert_turn(db, session_id, row)
+                return _load_record(db, session_id)
+
+        return await self._run(work)
+
+    async def move_head(
+        self, session_id: str, head: str | None, tip: str | None, *, expected_version: int
+    ) -> SessionRecord:
+        """Move the head and tip (undo, redo, checkout); SessionBusy on a version clash."""
+
+        def work(db: sqlite3.Connection) -> SessionRecord:
+            with _transaction(db, write=True):
+                _bump(db, session_id, head, tip, expected_version)
+                _require_turn(db, session_id, head, tip)
+                return _load_record(db, session_id)
+
+        return await self._run(work)
+
+    async def list(self) -> list[SessionSummary]:
+        """Every stored session, most recently updated first."""
+
+        def work(db: sqlite3.Connection) -> list[SessionSummary]:
+            rows = db.execute(
+                """SELECT s.id, s.model, s.title, s.created_at, s.updated_at,
+                       COALESCE((SELECT idx FROM turns t
+                                 WHERE t.session_id = s.id AND t.id = s.head), 0),
+                       (SELECT count(*) FROM turns t WHERE t.session_id = s.id)
+                   FROM sessions s ORDER BY s.updated_at DESC, s.id"""
+            ).fetchall()
+            return [
+                SessionSummary(
+                    id=sid,
+                    model=model,
+                    title=title,
+                    created=created,
+                    updated=updated,
+                    turns=turns,
+                    total_turns=total,
+                )
+                for sid, model, title, created, updated, turns, total in rows
+            ]
+
+        return await self._run(work)
+
+    async def delete(self, session_id: str) -> None:
+        """Remove a session and its turns; blobs no other session uses go too."""
+
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db, write=True):
+                shas = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT DISTINCT sha256 FROM turn_blobs WHERE session_id = ?",
+                        (session_id,),
+                    )
+                ]
+                if db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
+                    raise SessionNotFound(f"no session {session_id!r}")
+                gone = [
+                    sha
+                    for sha in shas
+                    if db.execute(
+                        "DELETE FROM blobs WHERE sha256 = ?1 AND NOT EXISTS "
+                        "(SELECT 1 FROM turn_blobs WHERE sha256 = ?1)",
+                        (sha,),
+                    ).rowcount
+                ]
+            self.blobs._forget(gone)
+
+        await self._run(work)
+
+    async def load_blob(self, sha256: str) -> bytes:
+        """The bytes for a digest: from memory, else from the file (then held in memory)."""
+        held = self.blobs.get(sha256)
+        if held is not None:
+            return held
+
+        def work(db: sqlite3.Connection) -> bytes:
+            row = db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.path}: no blob {sha256}")
+            return self.blobs._adopt(sha256, row[0])
+
+        return await self._run(work)
+
+    async def __aenter__(self) -> SqliteStore:
+        return self
+
+    async def aclose(self) -> None:
+        """Close the database after the call in progress; later calls raise StoreError."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close() -> None:
+            if self._db is not None:
+                db, self._db = self._db, None
+                db.close()  # the last connection checkpoints the WAL and removes it
+
+        await anyio.to_thread.run_sync(close, limiter=self._limiter)
+
+    # --- rows ----------------------------------------------------------------------------
+
+    def _turn_row(self, turn: TurnRecord) -> _TurnRow:
+        payloads: list[tuple[str, bytes]] = []
+        user = _strip(turn.user, self.blobs, payloads)
+        model = _strip(turn.model, self.blobs, payloads)
+        meta = _encoder.encode(msgspec.structs.replace(turn, user=_EMPTY, model=_EMPTY))
+        return _TurnRow(turn, user, model, meta, payloads)
+
+
+class _TurnRow(NamedTuple):
+    turn: TurnRecord
+    user: bytes  # wire JSON, payloads emptied
+    model: bytes
+    meta: bytes
+    payloads: list[tuple[str, bytes]]  # (sha256, canonical bytes), user parts then model parts
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, *, write: bool) -> Iterator[None]:
+    # IMMEDIATE takes the write lock at BEGIN, where busy_timeout waits for it; a deferred
+    # transaction upgrading later could fail at once with SQLITE_BUSY under WAL.
+    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back (disk full, I/O error); ROLLBACK would then fail.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _insert_turn(db: sqlite3.Connection, session_id: str, row: _TurnRow) -> None:
+    turn = row.turn
+    for sha, data in row.payloads:
+        db.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
+            (sha, len(data), data),
+        )
+    db.execute(
+        "INSERT INTO turns (session_id, id, parent, idx, user, model, meta, blobs) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            session_id,
+            turn.id,
+            turn.parent,
+            turn.index,
+            row.user,
+            row.model,
+            row.meta,
+            _encoder.encode([sha for sha, _ in row.payloads]).decode(),
+        ),
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO turn_blobs (session_id, turn_id, sha256) VALUES (?, ?, ?)",
+        [(session_id, turn.id, sha) for sha, _ in row.payloads],
+    )
+
+
+def _bump(
+    db: sqlite3.Connection,
+    session_id: str,
+    head: str | None,
+    tip: str | None,
+    expected_version: int,
+) -> None:
+    """Move the pointers if the version is still `expected_version`, else raise."""
+    cur = db.execute(
+        "UPDATE sessions SET head = ?, tip = ?, version = version + 1, updated_at = ? "
+        "WHERE id = ? AND version = ?",
+        (head, tip, time.time(), session_id, expected_version),
+    )
+    if cur.rowcount == 1:
+        return
+    found = db.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if found is None:
+        raise SessionNotFound(f"no session {session_id!r}")
+    raise SessionBusy(
+        f"session {session_id} changed (version {found[0]}, expected {expected_version})"
+    )
+
+
+def _require_turn(db: sqlite3.Connection, session_id: str, *turn_ids: str | None) -> None:
+    # A dangling head or parent would make the session unloadable; refuse it up front.
+    for turn_id in turn_ids:
+        if (
+            turn_id is not None
+            and not db.execute(
+                "SELECT 1 FROM turns WHERE session_id = ? AND id = ?", (session_id, turn_id)
+            ).fetchone()
+        ):
+            raise TurnNotFound(f"no turn {turn_id!r} in session {session_id}")
+
+
+def _load_record(db: sqlite3.Connection, session_id: str) -> SessionRecord:
+    row = db.execute(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    return _record(row)

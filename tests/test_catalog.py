@@ -1,0 +1,86 @@
+"""engine.catalog: model specs, pixel tables, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine._exceptions import ConfigError
+from engine.catalog import MODELS, ImageConfig, estimate_text_tokens, resolve_model
+
+
+@pytest.mark.parametrize(
+    ("alias", "model_id"),
+    [
+        ("nano-banana-2", "gemini-3.1-flash-image-preview"),
+        ("nano-banana-pro", "gemini-3-pro-image-preview"),
+        ("nano-banana", "gemini-2.5-flash-image"),
+        ("models/gemini-2.5-flash-image", "gemini-2.5-flash-image"),
+    ],
+)
+def test_aliases_resolve(alias: str, model_id: str) -> None:
+    """Aliases and `models/` prefixes resolve to the model id."""
+    assert resolve_model(alias).id == model_id
+
+
+def test_unknown_model_is_config_error() -> None:
+    """An unknown model names the known ones."""
+    with pytest.raises(ConfigError, match="nano-banana-2"):
+        resolve_model("gpt-image-9")
+
+
+@pytest.mark.parametrize(
+    ("model", "ratio", "size", "pixels"),
+    [
+        ("nano-banana-2", "16:9", "2K", (2752, 1536)),
+        ("nano-banana-2", "21:9", "512", (792, 336)),
+        ("nano-banana-2", "8:1", "4K", (12288, 1536)),
+        ("nano-banana-pro", "2:3", "1K", (848, 1264)),
+        ("nano-banana-pro", "4:5", "4K", (3712, 4608)),
+        ("nano-banana", "21:9", None, (1536, 672)),
+        ("nano-banana", "3:4", None, (864, 1184)),
+    ],
+)
+def test_output_pixels_follow_the_table(
+    model: str, ratio: str, size: str | None, pixels: tuple[int, int]
+) -> None:
+    """Output sizes are the published table's."""
+    assert resolve_model(model).output_pixels(ratio, size) == pixels
+
+
+@pytest.mark.parametrize(
+    ("model", "config", "message"),
+    [
+        ("nano-banana-2", ImageConfig(image_size="1k"), "uppercase"),
+        ("nano-banana-pro", ImageConfig(image_size="512"), "not supported"),
+        ("nano-banana-pro", ImageConfig(aspect_ratio="4:1"), "not supported"),
+        ("nano-banana", ImageConfig(image_size="1K"), "does not accept image_size"),
+        ("nano-banana", ImageConfig(aspect_ratio="3:7"), "not supported"),
+    ],
+)
+def test_invalid_image_config_rejected(model: str, config: ImageConfig, message: str) -> None:
+    """Configs a model rejects raise ConfigError with a clear message."""
+    with pytest.raises(ConfigError, match=message):
+        resolve_model(model).validate(config)
+
+
+def test_valid_image_configs_pass() -> None:
+    """4:1 and 512 are fine on 3.1 Flash; ratios alone are fine on 2.5."""
+    resolve_model("nano-banana-2").validate(ImageConfig(aspect_ratio="4:1", image_size="512"))
+    resolve_model("nano-banana").validate(ImageConfig(aspect_ratio="16:9"))
+
+
+def test_token_costs() -> None:
+    """Image token costs follow the published rules, including 2.5 Flash tiles."""
+    flash2, pro, flash = (MODELS[m] for m in MODELS)
+    assert flash2.output_tokens("512") == 747 and flash2.output_tokens(None) == 1120
+    assert pro.output_tokens("4K") == 2000
+    assert flash.image_input_tokens(300, 300) == 258
+    assert flash.image_input_tokens(1024, 1024) == 258 * 4
+    assert pro.image_input_tokens(4096, 4096) == 560
+
+
+def test_text_estimate_rounds_up_utf8_bytes() -> None:
+    """Text tokens are ceil(UTF-8 bytes / 4)."""
+    assert estimate_text_tokens("") == 0
+    assert estimate_text_tokens("abcde") == 2
+    assert estimate_text_tokens("é") == 1

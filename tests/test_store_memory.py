@@ -1,0 +1,102 @@
+"""MemoryStore (sessions/_store.py): interning, snapshots, listing, errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sessions import (
+    Blob,
+    Content,
+    MemoryStore,
+    Part,
+    SessionBusy,
+    SessionNotFound,
+    SessionRecord,
+    TurnRecord,
+    new_id,
+)
+
+REF = random.Random("ref").randbytes(50_000)
+
+
+def make_turn(parent: TurnRecord | None, n: int) -> TurnRecord:
+    """A turn carrying a fresh copy (equal, not identical) of the reference image."""
+    ref_copy = bytes(bytearray(REF))
+    user = Content(
+        role="user",
+        parts=[
+            Part(text=f"edit {n}"),
+            Part(inline_data=Blob(mime_type="image/png", data=ref_copy)),
+        ],
+    )
+    model = Content(
+        role="model",
+        parts=[Part(inline_data=Blob(mime_type="image/png", data=random.Random(n).randbytes(999)))],
+    )
+    return TurnRecord(
+        id=new_id(),
+        parent=parent.id if parent else None,
+        index=n,
+        user=user,
+        model=model,
+        model_id="m",
+    )
+
+
+async def fill(store: MemoryStore, n: int) -> tuple[str, list[TurnRecord]]:
+    """A session with `n` turns on one branch."""
+    sid = new_id()
+    await store.create(SessionRecord(id=sid, model="m"))
+    turns: list[TurnRecord] = []
+    for i in range(1, n + 1):
+        turns.append(make_turn(turns[-1] if turns else None, i))
+        await store.commit_turn(sid, turns[-1], expected_version=i)
+    return sid, turns
+
+
+async def test_reference_in_20_turns_held_once() -> None:
+    """Twenty equal copies of one image are held as one bytes object."""
+    store = MemoryStore()
+    sid, _ = await fill(store, 20)
+    state = await store.load(sid)
+    refs = [c.images()[0].data for c in state.contents() if c.role == "user"]
+    assert len(refs) == 20 and all(r is refs[0] for r in refs)
+    assert len(store.blobs) == 21  # the reference plus 20 distinct model images
+    assert store.blobs.total_bytes == len(REF) + 20 * 999
+
+
+async def test_load_is_a_snapshot() -> None:
+    """A state loaded earlier does not change when the store moves on."""
+    store = MemoryStore()
+    sid, turns = await fill(store, 2)
+    before = await store.load(sid)
+    await store.commit_turn(sid, make_turn(turns[-1], 3), expected_version=3)
+    assert len(before.turns) == 2 and before.record.version == 3
+    assert len((await store.load(sid)).turns) == 3
+
+
+async def test_create_twice_is_busy() -> None:
+    """Creating an existing id raises SessionBusy."""
+    store = MemoryStore()
+    sid, _ = await fill(store, 1)
+    with pytest.raises(SessionBusy):
+        await store.create(SessionRecord(id=sid, model="x"))
+
+
+async def test_list_most_recent_first() -> None:
+    """list orders by last update and counts the head's turns."""
+    store = MemoryStore()
+    a, _ = await fill(store, 3)
+    b, _ = await fill(store, 1)
+    assert [(s.id, s.turns, s.total_turns) for s in await store.list()] == [(b, 1, 1), (a, 3, 3)]
+
+
+async def test_unknown_session() -> None:
+    """load and delete of an unknown id raise SessionNotFound."""
+    store = MemoryStore()
+    with pytest.raises(SessionNotFound):
+        await store.load("x")
+    with pytest.raises(SessionNotFound):
+        await store.delete("x")
