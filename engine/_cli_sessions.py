@@ -31,10 +31,11 @@ from sessions import (
     TurnRecord,
 )
 from sessions._export import export_session, import_session
+from sessions._images import image_dimensions
 from sessions._ops import checkout, delete, fork, redo, undo
 from sessions._sqlite import SqliteStore, default_store_path
 
-__all__ = ["add_parser", "image_size", "run"]
+__all__ = ["add_parser", "run"]
 
 _READ_ONLY = ("ls", "show", "export")
 
@@ -218,36 +219,6 @@ async def _ls(store: SessionStore, *, as_json: bool) -> None:
 # --- show ------------------------------------------------------------------------------------
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG or WebP header without decoding; None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 <= len(data) and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h = int.from_bytes(data[i + 5 : i + 7], "big")
-                return int.from_bytes(data[i + 7 : i + 9], "big"), h
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-        return None
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        chunk = data[12:16]
-        if chunk == b"VP8X":
-            w = int.from_bytes(data[24:27], "little") + 1
-            return w, int.from_bytes(data[27:30], "little") + 1
-        if chunk == b"VP8 ":
-            w = int.from_bytes(data[26:28], "little") & 0x3FFF
-            return w, int.from_bytes(data[28:30], "little") & 0x3FFF
-        if chunk == b"VP8L":
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    return None
-
-
 def _bytes(n: int) -> str:
     for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
         if n >= scale:
@@ -263,7 +234,7 @@ def _images(content: Content) -> str:
 
 
 def _image_text(blob: Blob) -> str:
-    size = image_size(blob.data)
+    size = image_dimensions(blob.data)
     dims = f"{size[0]}x{size[1]} " if size else ""
     return f"{dims}{_bytes(len(blob.data))}"
 
@@ -347,7 +318,7 @@ def _show_text(state: SessionState) -> str:
 
 
 def _image_json(blob: Blob) -> dict[str, Any]:
-    size = image_size(blob.data)
+    size = image_dimensions(blob.data)
     return {
         "mime_type": blob.mime_type,
         "bytes": len(blob.data),

@@ -33,7 +33,7 @@ from engine._exceptions import (
 from engine._merge import ImageDelta, TextDelta
 from engine._retry import retry_delay, should_retry
 from engine._transport import Transport
-from engine.budget import Budget, CostLedger, image_dimensions, plan_request, settle_cost
+from engine.budget import Budget, CostLedger, plan_request, settle_cost
 from engine.bus import EventBus
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
 from engine.events import (
@@ -69,6 +69,7 @@ from sessions import (
     new_id,
 )
 from sessions import _ops as ops
+from sessions._images import image_dimensions
 
 __all__ = [
     "Engine",

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from PIL import Image
 
-from engine._cli_sessions import add_parser, image_size, run
+from engine._cli_sessions import add_parser, run
 from sessions import (
     Blob,
     Content,
@@ -26,6 +26,7 @@ from sessions import (
     encode_contents,
     new_id,
 )
+from sessions._images import image_dimensions as image_size
 from sessions._sqlite import SqliteStore
 
 
@@ -260,7 +261,7 @@ def pillow(fmt: str, width: int, height: int, **kw: object) -> bytes:
         (pillow("JPEG", 33, 17, progressive=True), (33, 17)),
         (pillow("WEBP", 640, 480), (640, 480)),
         (pillow("WEBP", 31, 7, lossless=True), (31, 7)),
-        (pillow("GIF", 5, 5), None),
+        (pillow("GIF", 5, 5), (5, 5)),
         (b"\xff\xd8\xff", None),
         (b"", None),
     ],
