@@ -25,6 +25,7 @@ import structlog
 from engine._config import EngineConfig
 from engine._exceptions import (
     ApiError,
+    BudgetExceeded,
     Closed,
     ConfigError,
     NanoeditError,
@@ -33,7 +34,7 @@ from engine._exceptions import (
 from engine._merge import ImageDelta, TextDelta
 from engine._retry import retry_delay, should_retry
 from engine._transport import Transport
-from engine.budget import Budget, CostLedger, plan_request, settle_cost
+from engine.budget import Budget, CostLedger, exceeded_event, plan_request, settle_cost
 from engine.bus import EventBus
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
 from engine.events import (
@@ -620,19 +621,26 @@ class Session:
         reservation = None
         try:
             image_size = (settings.image_config or {}).get("imageSize")
-            plan = plan_request(
-                spec=self.spec,
-                budget=self._budget,
-                engine_max_request_bytes=engine.config.max_request_bytes,
-                turns=history,
-                draft=draft,
-                encode_size=lambda contents: len(
-                    provider.encode(GenerateRequest(self.spec.id, contents, settings))
-                ),
-                provider=provider.name,
-                image_size=image_size,
-                spent_usd=engine.ledger.spent_for(self.id) + engine.ledger.reserved_for(self.id),
-            )
+            try:
+                plan = plan_request(
+                    spec=self.spec,
+                    budget=self._budget,
+                    engine_max_request_bytes=engine.config.max_request_bytes,
+                    turns=history,
+                    draft=draft,
+                    encode_size=lambda contents: len(
+                        provider.encode(GenerateRequest(self.spec.id, contents, settings))
+                    ),
+                    provider=provider.name,
+                    image_size=image_size,
+                    spent_usd=engine.ledger.spent_for(self.id)
+                    + engine.ledger.reserved_for(self.id),
+                )
+            except BudgetExceeded as exc:
+                event = exceeded_event(exc, self._budget.policy)
+                event.session_id, event.turn = self.id, index
+                await self._publish(event)
+                raise
             for decision in plan.decisions:
                 decision.session_id = self.id
                 decision.turn = index
