@@ -1,0 +1,374 @@
+"""nanoedit versus its peers, side by side on the same emulator, in one run.
+
+    python benchmarks/compare_clients.py [--sessions 20] [--turns 3] [--json FILE]
+
+Starts the emulator in its own process (`python -m engine emulator --port 0`: realistic grain
+1K PNGs, no added latency) and runs the same workload, S sessions x T turns all at once
+(`asyncio.gather`), streaming and plain, through three clients (see `_peers.py`): nanoedit, the
+official google-genai async chat, and a hand-written aiohttp + msgspec floor. Each client runs in
+its own process (this script with `--child CLIENT --mode stream|plain`), which reports one JSON
+line on stdout:
+
+- CPU seconds (`getrusage(RUSAGE_SELF)` user + sys) around the workload only: after the imports
+  and a warm-up session of T turns;
+- wall time of the workload;
+- peak RSS (`ru_maxrss`: includes the imports) and the RSS delta (the peak sampled from
+  /proc/self/statm every 10 ms during the workload, minus the RSS just before it);
+- images received, requests the emulator counted (its /emulator/stats before and after), errors.
+
+Every client must produce S x T images with S x T requests; the emulator verifies thought
+signatures, so a client that drops or mangles them gets 400s, which are counted. The table goes
+to stdout and is appended to benchmarks/RESULTS.md with the machine and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    RssSampler,
+    append_results,
+    cpu_seconds,
+    emulator_process,
+    emulator_stats,
+    fmt,
+    machine_info,
+    markdown_table,
+    max_rss_bytes,
+)
+from _peers import CLIENTS, Outcome, PeerClient
+
+PROMPTS = (
+    "A ceramic mug on an oak table, morning light, photographed from the side",
+    "Add a eucalyptus sprig to the left of the mug. Keep everything else.",
+    "Change the light to a warm golden-hour glow from the right.",
+    "Recolour the mug to deep teal; keep its glaze and reflections.",
+    "Add a folded linen napkin under the mug.",
+)
+# Targets from the design: nanoedit's CPU per turn and peak RSS against its peers.
+TARGET_CPU_VS_GENAI = 0.5
+TARGET_CPU_VS_FLOOR = 1.5
+TARGET_RSS_VS_GENAI = 0.5
+MiB = 1024 * 1024
+
+
+def _prompts(turns: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(turns)]
+
+
+def _requests(stats: dict[str, Any]) -> int:
+    counts = stats.get("requests", {})
+    return int(counts.get("generateContent", 0)) + int(counts.get("streamGenerateContent", 0))
+
+
+# --- child: one client, one mode ------------------------------------------------------------------
+
+
+def _quiet_logs() -> None:
+    # What an application embedding nanoedit does: the library never configures structlog, and
+    # its unconfigured default prints every info line to stdout (our result channel).
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+async def _child(args: argparse.Namespace) -> dict[str, Any]:
+    client: PeerClient = CLIENTS[args.child](
+        args.base_url,
+        model=args.model,
+        image_size=args.image_size,
+        aspect_ratio=args.aspect_ratio,
+        stream=args.mode == "stream",
+        sessions=args.sessions,
+    )
+    prompts = _prompts(args.turns)
+    await client.start()
+    try:
+        warm = Outcome()
+        await client.run_session(prompts, warm)
+        if warm.errors:
+            raise SystemExit(f"{args.child}: warm-up session failed: {warm.errors[0]}")
+        # Stats are read in a thread: the event loop stays free and nothing here is measured.
+        before = await asyncio.to_thread(emulator_stats, args.base_url)
+        gc.collect()
+        out = Outcome()
+        profiler: Any = None
+        if args.profile_out:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.0005, async_mode="enabled")
+        with RssSampler() as rss:
+            cpu0 = cpu_seconds()
+            t0 = time.perf_counter()
+            if profiler is not None:
+                profiler.start()
+            await asyncio.gather(*(client.run_session(prompts, out) for _ in range(args.sessions)))
+            if profiler is not None:
+                profiler.stop()
+            wall = time.perf_counter() - t0
+            cpu = cpu_seconds() - cpu0
+        after = await asyncio.to_thread(emulator_stats, args.base_url)
+    finally:
+        await client.aclose()
+    return {
+        "profiler": profiler,
+        "client": args.child,
+        "mode": args.mode,
+        "sessions": args.sessions,
+        "turns": args.turns,
+        "expected": args.sessions * args.turns,
+        "turns_ok": out.turns_ok,
+        "images": out.images,
+        "image_bytes": out.image_bytes,
+        "errors": len(out.errors),
+        "error_samples": sorted(set(out.errors))[:3],
+        "requests": _requests(after) - _requests(before),
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "max_rss": max_rss_bytes(),
+        "rss_baseline": rss.baseline,
+        "rss_peak": rss.peak,
+        "rss_delta": rss.delta,
+        "rss_samples": rss.samples,
+    }
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """Run one client's workload and print its JSON line."""
+    _quiet_logs()
+    result = asyncio.run(_child(args))
+    profiler = result.pop("profiler")
+    if profiler is not None:
+        Path(args.profile_out).write_text(profiler.output_text(unicode=True, color=False))
+        Path(args.profile_out).with_suffix(".html").write_text(profiler.output_html())
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+# --- parent ---------------------------------------------------------------------------------------
+
+
+def _run_child(args: argparse.Namespace, client: str, mode: str, base_url: str, **kw: str) -> Any:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        client,
+        "--mode",
+        mode,
+        "--base-url",
+        base_url,
+        "--sessions",
+        str(args.sessions),
+        "--turns",
+        str(args.turns),
+        "--model",
+        args.model,
+        "--image-size",
+        args.image_size,
+        "--aspect-ratio",
+        args.aspect_ratio,
+    ]
+    for key, value in kw.items():
+        cmd += [f"--{key}", value]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{client}/{mode} child failed ({proc.returncode}): {' | '.join(tail)}")
+    return json.loads(lines[-1])
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    # The run with the median CPU time stands for the client; the spread is reported beside it.
+    ordered = sorted(runs, key=lambda r: r["cpu_s"])
+    best = dict(ordered[(len(ordered) - 1) // 2])
+    best["cpu_s_all"] = [r["cpu_s"] for r in runs]
+    best["wall_s_all"] = [r["wall_s"] for r in runs]
+    return best
+
+
+def _per_turn_ms(r: dict[str, Any]) -> float | None:
+    # CPU per turn the client was asked to run: failing early must not look cheap per success.
+    return 1000 * r["cpu_s"] / r["expected"] if r["expected"] else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return fmt(None)
+    return f"{value:.2f} ({'ok' if value <= target else 'MISSED'} ≤ {target:g})"
+
+
+def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The per-client table, the ratio table, and the ratios as data."""
+    headers = [
+        "mode",
+        "client",
+        "images",
+        "requests",
+        "errors",
+        "CPU s",
+        "CPU ms/turn",
+        "wall s",
+        "peak RSS MiB",
+        "RSS Δ MiB",
+    ]
+    rows = []
+    for r in results:
+        correct = r["images"] == r["expected"] and r["errors"] == 0
+        rows.append(
+            [
+                r["mode"],
+                r["client"],
+                f"{r['images']}/{r['expected']}" + ("" if correct else " ✗"),
+                str(r["requests"]),
+                str(r["errors"]),
+                fmt(r["cpu_s"], 3),
+                fmt(_per_turn_ms(r), 1),
+                fmt(r["wall_s"], 2),
+                fmt(r["max_rss"] / MiB, 1),
+                fmt(r["rss_delta"] / MiB, 1),
+            ]
+        )
+    table = markdown_table(headers, rows, right=2)
+    ratios: dict[str, Any] = {}
+    ratio_rows = []
+    for mode in sorted({r["mode"] for r in results}, reverse=True):
+        by = {r["client"]: r for r in results if r["mode"] == mode}
+        ne, ga, fl = by.get("nanoedit"), by.get("google-genai"), by.get("floor")
+        if ne is None:
+            continue
+        cpu_ga = _ratio(_per_turn_ms(ne), _per_turn_ms(ga)) if ga else None
+        cpu_fl = _ratio(_per_turn_ms(ne), _per_turn_ms(fl)) if fl else None
+        rss_ga = _ratio(ne["max_rss"], ga["max_rss"]) if ga else None
+        dlt_ga = _ratio(ne["rss_delta"], ga["rss_delta"]) if ga else None
+        ratios[mode] = {
+            "cpu_per_turn_vs_genai": cpu_ga,
+            "cpu_per_turn_vs_floor": cpu_fl,
+            "peak_rss_vs_genai": rss_ga,
+            "rss_delta_vs_genai": dlt_ga,
+        }
+        ratio_rows.append(
+            [
+                mode,
+                _verdict(cpu_ga, TARGET_CPU_VS_GENAI),
+                _verdict(cpu_fl, TARGET_CPU_VS_FLOOR),
+                _verdict(rss_ga, TARGET_RSS_VS_GENAI),
+                fmt(dlt_ga, 2),
+            ]
+        )
+    if not ratio_rows:
+        return table, ratios
+    table += "\n" + markdown_table(
+        [
+            "mode",
+            "nanoedit/genai CPU per turn",
+            "nanoedit/floor CPU per turn",
+            "nanoedit/genai peak RSS",
+            "nanoedit/genai RSS Δ",
+        ],
+        ratio_rows,
+    )
+    return table, ratios
+
+
+def parent_main(args: argparse.Namespace) -> int:
+    """Start the emulator, run every client in every mode, report."""
+    info = machine_info()
+    clients = [c for c in args.clients.split(",") if c]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [c for c in clients if c not in CLIENTS] + [
+        m for m in modes if m not in ("stream", "plain")
+    ]
+    if unknown:
+        print(f"unknown client or mode: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    emulator_args = ["--flat"] if args.flat else []
+    results: list[dict[str, Any]] = []
+    with emulator_process(*emulator_args) as (_proc, base_url):
+        print(f"emulator at {base_url}", file=sys.stderr)
+        for mode in modes:
+            for client in clients:
+                runs = []
+                for i in range(args.repeat):
+                    extra: dict[str, str] = {}
+                    if args.profile_dir and client in args.profile.split(","):
+                        out = Path(args.profile_dir) / f"{client}-{mode}-{i}.txt"
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        extra["profile-out"] = str(out)
+                    r = _run_child(args, client, mode, base_url, **extra)
+                    print(
+                        f"  {mode:6} {client:12} run {i + 1}: cpu {r['cpu_s']:.3f} s, "
+                        f"wall {r['wall_s']:.2f} s, images {r['images']}/{r['expected']}, "
+                        f"errors {r['errors']}",
+                        file=sys.stderr,
+                    )
+                    runs.append(r)
+                results.append(_median_run(runs))
+    table, ratios = build_tables(results)
+    sys.stdout.write(table)
+    notes = [
+        f"workload: {args.sessions} sessions x {args.turns} turns, all concurrent, "
+        f"{args.model} {args.image_size} {args.aspect_ratio}, emulator "
+        f"{'flat' if args.flat else 'grain'} images, no added latency; each client in its own "
+        f"process, median of {args.repeat} run(s) by CPU",
+        "CPU: getrusage user+sys around the workload (after imports and one warm-up session); "
+        "CPU ms/turn divides by the S x T turns asked for; peak RSS: ru_maxrss (imports "
+        "included); RSS Δ: peak sampled every 10 ms during the workload minus the RSS before it",
+    ]
+    for r in results:
+        if r["error_samples"]:
+            notes.append(f"{r['client']}/{r['mode']} errors: {r['error_samples'][0]}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"machine": info, "results": results, "ratios": ratios}, indent=1)
+        )
+    if not args.no_append:
+        append_results("compare_clients: nanoedit vs google-genai vs floor", info, table, notes)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line; run the parent or one child."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--model", default="gemini-3.1-flash-image-preview")
+    p.add_argument("--image-size", default="1K")
+    p.add_argument("--aspect-ratio", default="1:1")
+    p.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset")
+    p.add_argument("--modes", default="stream,plain", help="stream, plain or both")
+    p.add_argument("--repeat", type=int, default=3, help="runs per client and mode (median)")
+    p.add_argument("--flat", action="store_true", help="flat emulator images (default: grain)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per child")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--profile", default="nanoedit", help="clients to profile with --profile-dir")
+    p.add_argument("--profile-dir", help="write pyinstrument profiles of the workload here")
+    # Internal: one client in its own process.
+    p.add_argument("--child", choices=tuple(CLIENTS), help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("stream", "plain"), help=argparse.SUPPRESS)
+    p.add_argument("--base-url", help=argparse.SUPPRESS)
+    p.add_argument("--profile-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child_main(args)
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

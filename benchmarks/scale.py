@@ -1,0 +1,310 @@
+"""How one nanoedit Engine scales: 1,000 concurrent sessions, and the memory an idle session costs.
+
+    python benchmarks/scale.py [--sessions 1000] [--turns 3] [--latency 5] [--json FILE]
+
+1. Concurrency: the emulator runs in its own process (`--flat --latency S`; it caches renders of
+   identical requests, so it does not bottleneck) and ONE Engine (max_in_flight and
+   max_connections = sessions) runs every session at once, T turns each. A perfect client
+   finishes in T x S seconds (the ideal); the ratio wall / ideal should stay <= 1.15. Peak RSS
+   (`ru_maxrss`) and client CPU are reported beside it.
+2. Idle sessions: in a fresh child process (so memory freed by step 1 cannot hide growth), an
+   Engine on a MemoryStore creates `--idle-sessions` sessions without sending a turn; the RSS
+   growth and the tracemalloc growth, divided by the count, is the memory one idle session costs
+   (target <= 20 KB). The Session handles are kept alive, as an application would keep them.
+
+Both sides need one socket per session: the soft open-files limit is raised if it is lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    RssSampler,
+    append_results,
+    cpu_seconds,
+    emulator_process,
+    emulator_stats,
+    fmt,
+    machine_info,
+    markdown_table,
+    max_rss_bytes,
+    raise_nofile,
+    rss_bytes,
+)
+
+TARGET_RATIO = 1.15
+TARGET_IDLE_BYTES = 20 * 1000  # 20 KB
+MODEL = "gemini-3.1-flash-image-preview"
+PROMPTS = (
+    "A ceramic mug on an oak table, morning light",
+    "Add a eucalyptus sprig to the left of the mug. Keep everything else.",
+    "Change the light to a warm golden-hour glow.",
+    "Recolour the mug to deep teal.",
+)
+MiB = 1024 * 1024
+
+
+def _quiet_logs() -> None:
+    # The library never configures structlog; unconfigured, it prints every info line.
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+# --- 1. concurrent sessions -----------------------------------------------------------------------
+
+
+async def concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run every session at once through one Engine; wall time against T x latency."""
+    from engine._config import EngineConfig, Timeouts
+    from engine.catalog import ImageConfig
+    from engine.runtime import Engine
+
+    cap = max(args.sessions, 1)
+    cfg = EngineConfig(
+        provider="custom",
+        base_url=base_url,
+        stream=not args.no_stream,
+        max_in_flight=cap,
+        max_connections=cap,
+        # A thousand requests queue behind one another at the emulator's accept loop; the
+        # defaults (120 s to first byte) are generous already, this just states it.
+        timeouts=Timeouts(first_byte=max(120.0, 4 * args.latency)),
+    )
+    errors: list[str] = []
+    images = 0
+    turn_ends: list[float] = []
+    async with Engine(cfg) as engine:
+        t_create = time.perf_counter()
+        sessions = [
+            await engine.create_session(
+                MODEL, image_config=ImageConfig(aspect_ratio="1:1", image_size="1K")
+            )
+            for _ in range(args.sessions)
+        ]
+        create_s = time.perf_counter() - t_create
+        before = await asyncio.to_thread(emulator_stats, base_url)
+        gc.collect()
+
+        async def one(s: Any) -> None:
+            nonlocal images
+            for i in range(args.turns):
+                try:
+                    turn = await s.send(PROMPTS[i % len(PROMPTS)])
+                except Exception as exc:  # counted, never fatal: the run reports them
+                    errors.append(f"{type(exc).__name__}: {str(exc)[:160]}")
+                    return
+                images += len(turn.images)
+                turn_ends.append(time.perf_counter())
+
+        with RssSampler(interval=0.05) as rss:
+            cpu0 = cpu_seconds()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(s) for s in sessions))
+            wall = time.perf_counter() - t0
+            cpu = cpu_seconds() - cpu0
+        after = await asyncio.to_thread(emulator_stats, base_url)
+    ideal = args.turns * args.latency
+    req = {
+        k: after["requests"].get(k, 0) - before["requests"].get(k, 0)
+        for k in ("generateContent", "streamGenerateContent")
+    }
+    return {
+        "sessions": args.sessions,
+        "turns": args.turns,
+        "latency_s": args.latency,
+        "stream": not args.no_stream,
+        "turns_ok": len(turn_ends),
+        "images": images,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:3],
+        "requests": sum(req.values()),
+        "render": after.get("render"),
+        "create_sessions_s": create_s,
+        "wall_s": wall,
+        "ideal_s": ideal,
+        "ratio": wall / ideal if ideal else None,
+        "last_turn_at_s": (max(turn_ends) - t0) if turn_ends else None,
+        "client_cpu_s": cpu,
+        "max_rss": max_rss_bytes(),
+        "rss_baseline": rss.baseline,
+        "rss_peak": rss.peak,
+    }
+
+
+# --- 2. idle sessions (child process) -------------------------------------------------------------
+
+
+async def _idle(n: int, trace: bool) -> dict[str, Any]:
+    from engine._config import EngineConfig
+    from engine.catalog import ImageConfig
+    from engine.runtime import Engine
+    from sessions import MemoryStore
+
+    # Nothing is ever sent: the base URL only has to be well formed.
+    cfg = EngineConfig(provider="custom", base_url="http://127.0.0.1:9")
+    async with Engine(cfg, store=MemoryStore()) as engine:
+        config = ImageConfig(aspect_ratio="1:1", image_size="1K")
+        # One session first, so lazily built module state is not billed to the others.
+        keep = [await engine.create_session(MODEL, image_config=config)]
+        gc.collect()
+        rss0 = rss_bytes()
+        if trace:
+            tracemalloc.start()
+        traced0 = tracemalloc.get_traced_memory()[0] if trace else 0
+        for _ in range(n):
+            keep.append(await engine.create_session(MODEL, image_config=config))
+        gc.collect()
+        traced = (tracemalloc.get_traced_memory()[0] - traced0) if trace else None
+        rss = rss_bytes() - rss0
+        if trace:
+            tracemalloc.stop()
+    return {
+        "idle_sessions": n,
+        "rss_delta": rss,
+        "rss_per_session": rss / n,
+        "traced_delta": traced,
+        "traced_per_session": None if traced is None else traced / n,
+        "kept_handles": len(keep),
+    }
+
+
+def idle_child(n: int) -> int:
+    """Measure the idle-session cost in this (fresh) process; print one JSON line."""
+    _quiet_logs()
+    # RSS without tracemalloc (it costs memory itself), then Python allocations with it.
+    plain = asyncio.run(_idle(n, trace=False))
+    traced = asyncio.run(_idle(n, trace=True))
+    plain["traced_delta"] = traced["traced_delta"]
+    plain["traced_per_session"] = traced["traced_per_session"]
+    sys.stdout.write(json.dumps(plain) + "\n")
+    return 0
+
+
+def _run_idle_child(n: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--idle-child", str(n)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"idle child failed: {proc.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def build_table(c: dict[str, Any] | None, idle: dict[str, Any] | None) -> str:
+    """Both measurements as one Markdown table with targets."""
+    rows: list[list[str]] = []
+    if c is not None:
+        ok = c["ratio"] is not None and c["ratio"] <= TARGET_RATIO
+        rows += [
+            [
+                f"{c['sessions']} sessions x {c['turns']} turns, latency {c['latency_s']:g} s",
+                f"{c['images']}/{c['sessions'] * c['turns']} images, {c['errors']} errors, "
+                f"{c['requests']} requests",
+                "",
+            ],
+            ["wall time (s)", fmt(c["wall_s"], 2), f"ideal {c['ideal_s']:g} s"],
+            [
+                "wall / ideal",
+                fmt(c["ratio"], 3),
+                f"{'ok' if ok else 'MISSED'} (target ≤ {TARGET_RATIO})",
+            ],
+            ["creating the sessions (s)", fmt(c["create_sessions_s"], 2), ""],
+            ["client CPU during the turns (s)", fmt(c["client_cpu_s"], 2), ""],
+            ["peak RSS, ru_maxrss (MiB)", fmt(c["max_rss"] / MiB, 1), ""],
+            [
+                "RSS growth during the turns (MiB)",
+                fmt((c["rss_peak"] - c["rss_baseline"]) / MiB, 1),
+                "",
+            ],
+        ]
+    if idle is not None:
+        per = idle["rss_per_session"]
+        rows += [
+            [
+                f"idle session, RSS ({idle['idle_sessions']:,} sessions, MemoryStore)",
+                fmt(per / 1000, 2, " KB"),
+                f"{'ok' if per <= TARGET_IDLE_BYTES else 'MISSED'} (target ≤ 20 KB)",
+            ],
+            [
+                "idle session, tracemalloc",
+                fmt(
+                    None
+                    if idle["traced_per_session"] is None
+                    else idle["traced_per_session"] / 1000,
+                    2,
+                    " KB",
+                ),
+                "Python allocations only",
+            ],
+        ]
+    return markdown_table(["measure", "value", "note"], rows, right=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements, print the table, write JSON, append to RESULTS.md."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sessions", type=int, default=1000)
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--latency", type=float, default=5.0, help="emulator seconds per generation")
+    p.add_argument("--no-stream", action="store_true", help="plain generateContent")
+    p.add_argument("--idle-sessions", type=int, default=10_000, help="0: skip")
+    p.add_argument("--skip-concurrent", action="store_true")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--idle-child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.idle_child:
+        return idle_child(args.idle_child)
+
+    info = machine_info()
+    # Each session holds one connection on the client, and the emulator one per session too; the
+    # emulator inherits this limit.
+    soft, hard = raise_nofile(args.sessions + 512)
+    print(f"open files limit: soft {soft}, hard {hard}", file=sys.stderr)
+    idle = _run_idle_child(args.idle_sessions) if args.idle_sessions else None
+    conc = None
+    if not args.skip_concurrent:
+        _quiet_logs()
+        with emulator_process("--flat", "--latency", str(args.latency)) as (_proc, url):
+            print(f"emulator at {url}", file=sys.stderr)
+            conc = asyncio.run(concurrent(url, args))
+    table = build_table(conc, idle)
+    sys.stdout.write(table)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"machine": info, "concurrent": conc, "idle": idle}, indent=1)
+        )
+    if not args.no_append:
+        notes = [
+            "one Engine (max_in_flight = max_connections = sessions), emulator in its own "
+            "process with --flat and the stated latency; ideal = turns x latency",
+            f"open files soft limit {soft}",
+        ]
+        if conc and conc["error_samples"]:
+            notes.append(f"errors: {conc['error_samples'][0]}")
+        append_results("scale: concurrent sessions and idle-session memory", info, table, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
