@@ -304,13 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulator", help="run the local Gemini/OpenAI-compatible server")
     add_emulator_arguments(p)
 
-    try:
-        from engine._bench import add_arguments as add_bench_arguments
-    except ImportError:  # pragma: no cover - bench lands separately
-        pass
-    else:
-        p = sub.add_parser("bench", help="concurrency benchmark with latency percentiles")
-        add_bench_arguments(p)
+    from engine._bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="concurrency benchmark with latency percentiles")
+    add_bench_arguments(p)
 
     from engine._cli_sessions import add_parser as add_sessions_parser
 
