@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,12 @@ def append_results(title: str, info: dict[str, Any], table: str, notes: Sequence
         fh.write("\n".join(lines))
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1) -> str:
-    """A Markdown table; columns from index `right` on are right-aligned (numbers)."""
-    align = ["---" if i < right else "---:" for i in range(len(headers))]
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: int | Collection[int] = 1
+) -> str:
+    """A Markdown table; columns from index `right` on (or those listed) are right-aligned."""
+    cols = range(right, len(headers)) if isinstance(right, int) else right
+    align = ["---:" if i in cols else "---" for i in range(len(headers))]
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     out.extend("| " + " | ".join(row) + " |" for row in rows)
     return "\n".join(out) + "\n"

@@ -257,7 +257,7 @@ def build_table(c: dict[str, Any] | None, idle: dict[str, Any] | None) -> str:
                 "Python allocations only",
             ],
         ]
-    return markdown_table(["measure", "value", "note"], rows, right=1)
+    return markdown_table(["measure", "value", "note"], rows, right={1})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -620,7 +620,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if cfg:
         lines.append(
             f"## nanoedit bench: {cfg.get('load')}, {cfg.get('model')} "
-            f"{cfg.get('image_size') or 'default size'} {cfg.get('aspect_ratio') or ''}, "
+            f"{cfg.get('image_size') or 'default size'}, "
+            f"{cfg.get('aspect_ratio') or 'default ratio'}, "
             f"{'stream' if cfg.get('stream') else 'plain'}, target {cfg.get('target')}"
         )
         lines.append("")

@@ -30,6 +30,7 @@ PROVIDER_PRESETS: Mapping[str, str] = {
     "wisdom-gate": "https://wisgate.ai",
 }
 ProviderName = Literal["local", "google", "wisdom-gate", "custom"]
+OnBusy = Literal["raise", "wait"]
 
 
 class Secret:
@@ -109,6 +110,14 @@ class EngineConfig:
     emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
     home: Path | None = None  # session store directory; see `store_dir()`
     user_agent: str = "nanoedit/0.1"
+    # Another engine (another process) holds the session's store lease: "raise" SessionBusy at
+    # once, or "wait" for it, polling with backoff, up to `lease_wait` seconds. Nothing is sent
+    # before the lease is held.
+    on_busy: OnBusy = "raise"
+    # Seconds a lease lasts; a running turn renews it every third of that, so it never runs
+    # out mid-turn. A process killed mid-turn blocks its session for at most this long.
+    lease_ttl: float = 30.0
+    lease_wait: float = 300.0  # on_busy="wait": give up with SessionBusy after this long
 
     def __post_init__(self) -> None:
         if self.provider not in ("local", "google", "wisdom-gate", "custom"):
@@ -119,6 +128,10 @@ class EngineConfig:
             raise ConfigError(f"provider {self.provider!r} needs an API key")
         if self.max_in_flight < 1 or self.max_connections < 1:
             raise ConfigError("max_in_flight and max_connections must be at least 1")
+        if self.on_busy not in ("raise", "wait"):
+            raise ConfigError(f"on_busy must be 'raise' or 'wait', not {self.on_busy!r}")
+        if not self.lease_ttl > 0 or not self.lease_wait >= 0:
+            raise ConfigError("lease_ttl must be positive and lease_wait at least 0")
 
     @property
     def resolved_base_url(self) -> str:

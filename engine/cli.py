@@ -18,7 +18,7 @@ from engine._config import EmulatorOptions, EngineConfig, Secret
 from engine._exceptions import NanoeditError
 from engine.budget import Budget
 from engine.catalog import ImageConfig, resolve_model
-from engine.events import Event, TurnTextDelta, encode_event
+from engine.events import Event, TurnRetrying, TurnTextDelta, encode_event
 from engine.runtime import Engine, Session, Turn
 from sessions import MemoryStore, SessionStore, encode_contents
 
@@ -184,7 +184,22 @@ def _write_history(session: Session, out: Path) -> Path:
     return path
 
 
+class _Progress:
+    """Prints a turn's answer text and its retries on stderr as the bus publishes them."""
+
+    def __init__(self) -> None:
+        self.open_line = False
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TurnTextDelta) and not event.thought:
+            print(event.text, end="", file=sys.stderr, flush=True)
+            self.open_line = True
+        elif isinstance(event, TurnRetrying):
+            _err(f"\n  retrying after {event.delay_s:.1f}s: {event.error}")
+
+
 async def _run_turn_verbose(
+    engine: Engine,
     session: Session,
     prompt: str,
     images: list[Path],
@@ -196,23 +211,18 @@ async def _run_turn_verbose(
 ) -> Turn:
     if not quiet:
         _err(f"turn {n}/{total}: {prompt}")
-    if not stream:
-        turn = await session.send(prompt, images, stream=False)
-    else:
-        async with session.stream(prompt, images) as events:
-            async for event in events:
-                if quiet:
-                    continue
-                if isinstance(event, TurnTextDelta) and not event.thought:
-                    print(event.text, end="", file=sys.stderr, flush=True)
-                elif event.type == "turn.retrying":
-                    _err(f"\n  retrying after {event.delay_s:.1f}s: {event.error}")  # type: ignore[attr-defined]
-            if events.turn is None:  # pragma: no cover - stream ends only on a terminal event
-                raise NanoeditError("turn ended without completing")
-            turn = events.turn
-        if not quiet:
+    # Progress comes from the bus and the turn from send(): a failed turn then raises its own
+    # error (BudgetExceeded, Unauthorized, ...), where a stream() consumer sees only the
+    # turn.failed event.
+    progress = _Progress()
+    unsubscribe = None if quiet else engine.bus.on("turn.*", progress, session_id=session.id)
+    try:
+        return await session.send(prompt, images, stream=stream)
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+        if progress.open_line:
             _err("")
-    return turn
 
 
 async def _edit(args: argparse.Namespace, *, demo: bool = False) -> int:
@@ -240,6 +250,7 @@ async def _edit(args: argparse.Namespace, *, demo: bool = False) -> int:
             for n, prompt in enumerate(prompts, start=1):
                 images = [Path(p) for p in args.image] if n == 1 else []
                 turn = await _run_turn_verbose(
+                    engine,
                     session,
                     prompt,
                     images,

@@ -1,9 +1,11 @@
 """The engine runtime: sessions and the turn pipeline.
 
-One turn: take the session's lock, build a draft user Content, plan the request against the
-budget, get a slot from the limiter, send (streaming when the provider can), merge the answer into
-one model Content, commit the turn atomically, publish `turn.completed`. Any failure or
-cancellation before the commit leaves the session exactly as it was.
+One turn: take the session's lock, then its store lease (other processes sharing the store wait
+or get `SessionBusy` before anything is sent; the state is reloaded if one of them committed),
+build a draft user Content, plan the request against the budget, get a slot from the limiter, send
+(streaming when the provider can), merge the answer into one model Content, commit the turn
+atomically, publish `turn.completed`, release the lease. Any failure or cancellation before the
+commit leaves the session exactly as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+import os
+import random
+import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,6 +34,7 @@ from engine._exceptions import (
     Closed,
     ConfigError,
     NanoeditError,
+    SessionBusy,
     TransportError,
 )
 from engine._merge import ImageDelta, TextDelta
@@ -93,6 +99,9 @@ _MAGIC = (
     (b"GIF8", "image/gif"),
     (b"RIFF", "image/webp"),
 )
+# Polling for a lease another engine holds (on_busy="wait"): jittered, doubling between these.
+_LEASE_POLL_MIN = 0.02
+_LEASE_POLL_MAX = 1.0
 
 
 def sniff_mime(data: bytes, fallback: str = "application/octet-stream") -> str:
@@ -246,6 +255,8 @@ class Engine:
         self._transport: Transport | None = None
         self._emulator: Any = None
         self._locks: dict[str, asyncio.Lock] = {}
+        # Names this engine in the store's session leases; unique per engine, not per process.
+        self.lease_owner = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._started = False
@@ -487,14 +498,14 @@ class Session:
 
     async def undo(self) -> Turn | None:
         """Move the head back one turn; returns the new head."""
-        async with self._engine._lock(self.id):
+        async with self._engine._lock(self.id), self._leased():
             await ops.undo(self._engine.store, self.id)
             await self._reload()
         return self.head
 
     async def redo(self) -> Turn | None:
         """Move the head forward one turn along the branch; returns the new head."""
-        async with self._engine._lock(self.id):
+        async with self._engine._lock(self.id), self._leased():
             await ops.redo(self._engine.store, self.id)
             await self._reload()
         return self.head
@@ -502,7 +513,7 @@ class Session:
     async def checkout(self, turn: Turn | str | None) -> Turn | None:
         """Move the head to any turn (None: before the first)."""
         turn_id = turn.id if isinstance(turn, Turn) else turn
-        async with self._engine._lock(self.id):
+        async with self._engine._lock(self.id), self._leased():
             await ops.checkout(self._engine.store, self.id, turn_id)
             await self._reload()
         return self.head
@@ -519,14 +530,20 @@ class Session:
 
     async def regenerate(self, *, stream: bool | None = None) -> Turn:
         """Send the head turn's user Content again as a sibling turn."""
+        if self._state.record.head is None:
+            raise ConfigError("nothing to regenerate: the session has no turns")
+        async with self._engine._lock(self.id):
+            return await self._leased_turn(None, stream=stream)
+
+    async def _regenerate_draft(self) -> Content:
+        """Undo the head turn and return its user Content. The caller holds the lease."""
         head = self._state.record.head
         if head is None:
             raise ConfigError("nothing to regenerate: the session has no turns")
         user = self._state.turn(head).user
-        async with self._engine._lock(self.id):
-            await ops.undo(self._engine.store, self.id)
-            await self._reload()
-            return await self._run_turn(user, stream=stream)
+        await ops.undo(self._engine.store, self.id)
+        await self._reload()
+        return user
 
     async def aclose(self) -> None:
         """Publish `session.closed`; the stored session stays."""
@@ -541,7 +558,7 @@ class Session:
         draft = build_user_content(text, images)
         self._engine._check_open()
         async with self._engine._lock(self.id):
-            return await self._tracked(self._run_turn(draft, stream=stream))
+            return await self._tracked(self._leased_turn(draft, stream=stream))
 
     def stream(
         self, text: str = "", images: Iterable[ImageInput] = (), *, stream: bool | None = None
@@ -563,7 +580,7 @@ class Session:
                     overflow="block",
                 )
             )
-            task = asyncio.ensure_future(self._run_turn(draft, stream=stream))
+            task = asyncio.ensure_future(self._leased_turn(draft, stream=stream))
             engine._turn_tasks.add(task)
             task.add_done_callback(engine._turn_tasks.discard)
             try:
@@ -588,6 +605,13 @@ class Session:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # The engine cancelled the turn (aclose past its deadline), not our caller: a
+                # CancelledError here would read as the caller's own cancellation.
+                raise Closed(
+                    "the engine closed before the turn finished; nothing was committed"
+                ) from None
             # Our caller was cancelled: cancel the turn and let it clean up before we go.
             task.cancel()
             with anyio.CancelScope(shield=True):
@@ -597,8 +621,112 @@ class Session:
     async def _publish(self, event: Event) -> Event:
         return await self._engine.bus.publish(event)
 
+    # --- the store lease ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _leased(self) -> AsyncIterator[None]:
+        """Hold the session's store lease for the block. The caller holds the session lock.
+
+        Taken before anything is sent, so a turn racing another process's turn fails or waits
+        (`on_busy`) without paying for a request; renewed in the background every third of
+        `lease_ttl` while the block runs; released even when the block is cancelled. Once it is
+        held, the state is reloaded if another process committed meanwhile.
+        """
+        engine = self._engine
+        await self._acquire_lease()
+        renewal = asyncio.ensure_future(self._renew_lease())
+        try:
+            record = await engine.store.load_record(self.id)
+            if record.version != self._state.record.version:
+                await self._reload()
+            yield
+        finally:
+            renewal.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(renewal, return_exceptions=True)
+                await self._release_lease()
+
+    async def _acquire_lease(self) -> None:
+        engine = self._engine
+        cfg = engine.config
+        deadline = time.monotonic() + cfg.lease_wait
+        delay = _LEASE_POLL_MIN
+        while True:
+            try:
+                if await engine.store.acquire_lease(self.id, engine.lease_owner, cfg.lease_ttl):
+                    return
+            except asyncio.CancelledError:
+                # The store may have granted the lease just before the cancellation arrived.
+                with anyio.CancelScope(shield=True):
+                    await self._release_lease()
+                raise
+            left = deadline - time.monotonic()
+            if cfg.on_busy == "raise":
+                raise SessionBusy(f"session {self.id} is busy: another engine holds its lease")
+            if left <= 0:
+                raise SessionBusy(
+                    f"session {self.id} is busy: another engine held its lease for "
+                    f"{cfg.lease_wait:g}s"
+                )
+            self._log.debug("lease.waiting", delay_s=delay)
+            await asyncio.sleep(min(random.uniform(delay / 2, delay), left))
+            delay = min(delay * 2, _LEASE_POLL_MAX)
+
+    async def _renew_lease(self) -> None:
+        engine = self._engine
+        ttl = engine.config.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                held = await engine.store.acquire_lease(self.id, engine.lease_owner, ttl)
+            except NanoeditError as exc:
+                self._log.warning("lease.renew_failed", error=str(exc))
+                continue
+            if not held:
+                # It ran out (a stalled loop) and another engine took it: the version check at
+                # commit decides which turn lands.
+                self._log.warning("lease.lost")
+                return
+
+    async def _release_lease(self) -> None:
+        try:
+            await self._engine.store.release_lease(self.id, self._engine.lease_owner)
+        except NanoeditError as exc:
+            # Harmless: the lease runs out after lease_ttl anyway.
+            self._log.warning("lease.release_failed", error=str(exc))
+
+    async def _leased_turn(self, draft: Content | None, *, stream: bool | None) -> Turn:
+        """Run a turn under the store lease; `draft=None` regenerates the head turn.
+
+        The caller holds the session lock. Not getting the lease publishes `turn.failed`
+        (`SessionBusy`, attempts 0: nothing was sent), so a stream() consumer always sees an end.
+        """
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self._leased())
+                if draft is None:
+                    draft = await self._regenerate_draft()
+            except asyncio.CancelledError:
+                with anyio.CancelScope(shield=True):
+                    await self._publish(
+                        TurnCancelled(session_id=self.id, turn=len(self._state.path()) + 1)
+                    )
+                raise
+            except NanoeditError as exc:
+                await self._publish(
+                    TurnFailed(
+                        session_id=self.id,
+                        turn=len(self._state.path()) + 1,
+                        error=str(exc),
+                        error_type=type(exc).__name__,
+                        attempts=0,
+                    )
+                )
+                raise
+            return await self._run_turn(draft, stream=stream)
+
     async def _run_turn(self, draft: Content, *, stream: bool | None) -> Turn:
-        """The turn pipeline. The caller holds the session lock."""
+        """The turn pipeline. The caller holds the session lock and the store lease."""
         engine = self._engine
         provider = engine.provider
         state = self._state

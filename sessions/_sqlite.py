@@ -11,10 +11,16 @@ Concurrency. Every SQLite call runs in a worker thread, one at a time per store 
 the write lock up front (`BEGIN IMMEDIATE`) and wait up to `busy_timeout` for it, and every change
 to a session is guarded by its `version` (optimistic lock -> `SessionBusy`).
 
-Schema (``PRAGMA user_version`` = 1)::
+Leases. `acquire_lease` writes `lease_owner` and `lease_until` on the session's row in a write
+transaction, so taking a lease is atomic across processes. `lease_until` is wall-clock time
+(`time.time()`), the one clock every process on the machine shares; a clock step can shorten or
+stretch a lease, which the version check still covers. An expired lease is simply overwritten.
+
+Schema (``PRAGMA user_version`` = 2; a version-1 file gains the lease columns on first open)::
 
     sessions(id PK, model, settings JSON, head, tip, version, created_at, updated_at,
-             parent_id, forked_at, title)
+             parent_id, forked_at, title,
+             lease_owner, lease_until)   -- since version 2; NULL: nobody holds the lease
     turns(seq PK, session_id -> sessions ON DELETE CASCADE, id, parent, idx,
           user, model,            -- Gemini REST Content JSON with every inlineData.data emptied
           meta,                   -- the rest of the TurnRecord (msgspec JSON)
@@ -54,8 +60,8 @@ __all__ = ["SCHEMA_VERSION", "SqliteBlobStore", "SqliteStore", "default_store_pa
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-
+# Version 1: the tables as first released. A new file is created at version 1 and then migrated
+# like an old one, so every migration runs on every new file too.
 _SCHEMA = (
     """CREATE TABLE sessions (
         id          TEXT PRIMARY KEY,
@@ -97,6 +103,14 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE INDEX turn_blobs_sha256 ON turn_blobs(sha256)",
 )
+# _MIGRATIONS[i] takes a file from version i + 1 to i + 2.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "ALTER TABLE sessions ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE sessions ADD COLUMN lease_until REAL",
+    ),
+)
+SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
 _SESSION_COLS = (
     "id, model, settings, head, tip, version, created_at, updated_at, parent_id, forked_at, title"
@@ -255,14 +269,18 @@ class SqliteStore(SessionStore):
         with _transaction(db, write=True):
             # Re-read under the write lock: another process may have just created the schema.
             version = self._user_version(db)
-            if version == 0:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            if not 0 <= version <= SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path}: schema version {version}; this nanoedit reads {SCHEMA_VERSION}"
                 )
+            if version == 0:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                version = 1
+            for step in _MIGRATIONS[version - 1 :]:
+                for statement in step:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
     def _user_version(db: sqlite3.Connection) -> int:
@@ -365,6 +383,51 @@ class SqliteStore(SessionStore):
                 return _load_record(db, session_id)
 
         return await self._run(work)
+
+    async def load_record(self, session_id: str) -> SessionRecord:
+        """The session's record alone: one row, no turns."""
+
+        def work(db: sqlite3.Connection) -> SessionRecord:
+            row = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            return _record(row)
+
+        return await self._run(work)
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+        """Hold the lease for `ttl` seconds (one write transaction); False if another holds it."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            with _transaction(db, write=True):
+                now = time.time()  # read under the write lock: no writer can slip in after it
+                taken = db.execute(
+                    "UPDATE sessions SET lease_owner = ?, lease_until = ? WHERE id = ? "
+                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)",
+                    (owner, now + ttl, session_id, owner, now),
+                ).rowcount
+                if taken:
+                    return True
+                if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+                    return False
+                raise SessionNotFound(f"no session {session_id!r}")
+
+        return await self._run(work)
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        """Give up the lease if `owner` holds it."""
+
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db, write=True):
+                db.execute(
+                    "UPDATE sessions SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE id = ? AND lease_owner = ?",
+                    (session_id, owner),
+                )
+
+        await self._run(work)
 
     async def list(self) -> list[SessionSummary]:
         """Every stored session, most recently updated first."""

@@ -3,6 +3,12 @@
 Every write is all-or-nothing and guarded by the session's `version`: a writer that read version
 N may only write if the stored version is still N, otherwise it gets `SessionBusy` and nothing
 changes. This is what keeps two processes from both appending to one head.
+
+A turn costs a paid request before its commit, so the version check alone would only tell the
+loser after it paid. The **lease** tells it before: a writer takes `acquire_lease(session_id,
+owner, ttl)` before sending anything and releases it after the commit. A lease is advisory (the
+version check stays the last line of defence) and expires after `ttl` seconds, so a process
+killed while holding one blocks the session for at most that long.
 """
 
 from __future__ import annotations
@@ -112,6 +118,22 @@ class SessionStore(abc.ABC):
     ) -> SessionRecord:
         """Move the head and tip (undo, redo, checkout); SessionBusy on a version clash."""
 
+    async def load_record(self, session_id: str) -> SessionRecord:
+        """The session's record alone (head, tip, version), without its turns."""
+        return (await self.load(session_id)).record
+
+    @abc.abstractmethod
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+        """Hold the session's lease for `ttl` seconds from now; False if another owner does.
+
+        The holder calling it again extends its lease (renewal). A lease whose time has run
+        out is free for anyone to take. SessionNotFound if there is no such session.
+        """
+
+    @abc.abstractmethod
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        """Give up the lease if `owner` holds it; otherwise (or without a session) do nothing."""
+
     @abc.abstractmethod
     async def list(self) -> list[SessionSummary]:
         """Every stored session, most recently updated first."""
@@ -142,6 +164,7 @@ class MemoryStore(SessionStore):
     def __init__(self) -> None:
         self.blobs: MemoryBlobStore = MemoryBlobStore()
         self._states: dict[str, SessionState] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # session id -> (owner, monotonic end)
 
     def _get(self, session_id: str) -> SessionState:
         try:
@@ -198,6 +221,26 @@ class MemoryStore(SessionStore):
         self._states[session_id] = SessionState(rec, state.turns)
         return rec
 
+    async def load_record(self, session_id: str) -> SessionRecord:
+        """The session's record alone."""
+        return self._get(session_id).record
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+        """Hold the lease for `ttl` seconds; False while another owner's lease runs."""
+        self._get(session_id)
+        now = time.monotonic()
+        held = self._leases.get(session_id)
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._leases[session_id] = (owner, now + ttl)
+        return True
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        """Give up the lease if `owner` holds it."""
+        held = self._leases.get(session_id)
+        if held is not None and held[0] == owner:
+            del self._leases[session_id]
+
     async def list(self) -> list[SessionSummary]:
         """Every session, most recently updated first."""
         return sorted(
@@ -208,3 +251,4 @@ class MemoryStore(SessionStore):
         """Remove a session and its turns."""
         self._get(session_id)
         del self._states[session_id]
+        self._leases.pop(session_id, None)
