@@ -97,6 +97,48 @@ _GOOGLE_STATUS_CODES = {
 _any_json = msgspec.json.Decoder()
 
 
+def _content_type(headers: Mapping[str, str] | None) -> str:
+    for key, value in (headers or {}).items():
+        if key.lower() == "content-type":
+            return value
+    return "application/octet-stream"
+
+
+class _Body(aiohttp.payload.Payload):
+    """A request body written as the bytes it is.
+
+    aiohttp's BytesPayload warns (ResourceWarning) for every body over 1 MiB, which is every
+    request that carries an image history; io.BytesIO would copy the whole body to avoid it.
+    Writing bytes to the transport does not block the loop, so neither is needed.
+    """
+
+    _value: bytes
+    _autoclose = True
+
+    def __init__(self, value: bytes, *, content_type: str) -> None:
+        super().__init__(value, content_type=content_type)
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """The body as text (aiohttp uses it for debugging only)."""
+        return self._value.decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        """The body's bytes."""
+        return self._value
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        """Write the whole body."""
+        await writer.write(self._value)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        """Write the body, cut at `content_length` if given."""
+        value = self._value if content_length is None else self._value[:content_length]
+        await writer.write(value)
+
+
 # --- error messages and bodies -----------------------------------------------------------------
 
 
@@ -559,7 +601,8 @@ class Transport:
         deadline = asyncio.timeout(wait)
         try:
             async with deadline:
-                return await session.request(attempt.method, url, data=body, headers=headers)
+                data = None if body is None else _Body(body, content_type=_content_type(headers))
+                return await session.request(attempt.method, url, data=data, headers=headers)
         except aiohttp.ConnectionTimeoutError as exc:
             message = f"{where}: no connection within {self.timeouts.connect:g}s"
             raise ConnectTimeout(message) from exc

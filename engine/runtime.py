@@ -417,11 +417,13 @@ class TurnStream:
 
     Iterate it with `async for`; leaving early (break, exception) cancels the turn and leaves the
     session as it was. `async with` makes that cleanup happen at the block's end; `turn` holds
-    the committed Turn once `turn.completed` has been seen.
+    the committed Turn once `turn.completed` has been seen, `error` the exception of a turn
+    that ended with `turn.failed`.
     """
 
     def __init__(self, session: Session, draft: Content, stream: bool | None) -> None:
         self.turn: Turn | None = None
+        self.error: BaseException | None = None
         self._agen: AsyncGenerator[Event, None] = session._stream_events(draft, stream, self)
 
     def __aiter__(self) -> TurnStream:
@@ -558,6 +560,7 @@ class Session:
         draft = build_user_content(text, images)
         self._engine._check_open()
         async with self._engine._lock(self.id):
+            self._engine._check_open()  # it may have closed while we waited for the lock
             return await self._tracked(self._leased_turn(draft, stream=stream))
 
     def stream(
@@ -572,6 +575,7 @@ class Session:
         engine = self._engine
         engine._check_open()
         async with engine._lock(self.id), AsyncExitStack() as stack:
+            engine._check_open()  # the engine may have closed while we waited for the lock
             sub = await stack.enter_async_context(
                 engine.bus.subscribe(
                     session_id=self.id,
@@ -583,20 +587,26 @@ class Session:
             task = asyncio.ensure_future(self._leased_turn(draft, stream=stream))
             engine._turn_tasks.add(task)
             task.add_done_callback(engine._turn_tasks.discard)
+            ended = False
             try:
                 async for event in sub:
                     if isinstance(event, TurnCompleted):
                         holder.turn = await task
+                    ended = event.type in _TERMINAL
                     yield event
-                    if event.type in _TERMINAL:
+                    if ended:
                         break
             finally:
-                if not task.done():
+                # Leaving before the terminal event cancels the turn; after it, the task is
+                # only unwinding and must keep its own outcome.
+                if not ended and not task.done():
                     task.cancel()
                 # Wait without being cancellable: the turn must finish its cleanup (publish
                 # turn.cancelled, release the slot) before the lock is released.
                 with anyio.CancelScope(shield=True):
                     await asyncio.gather(task, return_exceptions=True)
+                if not task.cancelled() and isinstance(task.exception(), NanoeditError):
+                    holder.error = task.exception()
 
     async def _tracked(self, coro: Any) -> Turn:
         task = asyncio.ensure_future(coro)

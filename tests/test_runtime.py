@@ -339,3 +339,47 @@ async def test_embedded_emulator_is_the_default(no_leaked_tasks: None) -> None:
         s = await e.create_session()
         turn = await s.send("A mug")
         assert turn.images and turn.images[0].mime_type == "image/png"
+
+
+async def test_stream_hands_over_the_failure(make_emulator: EmulatorFactory) -> None:
+    """A streamed turn that fails ends with turn.failed and exposes the typed error."""
+    emu = await make_emulator(faults="image_safety")
+    async with Engine(config_for(emu.base_url)) as e:
+        s = await e.create_session()
+        async with s.stream("A mug") as events:
+            types = [ev.type async for ev in events]
+        assert types[-1] == "turn.failed"
+        assert isinstance(events.error, ContentBlocked)
+        assert events.turn is None
+
+
+async def test_send_queued_behind_close_gets_closed(make_emulator: EmulatorFactory) -> None:
+    """A send waiting for the session lock when the engine closes raises Closed."""
+    emu = await make_emulator(latency=0.2)
+    e = Engine(config_for(emu.base_url))
+    async with e:
+        s = await e.create_session()
+        first = asyncio.create_task(s.send("A mug"))
+        second = asyncio.create_task(s.send("Add a sprig"))
+        await asyncio.sleep(0.05)
+        await e.aclose(deadline=5)
+        assert (await first).index == 1
+        with pytest.raises(Closed, match="closed"):
+            await second
+
+
+async def test_large_request_body_sends_without_warning(engine: Engine) -> None:
+    """A request over 1 MiB (an attached photo) goes out without aiohttp's ResourceWarning."""
+    import io
+    import random
+
+    from PIL import Image as PILImage
+
+    rng = random.Random(7)
+    photo = PILImage.frombytes("RGB", (700, 700), rng.randbytes(700 * 700 * 3))
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG", compress_level=1)
+    assert len(buf.getvalue()) > 1024 * 1024
+    s = await engine.create_session()
+    turn = await s.send("Make it grayscale", [buf.getvalue()])
+    assert turn.images
