@@ -17,6 +17,7 @@ import os
 import random
 import secrets
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -254,7 +255,8 @@ class Engine:
         self._provider = provider
         self._transport: Transport | None = None
         self._emulator: Any = None
-        self._locks: dict[str, asyncio.Lock] = {}
+        # A session's lock lives while a turn holds or waits for it; idle sessions cost nothing.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Names this engine in the store's session leases; unique per engine, not per process.
         self.lease_owner = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._turn_tasks: set[asyncio.Task[Any]] = set()
@@ -265,7 +267,12 @@ class Engine:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # Whatever did start (the emulator, the transport) must not outlive a failed start.
+            await self._stack.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -402,7 +409,10 @@ class Engine:
         return session
 
     def _lock(self, session_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(session_id, asyncio.Lock())
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
 
 
 def _image_config_dict(config: ImageConfig | None) -> dict[str, str] | None:

@@ -383,3 +383,29 @@ async def test_large_request_body_sends_without_warning(engine: Engine) -> None:
     s = await engine.create_session()
     turn = await s.send("Make it grayscale", [buf.getvalue()])
     assert turn.images
+
+
+async def test_idle_sessions_hold_no_lock(engine: Engine) -> None:
+    """A session's lock exists only while a turn holds or waits for it."""
+    s = await engine.create_session()
+    await s.send("A mug")
+    assert s.id not in engine._locks
+
+
+async def test_failed_start_leaves_nothing_running(
+    monkeypatch: pytest.MonkeyPatch, no_leaked_tasks: None
+) -> None:
+    """If start() fails after the embedded emulator is up, the emulator is stopped again."""
+    import engine.runtime as runtime
+
+    def broken_provider(*args: object, **kwargs: object) -> None:
+        raise ConfigError("provider construction failed")
+
+    monkeypatch.setattr(runtime, "GeminiProvider", broken_provider)
+    e = Engine(EngineConfig(emulator=EmulatorOptions(flat=True)))
+    with pytest.raises(ConfigError, match="provider construction failed"):
+        async with e:
+            pass
+    assert e._emulator is not None
+    assert e._emulator._runner is None  # stopped
+    assert e._transport is not None and e._transport.closed
