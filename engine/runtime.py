@@ -64,6 +64,7 @@ from engine.providers._base import GenerateRequest, Provider, ProviderResult
 from engine.providers.gemini import GeminiProvider
 from sessions import (
     Blob,
+    BlobStore,
     Content,
     MemoryStore,
     Part,
@@ -124,10 +125,11 @@ class Image:
     sha256: str
 
     @classmethod
-    def from_blob(cls, blob: Blob) -> Image:
-        """Describe an inline blob (dimensions read from the header, not decoded)."""
+    def from_blob(cls, blob: Blob, digest: str | None = None) -> Image:
+        """Describe an inline blob (dimensions from the header; `digest` if already known)."""
         w, h = image_dimensions(blob.data) or (0, 0)
-        return cls(blob.mime_type, blob.data, w, h, hashlib.sha256(blob.data).hexdigest())
+        digest = digest or hashlib.sha256(blob.data).hexdigest()
+        return cls(blob.mime_type, blob.data, w, h, digest)
 
     @property
     def extension(self) -> str:
@@ -162,9 +164,13 @@ class Turn:
     text: str
 
     @classmethod
-    def from_record(cls, record: TurnRecord) -> Turn:
-        """Wrap a stored turn."""
-        return cls(record, [Image.from_blob(b) for b in record.model.images()], record.model.text())
+    def from_record(cls, record: TurnRecord, blobs: BlobStore | None = None) -> Turn:
+        """Wrap a stored turn; `blobs` knows the digests of interned images."""
+        images = [
+            Image.from_blob(b, blobs.digest(b.data) if blobs else None)
+            for b in record.model.images()
+        ]
+        return cls(record, images, record.model.text())
 
     @property
     def id(self) -> str:
@@ -491,17 +497,19 @@ class Session:
 
     def turns(self) -> list[Turn]:
         """The turns on the current branch, oldest first."""
-        return [Turn.from_record(t) for t in self._state.path()]
+        blobs = self._engine.store.blobs
+        return [Turn.from_record(t, blobs) for t in self._state.path()]
 
     def branches(self) -> list[list[Turn]]:
         """Every branch, root to leaf."""
-        return [[Turn.from_record(t) for t in b] for b in self._state.branches()]
+        blobs = self._engine.store.blobs
+        return [[Turn.from_record(t, blobs) for t in b] for b in self._state.branches()]
 
     @property
     def head(self) -> Turn | None:
         """The current turn, or None before the first."""
         head = self._state.record.head
-        return Turn.from_record(self._state.turn(head)) if head else None
+        return Turn.from_record(self._state.turn(head), self._engine.store.blobs) if head else None
 
     # --- tree operations ---------------------------------------------------------------------
 
@@ -795,7 +803,9 @@ class Session:
                 await self._publish(decision)
             body = provider.encode(GenerateRequest(self.spec.id, plan.contents, settings))
             reservation = engine.ledger.reserve(plan.reserved_usd, session_id=self.id)
-            result, attempts = await self._attempts(body, index, use_stream)
+            # Each image is hashed once, for its turn.image event; interning reuses the digest.
+            digests: dict[int, str] = {}
+            result, attempts = await self._attempts(body, index, use_stream, digests)
             breakdown = settle_cost(
                 self.spec, provider.name, result.usage, image_size, len(result.content.images())
             )
@@ -821,6 +831,7 @@ class Session:
                     metadata=_turn_metadata(result),
                 ),
                 engine.store.blobs,
+                digests,
             )
             # Once the commit starts it must finish: a half-observed commit would leave the
             # caller unsure whether the turn exists.
@@ -829,7 +840,7 @@ class Session:
                     self.id, record, expected_version=state.record.version
                 )
                 self._state = SessionState(rec, {**state.turns, record.id: record})
-                turn = Turn.from_record(record)
+                turn = Turn.from_record(record, engine.store.blobs)
                 await self._publish(
                     TurnCompleted(
                         session_id=self.id,
@@ -869,7 +880,7 @@ class Session:
             raise
 
     async def _attempts(
-        self, body: bytes, index: int, use_stream: bool
+        self, body: bytes, index: int, use_stream: bool, digests: dict[int, str]
     ) -> tuple[ProviderResult, int]:
         """Send `body`, retrying what the policy says may be retried."""
         engine = self._engine
@@ -878,7 +889,7 @@ class Session:
         attempt = 0
         while True:
             attempt += 1
-            on_delta = self._delta_publisher(index, attempt) if use_stream else None
+            on_delta = self._delta_publisher(index, attempt, digests) if use_stream else None
             status: int | None = None
             try:
                 async with engine.limiter.slot(self.spec.id) as slot:
@@ -896,7 +907,7 @@ class Session:
                         raise
                     slot.report(result.status)
                 if not use_stream:
-                    await self._publish_result_deltas(result, index, attempt)
+                    await self._publish_result_deltas(result, index, attempt, digests)
                 return result, attempt
             except (ApiError, TransportError) as exc:
                 exc.attempts = attempt
@@ -918,7 +929,7 @@ class Session:
                 )
                 await asyncio.sleep(delay)
 
-    def _delta_publisher(self, index: int, attempt: int) -> Any:
+    def _delta_publisher(self, index: int, attempt: int, digests: dict[int, str]) -> Any:
         async def on_delta(delta: TextDelta | ImageDelta) -> None:
             if isinstance(delta, TextDelta):
                 await self._publish(
@@ -932,6 +943,7 @@ class Session:
                 )
             elif delta.part.inline_data is not None:
                 image = Image.from_blob(delta.part.inline_data)
+                digests[id(image.data)] = image.sha256
                 await self._publish(
                     TurnImage(
                         session_id=self.id,
@@ -945,10 +957,10 @@ class Session:
         return on_delta
 
     async def _publish_result_deltas(
-        self, result: ProviderResult, index: int, attempt: int
+        self, result: ProviderResult, index: int, attempt: int, digests: dict[int, str]
     ) -> None:
         """A non-streamed answer still tells subscribers about its text and images."""
-        on_delta = self._delta_publisher(index, attempt)
+        on_delta = self._delta_publisher(index, attempt, digests)
         for part in result.content.parts:
             if part.inline_data is not None:
                 await on_delta(ImageDelta(part))

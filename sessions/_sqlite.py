@@ -142,11 +142,13 @@ class SqliteBlobStore(MemoryBlobStore):
 
     def _adopt(self, sha256: str, data: bytes) -> bytes:
         # Bytes read from disk become canonical unless the same digest is already held.
-        return self._blobs.setdefault(sha256, data)
+        return self.intern(data, sha256)[1]
 
     def _forget(self, digests: Sequence[str]) -> None:
         for d in digests:
-            self._blobs.pop(d, None)
+            data = self._blobs.pop(d, None)
+            if data is not None:
+                self._digests.pop(id(data), None)
 
 
 def _strip(content: Content, blobs: MemoryBlobStore, out: list[tuple[str, bytes]]) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -39,8 +39,15 @@ class BlobStore(abc.ABC):
     """Content-addressed bytes (sha256 hex). Equal bytes are stored once and held once."""
 
     @abc.abstractmethod
-    def intern(self, data: bytes) -> tuple[str, bytes]:
-        """Register `data`; return its sha256 and the one canonical bytes object for it."""
+    def intern(self, data: bytes, digest: str | None = None) -> tuple[str, bytes]:
+        """Register `data`; return its sha256 and the one canonical bytes object for it.
+
+        `digest`, when the caller already hashed `data`, saves hashing it again.
+        """
+
+    def digest(self, data: bytes) -> str | None:
+        """The sha256 of a canonical bytes object without hashing it; None if not held."""
+        return None
 
     @abc.abstractmethod
     def get(self, sha256: str) -> bytes | None:
@@ -52,11 +59,27 @@ class MemoryBlobStore(BlobStore):
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
+        # id() of each canonical object -> its digest: re-interning the canonical object (every
+        # commit and every load does) must not hash megabytes again. The `is` check in
+        # `digest` makes a stale id harmless.
+        self._digests: dict[int, str] = {}
 
-    def intern(self, data: bytes) -> tuple[str, bytes]:
+    def digest(self, data: bytes) -> str | None:
+        """The sha256 of a canonical bytes object without hashing it; None if not held."""
+        known = self._digests.get(id(data))
+        if known is not None and self._blobs.get(known) is data:
+            return known
+        return None
+
+    def intern(self, data: bytes, digest: str | None = None) -> tuple[str, bytes]:
         """Register `data`; return its sha256 and the one canonical bytes object for it."""
-        digest = hashlib.sha256(data).hexdigest()
-        return digest, self._blobs.setdefault(digest, bytes(data))
+        known = self.digest(data)
+        if known is not None:
+            return known, data
+        digest = digest or hashlib.sha256(data).hexdigest()
+        canonical = self._blobs.setdefault(digest, bytes(data))
+        self._digests[id(canonical)] = digest
+        return digest, canonical
 
     def get(self, sha256: str) -> bytes | None:
         """The bytes for a digest, or None."""
@@ -71,14 +94,20 @@ class MemoryBlobStore(BlobStore):
         return sum(len(b) for b in self._blobs.values())
 
 
-def intern_content(content: Content, blobs: BlobStore) -> Content:
-    """The same Content with every inline payload replaced by the blob store's canonical bytes."""
+def intern_content(
+    content: Content, blobs: BlobStore, digests: Mapping[int, str] | None = None
+) -> Content:
+    """The same Content with every inline payload replaced by the blob store's canonical bytes.
+
+    `digests` maps id() of payloads the caller already hashed to their sha256.
+    """
     if not any(p.inline_data is not None for p in content.parts):
         return content
     parts: list[Part] = []
     for p in content.parts:
         if p.inline_data is not None:
-            _, data = blobs.intern(p.inline_data.data)
+            raw = p.inline_data.data
+            _, data = blobs.intern(raw, digests.get(id(raw)) if digests else None)
             if data is not p.inline_data.data:
                 blob = msgspec.structs.replace(p.inline_data, data=data)
                 p = msgspec.structs.replace(p, inline_data=blob)
@@ -86,10 +115,14 @@ def intern_content(content: Content, blobs: BlobStore) -> Content:
     return Content(role=content.role, parts=parts)
 
 
-def intern_turn(turn: TurnRecord, blobs: BlobStore) -> TurnRecord:
+def intern_turn(
+    turn: TurnRecord, blobs: BlobStore, digests: Mapping[int, str] | None = None
+) -> TurnRecord:
     """The turn with its user and model Contents interned."""
     return msgspec.structs.replace(
-        turn, user=intern_content(turn.user, blobs), model=intern_content(turn.model, blobs)
+        turn,
+        user=intern_content(turn.user, blobs, digests),
+        model=intern_content(turn.model, blobs, digests),
     )
 
 

@@ -166,8 +166,64 @@ for _camel, _snake, _decode in (
     _PART_FIELDS[_camel] = _PART_FIELDS[_snake] = (_snake, _decode)
 
 
+class _StrictBlob(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    mime_type: str
+    data: bytes
+    display_name: str | None = None
+
+
+class _StrictFile(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    file_uri: str
+    mime_type: str | None = None
+    display_name: str | None = None
+
+
+class _StrictPart(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    text: str | None = None
+    thought: bool | None = None
+    thought_signature: bytes | None = None
+    inline_data: _StrictBlob | None = None
+    file_data: _StrictFile | None = None
+    function_call: dict[str, Any] | None = None
+    function_response: dict[str, Any] | None = None
+    executable_code: dict[str, Any] | None = None
+    code_execution_result: dict[str, Any] | None = None
+    video_metadata: dict[str, Any] | None = None
+
+
+_strict_part = msgspec.json.Decoder(_StrictPart)
+
+
 def decode_part(raw: msgspec.Raw | bytes) -> Part:
     """Decode one Part from JSON, accepting both naming styles and both base64 alphabets."""
+    # Fast path, one pass over the (possibly megabytes of) base64: what servers send, camelCase
+    # with standard base64 and only modelled fields. Anything else takes the general path.
+    try:
+        sp = _strict_part.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _decode_part_general(raw)
+    blob, file = sp.inline_data, sp.file_data
+    return Part(
+        text=sp.text,
+        thought=sp.thought,
+        thought_signature=sp.thought_signature,
+        inline_data=None
+        if blob is None
+        else Blob(mime_type=blob.mime_type, data=blob.data, display_name=blob.display_name),
+        file_data=None
+        if file is None
+        else FileData(
+            file_uri=file.file_uri, mime_type=file.mime_type, display_name=file.display_name
+        ),
+        function_call=sp.function_call,
+        function_response=sp.function_response,
+        executable_code=sp.executable_code,
+        code_execution_result=sp.code_execution_result,
+        video_metadata=sp.video_metadata,
+    )
+
+
+def _decode_part_general(raw: msgspec.Raw | bytes) -> Part:
     try:
         fields = _raw_fields.decode(raw)
         kw: dict[str, Any] = {}

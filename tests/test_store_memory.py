@@ -100,3 +100,28 @@ async def test_unknown_session() -> None:
         await store.load("x")
     with pytest.raises(SessionNotFound):
         await store.delete("x")
+
+
+def test_canonical_bytes_are_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-interning the canonical object, or interning with a known digest, does not hash."""
+    import hashlib
+
+    from sessions import MemoryBlobStore
+
+    blobs = MemoryBlobStore()
+    digest, canonical = blobs.intern(b"x" * 1000)
+    assert blobs.digest(canonical) == digest
+    assert blobs.digest(b"x" * 1000) is None  # an equal but different object is not "held"
+    calls: list[bytes] = []
+    real = hashlib.sha256
+
+    def counting(data: bytes = b"") -> hashlib._Hash:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    assert blobs.intern(canonical) == (digest, canonical)
+    fresh = b"y" * 10
+    d2, c2 = blobs.intern(fresh, real(fresh).hexdigest())
+    assert c2 is fresh and blobs.digest(fresh) == d2
+    assert calls == []

@@ -193,3 +193,30 @@ def test_any_history_round_trips(parts_lists: list[list[Part]]) -> None:
     """Any history of modelled parts survives encode → decode unchanged."""
     history = [Content(role=("user", "model")[i % 2], parts=ps) for i, ps in enumerate(parts_lists)]
     assert decode_contents(encode_contents(history)) == history
+
+
+def test_unknown_field_inside_file_data_takes_the_general_path() -> None:
+    """A fileData with an unmodelled field still decodes (the strict fast path defers)."""
+    part = decode_part(b'{"fileData":{"fileUri":"gs://b/x.png","mimeType":"image/png","extraX":1}}')
+    assert part.file_data is not None and part.file_data.file_uri == "gs://b/x.png"
+
+
+def test_fast_and_general_paths_agree() -> None:
+    """camelCase standard-base64 parts decode the same whichever path decodes them."""
+    raw = msgspec.json.encode(
+        {
+            "text": "t",
+            "thought": False,
+            "thoughtSignature": base64.b64encode(SIG).decode(),
+            "inlineData": {
+                "mimeType": "image/png",
+                "data": base64.b64encode(PNG).decode(),
+                "displayName": "d",
+            },
+            "fileData": {"fileUri": "u", "mimeType": "image/png"},
+            "functionCall": {"name": "f", "args": {}},
+        }
+    )
+    from sessions._wire import _decode_part_general
+
+    assert decode_part(raw) == _decode_part_general(raw)
