@@ -34,6 +34,7 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "max_rss_bytes",
+    "process_cpu_seconds",
     "raise_nofile",
     "rss_bytes",
 ]
@@ -56,6 +57,8 @@ def machine_info(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "cpus": os.cpu_count() or 1,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        # Other work on the machine skews wall times; the reader should know how busy it was.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "command": shlex.join(["python", *args]),
     }
 
@@ -67,7 +70,8 @@ def append_results(title: str, info: dict[str, Any], table: str, notes: Sequence
         f"## {title} — {info['date']}",
         "",
         f"- command: `{info['command']}`",
-        f"- machine: {info['platform']} ({info['machine']}), {info['cpus']} CPUs, {info['python']}",
+        f"- machine: {info['platform']} ({info['machine']}), {info['cpus']} CPUs, "
+        f"{info['python']}, load average {info.get('loadavg_1m', '?')} at the start",
         *(f"- {n}" for n in notes),
         "",
         table.rstrip("\n"),
@@ -103,6 +107,14 @@ def cpu_seconds() -> float:
     """User + system CPU seconds this process has used so far."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds another process has used (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def max_rss_bytes() -> int:

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import gc
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from _common import (
     machine_info,
     markdown_table,
     max_rss_bytes,
+    process_cpu_seconds,
     raise_nofile,
     rss_bytes,
 )
@@ -66,7 +68,7 @@ def _quiet_logs() -> None:
 # --- 1. concurrent sessions -----------------------------------------------------------------------
 
 
-async def concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def concurrent(base_url: str, args: argparse.Namespace, emulator_pid: int) -> dict[str, Any]:
     """Run every session at once through one Engine; wall time against T x latency."""
     from engine._config import EngineConfig, Timeouts
     from engine.catalog import ImageConfig
@@ -86,6 +88,7 @@ async def concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     errors: list[str] = []
     images = 0
     turn_ends: list[float] = []
+    latencies: dict[int, list[float]] = {i: [] for i in range(1, args.turns + 1)}
     async with Engine(cfg) as engine:
         t_create = time.perf_counter()
         sessions = [
@@ -101,6 +104,7 @@ async def concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
         async def one(s: Any) -> None:
             nonlocal images
             for i in range(args.turns):
+                t = time.perf_counter()
                 try:
                     turn = await s.send(PROMPTS[i % len(PROMPTS)])
                 except Exception as exc:  # counted, never fatal: the run reports them
@@ -108,13 +112,16 @@ async def concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
                     return
                 images += len(turn.images)
                 turn_ends.append(time.perf_counter())
+                latencies[i + 1].append(turn_ends[-1] - t)
 
         with RssSampler(interval=0.05) as rss:
             cpu0 = cpu_seconds()
+            emu0 = process_cpu_seconds(emulator_pid)
             t0 = time.perf_counter()
             await asyncio.gather(*(one(s) for s in sessions))
             wall = time.perf_counter() - t0
             cpu = cpu_seconds() - cpu0
+            emu_cpu = process_cpu_seconds(emulator_pid) - emu0
         after = await asyncio.to_thread(emulator_stats, base_url)
     ideal = args.turns * args.latency
     req = {
@@ -137,11 +144,20 @@ async def concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
         "ideal_s": ideal,
         "ratio": wall / ideal if ideal else None,
         "last_turn_at_s": (max(turn_ends) - t0) if turn_ends else None,
+        # Per turn index: latency p50 and max, to see which wave pays the overhead.
+        "turn_latency_s": {
+            str(i): {"p50": _median(v), "max": max(v) if v else None} for i, v in latencies.items()
+        },
         "client_cpu_s": cpu,
+        "emulator_cpu_s": emu_cpu,
         "max_rss": max_rss_bytes(),
         "rss_baseline": rss.baseline,
         "rss_peak": rss.peak,
     }
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 # --- 2. idle sessions (child process) -------------------------------------------------------------
@@ -228,8 +244,17 @@ def build_table(c: dict[str, Any] | None, idle: dict[str, Any] | None) -> str:
                 fmt(c["ratio"], 3),
                 f"{'ok' if ok else 'MISSED'} (target ≤ {TARGET_RATIO})",
             ],
+            *(
+                [
+                    f"turn {i} latency p50 / max (s)",
+                    f"{fmt(v['p50'], 2)} / {fmt(v['max'], 2)}",
+                    "",
+                ]
+                for i, v in c["turn_latency_s"].items()
+            ),
             ["creating the sessions (s)", fmt(c["create_sessions_s"], 2), ""],
             ["client CPU during the turns (s)", fmt(c["client_cpu_s"], 2), ""],
+            ["emulator CPU during the turns (s)", fmt(c["emulator_cpu_s"], 2), "own process"],
             ["peak RSS, ru_maxrss (MiB)", fmt(c["max_rss"] / MiB, 1), ""],
             [
                 "RSS growth during the turns (MiB)",
@@ -285,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     conc = None
     if not args.skip_concurrent:
         _quiet_logs()
-        with emulator_process("--flat", "--latency", str(args.latency)) as (_proc, url):
+        with emulator_process("--flat", "--latency", str(args.latency)) as (proc, url):
             print(f"emulator at {url}", file=sys.stderr)
-            conc = asyncio.run(concurrent(url, args))
+            conc = asyncio.run(concurrent(url, args, proc.pid))
     table = build_table(conc, idle)
     sys.stdout.write(table)
     if args.json:

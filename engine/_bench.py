@@ -704,21 +704,31 @@ def _plot(path: str, samples: Sequence[TurnSample], summary: dict[str, Any]) -> 
     done = [s for s in samples if s.ok]
     if done:
         end = max(s.ended_s for s in done)
-        step = max(end / 60, 0.05)  # about 60 buckets, never under 50 ms
-        buckets = int(end / step) + 1
+        # About 30 buckets, but at least a second (or a fifth of a short run): narrower ones
+        # alias with the turn cadence and show only noise.
+        step = max(end / 30, min(1.0, end / 5))
+        buckets = max(1, math.ceil(end / step))
         turns = [0] * buckets
         images = [0] * buckets
         for s in done:
-            b = int(s.ended_s / step)
+            b = min(int(s.ended_s / step), buckets - 1)
             turns[b] += 1
             images[b] += s.images
-        xs = [(i + 0.5) * step for i in range(buckets)]
-        ax3.plot(xs, [n / step for n in turns], label="turns/s")
-        ax3.plot(xs, [n / step for n in images], label="images/s", linestyle="--")
+        # The last bucket may be cut short by the end of the run.
+        widths = [min(step, end - i * step) or step for i in range(buckets)]
+        xs = [i * step + w / 2 for i, w in enumerate(widths)]
+        ax3.plot(xs, [n / w for n, w in zip(turns, widths, strict=True)], label="turns/s")
+        ax3.plot(
+            xs,
+            [n / w for n, w in zip(images, widths, strict=True)],
+            label="images/s",
+            linestyle="--",
+        )
         warm = [s.ended_s for s in samples if s.warmup]
         if warm:
             ax3.axvspan(0, max(warm), color="grey", alpha=0.15, label="warm-up sessions")
         ax3.legend()
+    ax3.set_ylim(bottom=0)
     ax3.set_title("throughput over time")
     ax3.set_xlabel("seconds since start")
     ax3.set_ylabel("per second")

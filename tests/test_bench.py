@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -361,3 +362,42 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
     """Unknown image sizes and unbounded runs are refused before anything starts."""
     assert run_bench(tmp_path, "--image-size", "1k")[0] == 2
     assert run_bench(tmp_path, "--sessions", "0")[0] == 2
+
+
+def test_plot_without_matplotlib_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plot without matplotlib is a clear error and exit 2, before the run."""
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "matplotlib" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    code, doc = run_bench(tmp_path, "--flat", "--plot", str(tmp_path / "x.png"))
+    assert code == 2
+    assert doc == {}
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_duration_bounds_an_uncapped_run(tmp_path: Path) -> None:
+    """--sessions 0 --duration S keeps starting sessions until S seconds, then stops."""
+    code, doc = run_bench(
+        tmp_path, "--sessions", "0", "--duration", "0.3", "--turns", "1", "--concurrency", "2",
+        "--flat",
+    )  # fmt: skip
+    assert code == 0
+    summary = doc["summary"]
+    assert summary["sessions"]["started"] >= 1
+    assert summary["turns"]["total"] == summary["sessions"]["started"]
+    assert summary["config"]["duration"] == 0.3
+    assert summary["config"]["sessions"] == 0
+
+
+def test_cli_exposes_bench() -> None:
+    """`nanoedit bench` is wired into the command line with this module's options."""
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--sessions", "3", "--rate", "2"])
+    assert args.sessions == 3
+    assert args.rate == 2.0
