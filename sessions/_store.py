@@ -101,29 +101,31 @@ def intern_content(
 
     `digests` maps id() of payloads the caller already hashed to their sha256.
     """
-    if not any(p.inline_data is not None for p in content.parts):
-        return content
     parts: list[Part] = []
+    changed = False
     for p in content.parts:
         if p.inline_data is not None:
             raw = p.inline_data.data
             _, data = blobs.intern(raw, digests.get(id(raw)) if digests else None)
-            if data is not p.inline_data.data:
+            if data is not raw:
+                changed = True
                 blob = msgspec.structs.replace(p.inline_data, data=data)
                 p = msgspec.structs.replace(p, inline_data=blob)
         parts.append(p)
-    return Content(role=content.role, parts=parts)
+    # Already canonical: hand back the same object, so the store and every session handle
+    # share one Content rather than equal copies (fewer objects for the GC to walk).
+    return Content(role=content.role, parts=parts) if changed else content
 
 
 def intern_turn(
     turn: TurnRecord, blobs: BlobStore, digests: Mapping[int, str] | None = None
 ) -> TurnRecord:
-    """The turn with its user and model Contents interned."""
-    return msgspec.structs.replace(
-        turn,
-        user=intern_content(turn.user, blobs, digests),
-        model=intern_content(turn.model, blobs, digests),
-    )
+    """The turn with its user and model Contents interned (the same object if they were)."""
+    user = intern_content(turn.user, blobs, digests)
+    model = intern_content(turn.model, blobs, digests)
+    if user is turn.user and model is turn.model:
+        return turn
+    return msgspec.structs.replace(turn, user=user, model=model)
 
 
 class SessionStore(abc.ABC):

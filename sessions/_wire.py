@@ -1,6 +1,8 @@
 """Gemini REST `Content` / `Part` structs: the accumulated history a session *is*.
 
-Output is always camelCase with standard base64. Input accepts camelCase and snake_case names and
+Output is always camelCase with standard base64. The structs are `gc=False`: they never form
+reference cycles, and a long-running engine holds millions of them that the cyclic GC would
+otherwise walk on every full collection. Input accepts camelCase and snake_case names and
 both base64 alphabets, as the real API does. Part fields the engine does not model are kept as raw
 JSON and sent back unchanged, so a server feature we have never heard of survives every turn.
 """
@@ -34,7 +36,7 @@ class WireError(NanoeditError, ValueError):
     """A Content or Part that cannot be decoded from JSON."""
 
 
-class Blob(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+class Blob(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True, gc=False):
     """Inline bytes (`inlineData`): an image or other media carried in the request body."""
 
     mime_type: str
@@ -42,7 +44,7 @@ class Blob(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
     display_name: str | None = None
 
 
-class FileData(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+class FileData(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True, gc=False):
     """A reference to an uploaded file (`fileData`)."""
 
     file_uri: str
@@ -50,7 +52,7 @@ class FileData(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True)
     display_name: str | None = None
 
 
-class Part(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
+class Part(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True, gc=False):
     """One part of a Content, kept verbatim: text, thought flag, signature, inline data, extras.
 
     `extra` holds JSON fields the engine does not model, as raw JSON; it never goes on the wire
@@ -75,7 +77,7 @@ class Part(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True):
         return self.inline_data is not None and self.inline_data.mime_type.startswith("image/")
 
 
-class Content(msgspec.Struct, omit_defaults=True, kw_only=True):
+class Content(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False):
     """One turn's message: `role` ("user" or "model") and its ordered parts."""
 
     role: str | None = None

@@ -160,7 +160,8 @@ class Emulator:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            # Load tests open a thousand connections at once; the default backlog (128) drops some.
+            site = web.TCPSite(runner, self.host, self.port, backlog=4096)
             await site.start()
         except BaseException:
             await runner.cleanup()
