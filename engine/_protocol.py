@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from sessions._wire import Content, _WireContent
+from sessions._wire import Content, StrictPart, _WireContent
 
 __all__ = [
     "Candidate",
@@ -23,6 +23,7 @@ __all__ = [
     "PromptFeedback",
     "ResponseContent",
     "UsageMetadata",
+    "decode_response",
     "request_decoder",
     "response_decoder",
 ]
@@ -151,5 +152,36 @@ class GenerateContentResponse(msgspec.Struct, rename="camel", kw_only=True):
     error: ErrorBody | None = None
 
 
+class _TypedContent(msgspec.Struct, gc=False):
+    role: str | None = None
+    parts: list[StrictPart] = msgspec.field(default_factory=list)
+
+
+class _TypedCandidate(Candidate, kw_only=True):
+    # Same fields, parts decoded in the same pass (see `decode_response`).
+    content: _TypedContent | None = None  # type: ignore[assignment]
+
+
+class _TypedResponse(GenerateContentResponse, kw_only=True):
+    candidates: list[_TypedCandidate] = msgspec.field(default_factory=list)  # type: ignore[assignment]
+
+
 response_decoder = msgspec.json.Decoder(GenerateContentResponse)
+_typed_decoder = msgspec.json.Decoder(_TypedResponse)
+
+
+def decode_response(data: bytes | str) -> GenerateContentResponse:
+    """Decode a response or stream chunk; parts come out as `StrictPart` or raw JSON.
+
+    Server-shaped parts (camelCase, standard base64, modelled fields) are decoded in the same
+    pass as the envelope: one scan over an image's megabytes instead of two. Anything else
+    (snake_case, unknown fields) fails the strict shape and is decoded with raw parts, which
+    `sessions.part_from_wire` turns into Parts either way.
+    """
+    try:
+        return _typed_decoder.decode(data)
+    except msgspec.ValidationError:
+        return response_decoder.decode(data)
+
+
 request_decoder = msgspec.json.Decoder(IncomingRequest)

@@ -23,11 +23,13 @@ __all__ = [
     "Content",
     "FileData",
     "Part",
+    "StrictPart",
     "WireError",
     "decode_content",
     "decode_contents",
     "decode_part",
     "encode_contents",
+    "part_from_wire",
     "wire_contents",
 ]
 
@@ -180,7 +182,9 @@ class _StrictFile(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     display_name: str | None = None
 
 
-class _StrictPart(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+class StrictPart(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=False):
+    """A Part exactly as servers send it: camelCase, standard base64, modelled fields only."""
+
     text: str | None = None
     thought: bool | None = None
     thought_signature: bytes | None = None
@@ -193,7 +197,7 @@ class _StrictPart(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     video_metadata: dict[str, Any] | None = None
 
 
-_strict_part = msgspec.json.Decoder(_StrictPart)
+_strict_part = msgspec.json.Decoder(StrictPart)
 
 
 def decode_part(raw: msgspec.Raw | bytes) -> Part:
@@ -204,6 +208,17 @@ def decode_part(raw: msgspec.Raw | bytes) -> Part:
         sp = _strict_part.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _decode_part_general(raw)
+    return _from_strict(sp)
+
+
+def part_from_wire(item: msgspec.Raw | StrictPart) -> Part:
+    """A Part from a response struct's part: already decoded strictly, or still raw JSON."""
+    if isinstance(item, StrictPart):
+        return _from_strict(item)
+    return decode_part(item)
+
+
+def _from_strict(sp: StrictPart) -> Part:
     blob, file = sp.inline_data, sp.file_data
     return Part(
         text=sp.text,

@@ -28,12 +28,12 @@ from engine._protocol import (
     GenerateContentResponse,
     ModalityTokenCount,
     UsageMetadata,
-    response_decoder,
+    decode_response,
 )
 from engine._transport import StreamResponse, Transport, google_error, html_title, malformed
 from engine.providers._base import GenerateRequest, OnDelta, Provider, ProviderResult
 from sessions._records import Usage
-from sessions._wire import Content, Part, WireError, _WireContent, decode_part, wire_contents
+from sessions._wire import Content, Part, WireError, _WireContent, part_from_wire, wire_contents
 
 __all__ = ["BLOCKED_FINISH_REASONS", "GeminiProvider"]
 
@@ -147,7 +147,7 @@ class _Answer:
             return []
         self.role = candidate.content.role or self.role
         try:
-            return [decode_part(raw) for raw in candidate.content.parts]
+            return [part_from_wire(item) for item in candidate.content.parts]
         except WireError as exc:
             raise malformed(self.status, f"malformed part: {exc}", self.secrets) from exc
 
@@ -305,7 +305,7 @@ class GeminiProvider(Provider):
         try:
             if body.lstrip()[:1] == b"[":
                 return _response_list_decoder.decode(body)
-            return [response_decoder.decode(body)]
+            return [decode_response(body)]
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             message = f"malformed response body: {exc}"
             raise malformed(answer.status, message, self._secrets) from exc
@@ -357,7 +357,7 @@ class GeminiProvider(Provider):
                 if not text or text == "[DONE]":
                     continue
                 try:
-                    response = response_decoder.decode(text)
+                    response = decode_response(text)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     message = f"malformed stream event: {exc}"
                     raise malformed(answer.status, message, self._secrets) from exc
