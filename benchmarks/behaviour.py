@@ -16,7 +16,7 @@ requests the emulator received (and what they carried), errors raised, wall time
   `create_session`, `send`, `contents()`, and `engine.bus.on("*", ...)` for events.
 
 Scenarios: 1 streamed-turn fragmentation (also with the `sig_last` shaper); 2 failed and
-broken turns (stream cuts, a blocked prompt, a withheld image): the history afterwards and
+broken turns (stream cuts, a blocked prompt, a withheld image, a 500): the history afterwards and
 whether the next request is valid; 3 retries (429/503 with RetryInfo + Retry-After, a reset
 connection): requests counted at the emulator and the gap between them; 4 three concurrent
 sends on one chat; 5 budgets; 6 events per turn; 7 thought signatures over 6 turns.
@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import Any
 
 import structlog
-from _common import append_results, machine_info, markdown_table
+from _common import RESULTS_PATH, append_results, machine_info, markdown_table
 from google import genai
 from google.genai import chats as genai_chats
 from google.genai import errors as genai_errors
@@ -77,7 +77,7 @@ HUGE_PROMPT = "word " * 120_000
 JSON = dict[str, Any]
 
 
-# --- measuring helpers -------------------------------------------------------------------------
+# --- measuring helpers ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -266,7 +266,7 @@ def runs_text(runs: Sequence[int]) -> str:
     return "model turns as " + "+".join(str(r) for r in runs) + " Contents"
 
 
-# --- 1. streamed turn fragmentation -------------------------------------------------------------
+# --- 1. streamed turn fragmentation ---------------------------------------------------------------
 
 
 async def fragmentation(sig_last: bool) -> Row:
@@ -391,7 +391,11 @@ async def failure(key: str, scenario: str, fault: str, stream: bool) -> Row:
         body = generate_bodies(emu)[-1]["contents"]
         next_roles = roles_of(body)
         carries_failed = PROMPTS[1] in user_texts(body)
-    sdk_what = f"raised {raised}" if raised != "none" else f"returned normally ({answer})"
+    sdk_what = (
+        f"raised {raised}"
+        if raised != "none"
+        else f"returned normally ({answer or 'no finish reason'})"
+    )
     if stream:
         sdk_what += f" after yielding {plural(chunks, 'chunk')}"
     sdk = Cell(
@@ -431,6 +435,8 @@ async def failure(key: str, scenario: str, fault: str, stream: bool) -> Row:
         wall = time.monotonic() - t0
         requests = len(generate_bodies(emu)) - sent0
         unchanged = encode_contents(s.contents()) == before
+        added = len(s.contents()) - 2
+        added_runs = model_runs(roles_of(s.contents()[2:]))
         counts = ne.counts(2)
         failed_attempts = [
             ev.attempts for ev in ne.events if isinstance(ev, TurnFailed) and ev.turn == 2
@@ -444,9 +450,9 @@ async def failure(key: str, scenario: str, fault: str, stream: bool) -> Row:
         body = generate_bodies(emu)[-1]["contents"]
         nroles = roles_of(body)
         ncarries = PROMPTS[1] in user_texts(body)
-    history = "history unchanged" if unchanged else f"history now {len(s.contents())} Contents"
-    if outcome.startswith("committed"):
-        history = f"history +2 Contents ({runs_text(model_runs(roles_of(s.contents())))})"
+    history = "history unchanged"
+    if not unchanged:
+        history = f"history +{added} Contents" + (f" ({runs_text(added_runs)})" if added else "")
     events = ", ".join(
         f"{n} {t}" + (f" (attempts={failed_attempts[0]})" if t == "turn.failed" else "")
         for t, n in sorted(counts.items())
@@ -463,6 +469,7 @@ async def failure(key: str, scenario: str, fault: str, stream: bool) -> Row:
             "requests": requests,
             "wall_s": round(wall, 3),
             "history_unchanged": unchanged,
+            "history_added": added,
             "events": dict(counts),
             "turn_failed_event_attempts": failed_attempts,
             "next_roles_alternate": alternates(nroles),
@@ -550,7 +557,7 @@ async def retry(key: str, scenario: str, fault: str, asked: float | None, opt_in
     return Row(key, scenario, sdk, ne_cell)
 
 
-# --- 4. concurrent sends on one chat -------------------------------------------------------------
+# --- 4. concurrent sends on one chat --------------------------------------------------------------
 
 
 def _coherence(bodies: Sequence[JSON], prompts: Sequence[str]) -> tuple[list[int], int]:
@@ -854,6 +861,10 @@ async def run_all(progress: Callable[[str], None]) -> list[Row]:
             ),
         ),
         (
+            "2e",
+            lambda: failure("2e", "server error on every attempt (`500`), plain", "500", False),
+        ),
+        (
             "3a",
             lambda: retry(
                 "3a",
@@ -934,6 +945,12 @@ def main(argv: list[str] | None = None) -> int:
         f"scenario 4: emulator latency 0.2 s + uniform(0, 0.2) s jitter (seed "
         f"{CONCURRENT_SEED}), so answers may finish out of call order; scenario 2: turn 1 "
         "clean, turn 2 under the fault, then a fault-free turn 3 tests the history",
+        "google-genai's retry paths, from its source (`_api_client.py`): with the default "
+        "`retry_options=None` HTTP errors are not retried (tenacity `stop_after_attempt(1)`); "
+        "`HttpRetryOptions()` retries 408/429/500/502/503/504 up to 5 attempts with "
+        "`wait_exponential_jitter(initial=1, jitter=1)` and reads neither RetryInfo nor "
+        "Retry-After; a connection error is retried once, even by default, after "
+        "`1 + randint(0, 9)` s",
         f"total run time {elapsed:.1f} s",
     ]
     if args.json:
@@ -953,6 +970,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.json).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     if not args.no_results:
+        if not RESULTS_PATH.exists():
+            RESULTS_PATH.write_text(
+                "# Benchmark results\n\nAppended by the scripts in benchmarks/.\n",
+                encoding="utf-8",
+            )
         append_results("Behaviour claims: google-genai chat vs nanoedit", info, out, notes)
     return 0
 

@@ -865,8 +865,8 @@ class Session:
         except NanoeditError as exc:
             if reservation is not None:
                 engine.ledger.release(reservation)
-            if attempts and hasattr(exc, "attempts"):
-                exc.attempts = attempts
+            # _attempts() stamps the attempt count on the error it gives up with.
+            attempts = max(getattr(exc, "attempts", 0), attempts)
             await self._publish(
                 TurnFailed(
                     session_id=self.id,

@@ -26,7 +26,7 @@ from engine import (
     Unauthorized,
 )
 from engine._config import EmulatorOptions, Secret
-from engine.events import Event, TurnRetrying
+from engine.events import Event, TurnFailed, TurnRetrying
 from sessions import encode_contents
 from tests.conftest import EmulatorFactory, EmulatorThread
 
@@ -409,3 +409,16 @@ async def test_failed_start_leaves_nothing_running(
     assert e._emulator is not None
     assert e._emulator._runner is None  # stopped
     assert e._transport is not None and e._transport.closed
+
+
+async def test_failed_event_counts_every_attempt(make_emulator: EmulatorFactory) -> None:
+    """turn.failed reports as many attempts as the raised error (all retries included)."""
+    emu = await make_emulator(faults="cut:1")
+    async with Engine(config_for(emu.base_url)) as e:
+        seen = await collect(e)
+        s = await e.create_session()
+        with pytest.raises(StreamBroken) as info:
+            await s.send("A mug")
+    failed = [ev for ev in seen if isinstance(ev, TurnFailed)]
+    assert len(failed) == 1
+    assert failed[0].attempts == info.value.attempts == FAST_RETRY.max_attempts
