@@ -22,8 +22,7 @@ Definitions used in the report:
   included. `headers_s`, `first_event_s`, `first_image_s` come from the engine
   (`Turn.record.timings`): seconds from the start of the attempt that succeeded.
 - `request_bytes` / `response_bytes`: the encoded request body and the response body of the
-  attempt that succeeded, read off the provider by a thin wrapper; null when it cannot be
-  installed (`bytes_measured: false` in the summary).
+  attempt that succeeded (`Turn.record.request_bytes` / `response_bytes`).
 - percentiles: linear interpolation between closest ranks (numpy's default, Hyndman-Fan type 7);
   one sample is every percentile of itself; no samples gives null (JSON) and an en dash (table).
 - latency, timing, byte and token metrics cover successful measured turns; `attempts` covers
@@ -37,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import dataclasses
 import importlib.util
 import itertools
@@ -57,7 +55,6 @@ import msgspec
 from engine._config import EmulatorOptions, EngineConfig, Secret
 from engine._exceptions import ConfigError, NanoeditError
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
-from engine.providers._base import OnDelta, Provider, ProviderResult
 
 __all__ = [
     "DEFAULT_SCRIPT",
@@ -174,7 +171,6 @@ def summarize(
     *,
     wall_s: float,
     sessions_started: int,
-    bytes_measured: bool = True,
 ) -> dict[str, Any]:
     """The report: counts, rates, throughput, cost and per-metric / per-turn-index percentiles."""
     measured = [s for s in samples if not s.warmup]
@@ -238,7 +234,6 @@ def summarize(
         },
         "cost_usd": sum(s.cost_usd or 0.0 for s in measured),
         "cost_usd_all": sum(s.cost_usd or 0.0 for s in samples),
-        "bytes_measured": bytes_measured,
         "metrics": _metrics(measured),
         "by_turn": by_turn,
     }
@@ -302,71 +297,6 @@ def estimate_cost(spec: ModelSpec, provider: str, image_size: str | None, turns:
     return per_turn * turns
 
 
-# --- request/response bytes -----------------------------------------------------------------------
-
-
-class _Meter:
-    __slots__ = ("request_bytes", "response_bytes")
-
-    def __init__(self) -> None:
-        self.request_bytes: int | None = None
-        self.response_bytes: int | None = None
-
-
-# The turn runs in a task the engine creates from the caller's context, so a value set around
-# `Session.send` is visible to the provider call of that very turn, and of no other.
-_METER: contextvars.ContextVar[_Meter | None] = contextvars.ContextVar("bench_meter", default=None)
-
-
-class _MeteredProvider(Provider):
-    """Delegates to the engine's provider and notes the bytes of each successful attempt."""
-
-    def __init__(self, inner: Provider) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.supports_streaming = inner.supports_streaming
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def encode(self, request: Any) -> bytes:
-        return self._inner.encode(request)
-
-    async def generate(
-        self,
-        model: str,
-        body: bytes,
-        *,
-        stream: bool,
-        on_delta: OnDelta | None = None,
-        images_only: bool = False,
-    ) -> ProviderResult:
-        result = await self._inner.generate(
-            model, body, stream=stream, on_delta=on_delta, images_only=images_only
-        )
-        meter = _METER.get()
-        if meter is not None:
-            meter.request_bytes = result.request_bytes or len(body)
-            meter.response_bytes = result.response_bytes
-        return result
-
-    async def count_tokens(self, model: str, contents: Sequence[Any]) -> int:
-        return await self._inner.count_tokens(model, contents)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _install_meter(engine: Any) -> bool:
-    # The engine does not put the byte counts on the Turn (ProviderResult has them), so wrap
-    # the provider it built; if its internals ever change, bytes are reported as null instead.
-    inner = getattr(engine, "_provider", None)
-    if not isinstance(inner, Provider):
-        return False
-    engine._provider = _MeteredProvider(inner)
-    return True
-
-
 # --- the run --------------------------------------------------------------------------------------
 
 
@@ -421,16 +351,12 @@ class _Run:
             self._failed(number, None, 1, warm, started, exc)
             return
         for index, prompt in enumerate(prompts, 1):
-            meter = _Meter()
-            token = _METER.set(meter)
             t = self.now()
             try:
                 turn = await session.send(prompt, stream=p.stream)
             except Exception as exc:  # a failed turn ends its session, never the benchmark
                 self._failed(number, session.id, index, warm, t, exc)
                 return
-            finally:
-                _METER.reset(token)
             end = self.now()
             timings = turn.record.timings
             usage = turn.usage
@@ -450,8 +376,8 @@ class _Run:
                     first_image_s=timings.get("first_image_s"),
                     done_s=timings.get("done_s"),
                     attempts=turn.attempts,
-                    request_bytes=meter.request_bytes,
-                    response_bytes=meter.response_bytes,
+                    request_bytes=turn.record.request_bytes,
+                    response_bytes=turn.record.response_bytes,
                     prompt_tokens=usage.prompt_tokens,
                     output_tokens=usage.output_tokens,
                     thoughts_tokens=usage.thoughts_tokens,
@@ -550,7 +476,6 @@ async def _bench(cfg: EngineConfig, plan: _Plan) -> tuple[list[TurnSample], dict
     from engine.runtime import Engine
 
     async with Engine(cfg) as engine:
-        bytes_measured = _install_meter(engine)
         run = _Run(engine, plan)
         ticker = asyncio.create_task(run.progress()) if plan.progress else None
         run.t0 = time.perf_counter()
@@ -567,9 +492,7 @@ async def _bench(cfg: EngineConfig, plan: _Plan) -> tuple[list[TurnSample], dict
         wall = run.now()
         cpu = _cpu() - cpu0
     samples = sorted(run.samples, key=lambda s: (s.session, s.turn))
-    summary = summarize(
-        samples, wall_s=wall, sessions_started=run.started, bytes_measured=bytes_measured
-    )
+    summary = summarize(samples, wall_s=wall, sessions_started=run.started)
     summary["process_cpu_s"] = cpu
     return samples, summary
 
@@ -668,8 +591,6 @@ def format_table(summary: dict[str, Any]) -> str:
         statuses = ", ".join(f"{k} x{v}" for k, v in e["by_status"].items())
         lines.append(f"errors: {kinds}" + (f" (HTTP {statuses})" if statuses else ""))
         lines.extend(f"  e.g. {sample}" for sample in e["samples"][:1])
-    if not summary["bytes_measured"]:
-        lines.append("request/response bytes: not exposed by this engine build (null)")
     return "\n".join(lines) + "\n"
 
 

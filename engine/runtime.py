@@ -826,6 +826,8 @@ class Session:
                     attempts=attempts,
                     latency_s=time.monotonic() - started,
                     timings=result.timings,
+                    request_bytes=result.request_bytes,
+                    response_bytes=result.response_bytes,
                     carried=plan.carried,
                     rebased=plan.rebased,
                     metadata=_turn_metadata(result),

@@ -56,6 +56,8 @@ class _TurnMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     attempts: int = 1
     latency_s: float = 0.0
     timings: dict[str, float] = msgspec.field(default_factory=dict)
+    request_bytes: int = 0
+    response_bytes: int = 0
     carried: list[int] | None = None
     rebased: bool = False
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -102,22 +104,11 @@ def _generation_config(settings: SessionSettings) -> dict[str, Any] | None:
 
 
 def _turn_meta(turn: TurnRecord, *, with_contents: bool) -> _TurnMeta:
+    # Every TurnRecord field but the Contents, which go in `contents` (or here, as wire JSON).
+    fields = msgspec.structs.asdict(turn)
+    del fields["user"], fields["model"]
     return _TurnMeta(
-        id=turn.id,
-        parent=turn.parent,
-        index=turn.index,
-        model_id=turn.model_id,
-        created_at=turn.created_at,
-        image_config=turn.image_config,
-        usage=turn.usage,
-        cost_usd=turn.cost_usd,
-        finish_reason=turn.finish_reason,
-        attempts=turn.attempts,
-        latency_s=turn.latency_s,
-        timings=turn.timings,
-        carried=turn.carried,
-        rebased=turn.rebased,
-        metadata=turn.metadata,
+        **fields,
         user=_raw_content(turn.user) if with_contents else _NONE,
         model=_raw_content(turn.model) if with_contents else _NONE,
     )
@@ -198,25 +189,10 @@ def _settings_from_request(top: dict[str, msgspec.Raw]) -> SessionSettings:
 def _turn(
     meta: _TurnMeta, user: Content, model: Content, *, parent: str | None, index: int
 ) -> TurnRecord:
-    return TurnRecord(
-        id=meta.id,
-        parent=parent,
-        index=index,
-        user=user,
-        model=model,
-        model_id=meta.model_id,
-        created_at=meta.created_at,
-        image_config=meta.image_config,
-        usage=meta.usage,
-        cost_usd=meta.cost_usd,
-        finish_reason=meta.finish_reason,
-        attempts=meta.attempts,
-        latency_s=meta.latency_s,
-        timings=meta.timings,
-        carried=meta.carried,
-        rebased=meta.rebased,
-        metadata=meta.metadata,
-    )
+    fields = msgspec.structs.asdict(meta)
+    for name in ("user", "model", "parent", "index"):
+        del fields[name]
+    return TurnRecord(**fields, parent=parent, index=index, user=user, model=model)
 
 
 def _pairs(contents: list[Content]) -> list[tuple[Content, Content]]:

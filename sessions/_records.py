@@ -75,6 +75,8 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     attempts: int = 1
     latency_s: float = 0.0
     timings: dict[str, float] = msgspec.field(default_factory=dict)
+    request_bytes: int = 0  # the encoded request body of the attempt that succeeded
+    response_bytes: int = 0  # its response body as received
     carried: list[int] | None = None  # indices of turns the request carried; None: all of them
     rebased: bool = False  # the request restarted from the latest image instead of the history
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)  # grounding, finishMessage...

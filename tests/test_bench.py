@@ -103,7 +103,7 @@ def test_summary_has_documented_keys_and_is_json() -> None:
     samples = [sample(0, 1, request_bytes=100), sample(0, 2, request_bytes=200)]
     s = summarize(samples, wall_s=3.0, sessions_started=1)
     assert {"wall_s", "window_s", "sessions", "turns", "images", "throughput", "errors"} <= set(s)
-    assert {"retries", "cost_usd", "metrics", "by_turn", "bytes_measured"} <= set(s)
+    assert {"retries", "cost_usd", "metrics", "by_turn"} <= set(s)
     assert set(s["metrics"]) == set(_bench.METRICS)
     assert set(s["metrics"]["latency_s"]) == {
         "count",
@@ -265,7 +265,6 @@ def test_closed_loop_run_against_embedded_emulator(tmp_path: Path) -> None:
     ]
     assert summary["throughput"]["images_per_s"] > 0
     assert summary["config"]["concurrency"] == 2
-    assert summary["bytes_measured"] is True
     # The second turn carries the first turn's image: its request is bigger.
     by_turn = summary["by_turn"]
     assert (
