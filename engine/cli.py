@@ -94,6 +94,8 @@ def _engine_config(args: argparse.Namespace, *, force_local: bool = False) -> En
         changes["model"] = resolve_model(args.model).id
     if args.no_stream:
         changes["stream"] = False
+    if getattr(args, "on_busy", "raise") != "raise":
+        changes["on_busy"] = args.on_busy
     if args.max_request_mb:
         changes["max_request_bytes"] = int(args.max_request_mb * 1024 * 1024)
     changes["emulator"] = EmulatorOptions(flat=args.flat, latency=args.latency, faults=args.faults)
@@ -227,7 +229,9 @@ async def _run_turn_verbose(
 
 async def _edit(args: argparse.Namespace, *, demo: bool = False) -> int:
     cfg = _engine_config(args, force_local=demo)
-    if cfg.provider == "local" and not demo:
+    if demo:
+        _err("nanoedit demo: 3 turns on the embedded emulator (offline, no key needed)")
+    elif cfg.provider == "local":
         _err("nanoedit: no API key configured; using the embedded emulator (offline)")
     out = Path(args.out)
     prompts: Sequence[str] = DEMO_PROMPTS if demo else args.prompts
@@ -308,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--session", help="continue a stored session")
     p.add_argument("--store", help="PATH of a SQLite store, or 'memory' (default: NANOEDIT_HOME)")
+    p.add_argument(
+        "--on-busy",
+        choices=("raise", "wait"),
+        default="raise",
+        help="another process is sending to the session: fail at once, or wait for it",
+    )
     _add_engine_options(p)
 
     from engine.emulator._cli import add_arguments as add_emulator_arguments
