@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import html
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -51,9 +51,12 @@ from engine._retry import parse_retry_after, parse_retry_info
 
 __all__ = [
     "MAX_MESSAGE",
+    "LazyBody",
+    "RequestBody",
     "Response",
     "StreamResponse",
     "Transport",
+    "body_size",
     "clean_message",
     "error_from_body",
     "google_error",
@@ -104,39 +107,78 @@ def _content_type(headers: Mapping[str, str] | None) -> str:
     return "application/octet-stream"
 
 
+@dataclass(frozen=True, slots=True)
+class LazyBody:
+    """A request body encoded piece by piece while it is written.
+
+    An image history is megabytes of base64; held as one bytes object it lives until the
+    response is read, server time included. Encoded as it goes out, each piece is dropped once
+    written. `size` (the Content-Length) must equal the total length of `pieces()`, which may be
+    called again for a retry.
+    """
+
+    size: int
+    pieces: Callable[[], Iterable[bytes]]
+
+    def join(self) -> bytes:
+        """The whole body at once (for debugging and tests)."""
+        return b"".join(self.pieces())
+
+
+RequestBody = bytes | LazyBody
+
+
+def body_size(body: RequestBody | None) -> int:
+    """Bytes a body puts on the wire."""
+    if body is None:
+        return 0
+    return body.size if isinstance(body, LazyBody) else len(body)
+
+
 class _Body(aiohttp.payload.Payload):
-    """A request body written as the bytes it is.
+    """A request body written as the bytes it is, or piece by piece for a LazyBody.
 
     aiohttp's BytesPayload warns (ResourceWarning) for every body over 1 MiB, which is every
     request that carries an image history; io.BytesIO would copy the whole body to avoid it.
     Writing bytes to the transport does not block the loop, so neither is needed.
     """
 
-    _value: bytes
+    _value: RequestBody
     _autoclose = True
 
-    def __init__(self, value: bytes, *, content_type: str) -> None:
+    def __init__(self, value: RequestBody, *, content_type: str) -> None:
         super().__init__(value, content_type=content_type)
-        self._size = len(value)
+        self._size = body_size(value)
+
+    def _pieces(self) -> Iterable[bytes]:
+        value = self._value
+        return value.pieces() if isinstance(value, LazyBody) else (value,)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The body as text (aiohttp uses it for debugging only)."""
-        return self._value.decode(encoding, errors)
+        return b"".join(self._pieces()).decode(encoding, errors)
 
     async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         """The body's bytes."""
-        return self._value
+        return b"".join(self._pieces())
 
     async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
         """Write the whole body."""
-        await writer.write(self._value)
+        for piece in self._pieces():
+            await writer.write(piece)
 
     async def write_with_length(
         self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
     ) -> None:
         """Write the body, cut at `content_length` if given."""
-        value = self._value if content_length is None else self._value[:content_length]
-        await writer.write(value)
+        left = content_length
+        for piece in self._pieces():
+            if left is not None:
+                if left <= 0:
+                    return
+                piece = piece[:left]
+                left -= len(piece)
+            await writer.write(piece)
 
 
 # --- error messages and bodies -----------------------------------------------------------------
@@ -480,7 +522,7 @@ class Transport:
         method: str,
         url: str,
         *,
-        body: bytes | None = None,
+        body: RequestBody | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         """Send a request and read the whole 2xx body.
@@ -519,7 +561,7 @@ class Transport:
         method: str,
         url: str,
         *,
-        body: bytes | None = None,
+        body: RequestBody | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[StreamResponse]:
         """Send a request and yield the 2xx response once its headers arrive; read it inside.
@@ -549,7 +591,7 @@ class Transport:
         self,
         method: str,
         url: str,
-        body: bytes | None,
+        body: RequestBody | None,
         headers: Mapping[str, str] | None,
     ) -> tuple[aiohttp.ClientResponse, _Attempt]:
         session = self._ensure_session()
@@ -561,7 +603,7 @@ class Transport:
             started=now,
             deadline=now + timeouts.total,
             secrets=secrets_of(headers),
-            request_bytes=len(body) if body else 0,
+            request_bytes=body_size(body),
         )
         self.bytes_sent += attempt.request_bytes
         try:
@@ -591,7 +633,7 @@ class Transport:
         session: aiohttp.ClientSession,
         attempt: _Attempt,
         url: str,
-        body: bytes | None,
+        body: RequestBody | None,
         headers: Mapping[str, str] | None,
     ) -> aiohttp.ClientResponse:
         first_byte, total = self.timeouts.first_byte, self.timeouts.total

@@ -40,7 +40,7 @@ from engine._exceptions import (
 )
 from engine._merge import ImageDelta, TextDelta
 from engine._retry import retry_delay, should_retry
-from engine._transport import Transport
+from engine._transport import RequestBody, Transport
 from engine.budget import Budget, CostLedger, exceeded_event, plan_request, settle_cost
 from engine.bus import EventBus
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
@@ -801,7 +801,7 @@ class Session:
                 decision.session_id = self.id
                 decision.turn = index
                 await self._publish(decision)
-            body = provider.encode(GenerateRequest(self.spec.id, plan.contents, settings))
+            body = provider.encode_body(GenerateRequest(self.spec.id, plan.contents, settings))
             reservation = engine.ledger.reserve(plan.reserved_usd, session_id=self.id)
             # Each image is hashed once, for its turn.image event; interning reuses the digest.
             digests: dict[int, str] = {}
@@ -882,7 +882,7 @@ class Session:
             raise
 
     async def _attempts(
-        self, body: bytes, index: int, use_stream: bool, digests: dict[int, str]
+        self, body: RequestBody, index: int, use_stream: bool, digests: dict[int, str]
     ) -> tuple[ProviderResult, int]:
         """Send `body`, retrying what the policy says may be retried."""
         engine = self._engine

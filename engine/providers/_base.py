@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine._merge import ImageDelta, TextDelta
+from engine._transport import RequestBody
 from sessions._records import SessionSettings, Usage
 from sessions._wire import Content
 
@@ -74,11 +75,15 @@ class Provider(abc.ABC):
     def encode(self, request: GenerateRequest) -> bytes:
         """The request body, in one encoder call (images become base64 in C)."""
 
+    def encode_body(self, request: GenerateRequest) -> RequestBody:
+        """The body to send: by default `encode`; a provider may encode it as it is written."""
+        return self.encode(request)
+
     @abc.abstractmethod
     async def generate(
         self,
         model: str,
-        body: bytes,
+        body: RequestBody,
         *,
         stream: bool,
         on_delta: OnDelta | None = None,

@@ -13,7 +13,7 @@ parts are merged into one model Content (`engine._merge`). Decisions worth knowi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +30,15 @@ from engine._protocol import (
     UsageMetadata,
     decode_response,
 )
-from engine._transport import StreamResponse, Transport, google_error, html_title, malformed
+from engine._transport import (
+    LazyBody,
+    RequestBody,
+    StreamResponse,
+    Transport,
+    google_error,
+    html_title,
+    malformed,
+)
 from engine.providers._base import GenerateRequest, OnDelta, Provider, ProviderResult
 from sessions._records import Usage
 from sessions._wire import Content, Part, WireError, _WireContent, part_from_wire, wire_contents
@@ -203,6 +211,45 @@ def _deltas(parts: Sequence[Part]) -> list[Delta]:
     return out
 
 
+_CONTENTS_OPEN = b'{"contents":['
+
+
+def _envelope(request: GenerateRequest, contents: list[Any]) -> GenerateContentRequest:
+    settings = request.settings
+    generation: dict[str, Any] = dict(settings.generation_config or {})
+    if settings.response_modalities is not None:
+        generation["responseModalities"] = list(settings.response_modalities)
+    if settings.image_config:
+        generation["imageConfig"] = dict(settings.image_config)
+    system = settings.system_instruction
+    return GenerateContentRequest(
+        contents=contents,
+        system_instruction=wire_contents([system])[0] if system is not None else None,
+        tools=settings.tools,
+        tool_config=settings.tool_config,
+        safety_settings=settings.safety_settings,
+        generation_config=generation or None,
+    )
+
+
+def _encoded_size(content: Content | _WireContent) -> int:
+    """The encoded length of a Content without encoding its inline bytes: JSON of the Content
+    with every payload emptied, plus the base64 length of each payload (base64 needs no JSON
+    escaping)."""
+    if not isinstance(content, Content) or not any(p.inline_data for p in content.parts):
+        return len(_encoder.encode(content))
+    extra = 0
+    parts = []
+    for p in content.parts:
+        if p.inline_data is not None:
+            extra += 4 * ((len(p.inline_data.data) + 2) // 3)
+            p = msgspec.structs.replace(
+                p, inline_data=msgspec.structs.replace(p.inline_data, data=b"")
+            )
+        parts.append(p)
+    return len(_encoder.encode(Content(role=content.role, parts=parts))) + extra
+
+
 class GeminiProvider(Provider):
     """Gemini REST: `:generateContent`, `:streamGenerateContent?alt=sse`, `:countTokens`.
 
@@ -236,28 +283,33 @@ class GeminiProvider(Provider):
 
     def encode(self, request: GenerateRequest) -> bytes:
         """The generateContent body: history verbatim plus the session's settings."""
-        settings = request.settings
-        generation: dict[str, Any] = dict(settings.generation_config or {})
-        if settings.response_modalities is not None:
-            generation["responseModalities"] = list(settings.response_modalities)
-        if settings.image_config:
-            generation["imageConfig"] = dict(settings.image_config)
-        system = settings.system_instruction
-        return _encoder.encode(
-            GenerateContentRequest(
-                contents=wire_contents(request.contents),
-                system_instruction=wire_contents([system])[0] if system is not None else None,
-                tools=settings.tools,
-                tool_config=settings.tool_config,
-                safety_settings=settings.safety_settings,
-                generation_config=generation or None,
-            )
-        )
+        return _encoder.encode(_envelope(request, wire_contents(request.contents)))
+
+    def encode_body(self, request: GenerateRequest) -> LazyBody:
+        """The same bytes as `encode`, produced one Content at a time while being written."""
+        wire = wire_contents(request.contents)
+        skeleton = _encoder.encode(_envelope(request, []))
+        # `contents` is the first field, so the skeleton starts with an empty contents array
+        # that the history is written into.
+        head, tail = skeleton[: len(_CONTENTS_OPEN)], skeleton[len(_CONTENTS_OPEN) :]
+        if head != _CONTENTS_OPEN:  # pragma: no cover - guards the field order assumption
+            return LazyBody(len(body := self.encode(request)), lambda: (body,))
+        size = len(skeleton) + sum(_encoded_size(c) for c in wire) + max(len(wire) - 1, 0)
+
+        def pieces() -> Iterator[bytes]:
+            yield head
+            for i, content in enumerate(wire):
+                if i:
+                    yield b","
+                yield _encoder.encode(content)
+            yield tail
+
+        return LazyBody(size, pieces)
 
     async def generate(
         self,
         model: str,
-        body: bytes,
+        body: RequestBody,
         *,
         stream: bool,
         on_delta: OnDelta | None = None,
@@ -269,7 +321,7 @@ class GeminiProvider(Provider):
         return await self._once(model, body, on_delta, images_only)
 
     async def _once(
-        self, model: str, body: bytes, on_delta: OnDelta | None, images_only: bool
+        self, model: str, body: RequestBody, on_delta: OnDelta | None, images_only: bool
     ) -> ProviderResult:
         resp = await self._transport.request(
             "POST", self._url(model, "generateContent"), body=body, headers=self._headers
@@ -311,7 +363,7 @@ class GeminiProvider(Provider):
             raise malformed(answer.status, message, self._secrets) from exc
 
     async def _stream(
-        self, model: str, body: bytes, on_delta: OnDelta | None, images_only: bool
+        self, model: str, body: RequestBody, on_delta: OnDelta | None, images_only: bool
     ) -> ProviderResult:
         url = self._url(model, "streamGenerateContent") + "?alt=sse"
         timings: dict[str, float] = {}

@@ -1,0 +1,101 @@
+"""GeminiProvider.encode_body: the request encoded while written, identical to encode()."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine._config import Secret
+from engine._transport import LazyBody, Transport, body_size
+from engine.providers import GeminiProvider, GenerateRequest
+from sessions import Blob, Content, Part, SessionSettings, decode_part
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def provider() -> GeminiProvider:
+    """A provider that never connects (encoding only)."""
+    return GeminiProvider(Transport(), base_url="http://127.0.0.1:1", api_key=Secret(""))
+
+
+FULL_SETTINGS = SessionSettings(
+    image_config={"aspectRatio": "16:9", "imageSize": "2K"},
+    response_modalities=["TEXT", "IMAGE"],
+    system_instruction=Content(parts=[Part(text="Be brief.")]),
+    tools=[{"google_search": {}}],
+    safety_settings=[{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+    generation_config={"temperature": 0.4},
+)
+
+
+@pytest.mark.parametrize("settings_", [SessionSettings(), FULL_SETTINGS])
+@pytest.mark.parametrize("n_images", [0, 1, 3])
+def test_lazy_body_equals_encode(settings_: SessionSettings, n_images: int) -> None:
+    """Pieces join to exactly encode()'s bytes and `size` is their length."""
+    history: list[Content] = []
+    for i in range(n_images):
+        image = Blob(mime_type="image/png", data=PNG + bytes([i]) * (1000 + i))
+        history.append(Content(role="user", parts=[Part(text=f"turn {i} é ✓")]))
+        history.append(
+            Content(
+                role="model",
+                parts=[
+                    Part(text="thinking", thought=True),
+                    Part(text="Here.", thought_signature=b"\x01\x02"),
+                    Part(inline_data=image, thought_signature=bytes([i, 255])),
+                ],
+            )
+        )
+    history.append(Content(role="user", parts=[Part(text="next")]))
+    request = GenerateRequest("gemini-3.1-flash-image-preview", history, settings_)
+    p = provider()
+    body = p.encode_body(request)
+    assert isinstance(body, LazyBody)
+    assert body.join() == p.encode(request)
+    assert body_size(body) == len(p.encode(request))
+    assert body.join() == body.join()  # re-iterable, for retries
+
+
+def test_lazy_body_with_unmodelled_fields() -> None:
+    """Parts carrying unknown fields (spliced raw JSON) size and encode correctly."""
+    odd = decode_part(b'{"text":"a","futureField":{"k":[1,2]},"thoughtSignature":"AAE="}')
+    image = Part(inline_data=Blob(mime_type="image/png", data=PNG * 50))
+    history = [
+        Content(role="user", parts=[Part(text="x"), image]),
+        Content(role="model", parts=[odd]),
+    ]
+    request = GenerateRequest("gemini-3.1-flash-image-preview", history, FULL_SETTINGS)
+    p = provider()
+    body = p.encode_body(request)
+    assert body.size == len(body.join()) and body.join() == p.encode(request)
+    assert msgspec.json.decode(body.join())["contents"][1]["parts"][0]["futureField"] == {
+        "k": [1, 2]
+    }
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=20), st.binary(max_size=300), st.binary(max_size=8)),
+        max_size=5,
+    )
+)
+def test_any_history_size_is_exact(turns: list[tuple[str, bytes, bytes]]) -> None:
+    """For any text, image length (every length mod 3) and signature, size == len(body)."""
+    history: list[Content] = []
+    for text, data, sig in turns:
+        history.append(Content(role="user", parts=[Part(text=text)]))
+        history.append(
+            Content(
+                role="model",
+                parts=[
+                    Part(inline_data=Blob(mime_type="image/png", data=data), thought_signature=sig)
+                ],
+            )
+        )
+    request = GenerateRequest("gemini-3.1-flash-image-preview", history, SessionSettings())
+    body = provider().encode_body(request)
+    assert isinstance(body, LazyBody)
+    assert body.size == len(body.join())
