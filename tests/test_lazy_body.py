@@ -99,3 +99,20 @@ def test_any_history_size_is_exact(turns: list[tuple[str, bytes, bytes]]) -> Non
     body = provider().encode_body(request)
     assert isinstance(body, LazyBody)
     assert body.size == len(body.join())
+
+
+def test_small_pieces_are_coalesced() -> None:
+    """A text-only history goes out as one piece; an image Content is a piece of its own."""
+    text_only = [
+        Content(role=("user", "model")[i % 2], parts=[Part(text=f"t{i}")]) for i in range(9)
+    ]
+    p = provider()
+    body = p.encode_body(GenerateRequest("m", text_only, FULL_SETTINGS))
+    assert isinstance(body, LazyBody) and len(list(body.pieces())) == 1
+    big = Content(
+        role="model", parts=[Part(inline_data=Blob(mime_type="image/png", data=PNG * 20_000))]
+    )
+    body = p.encode_body(GenerateRequest("m", [*text_only[:2], big, text_only[0]], FULL_SETTINGS))
+    pieces = list(body.pieces())
+    assert len(pieces) == 3 and b"".join(pieces) == body.join()
+    assert body.size == len(body.join())

@@ -212,6 +212,7 @@ def _deltas(parts: Sequence[Part]) -> list[Delta]:
 
 
 _CONTENTS_OPEN = b'{"contents":['
+_COALESCE = 64 * 1024  # pieces smaller than this are joined into one socket write
 
 
 def _envelope(request: GenerateRequest, contents: list[Any]) -> GenerateContentRequest:
@@ -297,12 +298,21 @@ class GeminiProvider(Provider):
         size = len(skeleton) + sum(_encoded_size(c) for c in wire) + max(len(wire) - 1, 0)
 
         def pieces() -> Iterator[bytes]:
-            yield head
+            # Small pieces (commas, text turns) are gathered into one write; a Content with an
+            # image goes out as the bytes msgspec produced, without a copy.
+            pending = bytearray(head)
             for i, content in enumerate(wire):
                 if i:
-                    yield b","
-                yield _encoder.encode(content)
-            yield tail
+                    pending += b","
+                encoded = _encoder.encode(content)
+                if len(encoded) < _COALESCE:
+                    pending += encoded
+                    continue
+                yield bytes(pending)
+                pending.clear()
+                yield encoded
+            pending += tail
+            yield bytes(pending)
 
         return LazyBody(size, pieces)
 
