@@ -18,7 +18,7 @@ import random
 import secrets
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -516,27 +516,24 @@ class Session:
     async def _reload(self) -> None:
         self._state = await self._engine.store.load(self.id)
 
-    async def undo(self) -> Turn | None:
-        """Move the head back one turn; returns the new head."""
+    async def _move(self, op: Callable[..., Awaitable[object]], *args: object) -> Turn | None:
+        """Apply a head move (`sessions._ops`) under the lock and the lease; the new head."""
         async with self._engine._lock(self.id), self._leased():
-            await ops.undo(self._engine.store, self.id)
+            await op(self._engine.store, self.id, *args)
             await self._reload()
         return self.head
+
+    async def undo(self) -> Turn | None:
+        """Move the head back one turn; returns the new head."""
+        return await self._move(ops.undo)
 
     async def redo(self) -> Turn | None:
         """Move the head forward one turn along the branch; returns the new head."""
-        async with self._engine._lock(self.id), self._leased():
-            await ops.redo(self._engine.store, self.id)
-            await self._reload()
-        return self.head
+        return await self._move(ops.redo)
 
     async def checkout(self, turn: Turn | str | None) -> Turn | None:
         """Move the head to any turn (None: before the first)."""
-        turn_id = turn.id if isinstance(turn, Turn) else turn
-        async with self._engine._lock(self.id), self._leased():
-            await ops.checkout(self._engine.store, self.id, turn_id)
-            await self._reload()
-        return self.head
+        return await self._move(ops.checkout, turn.id if isinstance(turn, Turn) else turn)
 
     async def fork(self, at: Turn | int | None = None) -> Session:
         """A new session holding this branch's turns up to `at` (a Turn or 1-based index)."""
