@@ -552,15 +552,19 @@ class Session:
         async with self._engine._lock(self.id):
             return await self._leased_turn(None, stream=stream)
 
-    async def _regenerate_draft(self) -> Content:
-        """Undo the head turn and return its user Content. The caller holds the lease."""
+    def _regenerate_draft(self) -> Content:
+        """The head turn's user Content, with this handle's view moved to the head's parent.
+
+        Only the view moves: the stored head moves when the sibling turn commits, so a
+        regenerate that fails leaves the session as it was (the caller restores the view).
+        """
         head = self._state.record.head
         if head is None:
             raise ConfigError("nothing to regenerate: the session has no turns")
-        user = self._state.turn(head).user
-        await ops.undo(self._engine.store, self.id)
-        await self._reload()
-        return user
+        turn = self._state.turn(head)
+        record = msgspec.structs.replace(self._state.record, head=turn.parent)
+        self._state = SessionState(record, self._state.turns)
+        return turn.user
 
     async def aclose(self) -> None:
         """Publish `session.closed`; the stored session stays."""
@@ -727,10 +731,12 @@ class Session:
         (`SessionBusy`, attempts 0: nothing was sent), so a stream() consumer always sees an end.
         """
         async with AsyncExitStack() as stack:
+            before = self._state
             try:
                 await stack.enter_async_context(self._leased())
+                before = self._state  # the lease may have reloaded it
                 if draft is None:
-                    draft = await self._regenerate_draft()
+                    draft = self._regenerate_draft()
             except asyncio.CancelledError:
                 with anyio.CancelScope(shield=True):
                     await self._publish(
@@ -748,7 +754,13 @@ class Session:
                     )
                 )
                 raise
-            return await self._run_turn(draft, stream=stream)
+            try:
+                return await self._run_turn(draft, stream=stream)
+            except BaseException:
+                if self._state.record.version == before.record.version:
+                    # Nothing was committed: drop a regenerate's moved view.
+                    self._state = before
+                raise
 
     async def _run_turn(self, draft: Content, *, stream: bool | None) -> Turn:
         """The turn pipeline. The caller holds the session lock and the store lease."""

@@ -422,3 +422,26 @@ async def test_failed_event_counts_every_attempt(make_emulator: EmulatorFactory)
     failed = [ev for ev in seen if isinstance(ev, TurnFailed)]
     assert len(failed) == 1
     assert failed[0].attempts == info.value.attempts == FAST_RETRY.max_attempts
+
+
+async def test_failed_regenerate_leaves_the_session_as_it_was(
+    make_emulator: EmulatorFactory,
+) -> None:
+    """A regenerate whose new turn fails keeps the head (and the store) where they were."""
+    emu = await make_emulator()
+    async with Engine(config_for(emu.base_url)) as e:
+        s = await e.create_session()
+        await s.send("A mug")
+        t2 = await s.send("Add a sprig")
+        before = encode_contents(s.contents())
+        emu.set_faults("image_safety")
+        with pytest.raises(ContentBlocked):
+            await s.regenerate()
+        assert s.head is not None and s.head.id == t2.id
+        assert encode_contents(s.contents()) == before
+        reopened = await e.open_session(s.id)
+        assert reopened.head is not None and reopened.head.id == t2.id
+        emu.set_faults("")
+        again = await s.regenerate()
+        assert again.index == 2 and again.id != t2.id
+        assert len(s.branches()) == 2
