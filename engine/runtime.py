@@ -295,13 +295,10 @@ class Engine:
             if cfg.provider == "local" and not base_url:
                 from engine.emulator import Emulator, EmulatorSettings
 
+                # The emulator enforces the same body limit the engine budgets for.
                 emu = Emulator(
-                    EmulatorSettings(
-                        flat=cfg.emulator.flat,
-                        latency=cfg.emulator.latency,
-                        faults=cfg.emulator.faults,
-                        seed=cfg.emulator.seed,
-                        max_request_bytes=cfg.max_request_bytes,
+                    EmulatorSettings.from_options(
+                        cfg.emulator, max_request_bytes=cfg.max_request_bytes
                     )
                 )
                 base_url = await emu.start()

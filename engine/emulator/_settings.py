@@ -10,6 +10,9 @@ from engine._exceptions import ConfigError
 __all__ = ["EmulatorSettings"]
 
 
+DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024  # Google's documented inline limit, gateways' too
+
+
 @dataclass(frozen=True, slots=True)
 class EmulatorSettings:
     """How one emulator server behaves; see the package docstring for each knob."""
@@ -21,7 +24,7 @@ class EmulatorSettings:
     faults: str = ""
     flat: bool = False
     seed: int = 0
-    max_request_bytes: int = 20 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     record_requests: bool = False
     stream_text_chunks: int = 3
     # "first": signature on the first streamed text piece (Google's usual behaviour);
@@ -44,7 +47,13 @@ class EmulatorSettings:
             raise ConfigError("render cache limits must be >= 0")
 
     @classmethod
-    def from_options(cls, options: EmulatorOptions, *, api_key: str = "") -> EmulatorSettings:
+    def from_options(
+        cls,
+        options: EmulatorOptions,
+        *,
+        api_key: str = "",
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> EmulatorSettings:
         """Settings for the embedded emulator from the engine's `EmulatorOptions`."""
         return cls(
             api_key=api_key,
@@ -52,4 +61,5 @@ class EmulatorSettings:
             faults=options.faults,
             flat=options.flat,
             seed=options.seed,
+            max_request_bytes=max_request_bytes,
         )
