@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import structlog
 
 from engine._exceptions import ConfigError
 
@@ -21,6 +23,8 @@ __all__ = [
     "Secret",
     "Timeouts",
 ]
+
+_log = structlog.get_logger("nanoedit.config")
 
 DEFAULT_MODEL = "gemini-3.1-flash-image-preview"
 # Looked up in this order; the first one set wins.
@@ -140,15 +144,20 @@ class EngineConfig:
             return self.base_url.rstrip("/")
         return PROVIDER_PRESETS.get(self.provider, "")
 
-    def with_base_url(self, base_url: str) -> EngineConfig:
-        """A copy pointing at `base_url` (the embedded emulator uses this once it listens)."""
-        return replace(self, base_url=base_url)
-
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, *, key_env: str | None = None
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        key_env: str | None = None,
+        warn: bool = True,
     ) -> EngineConfig:
-        """Read NANOEDIT_* and the key variables; no key and no base URL -> embedded emulator."""
+        """Read NANOEDIT_* and the key variables; no key and no base URL -> embedded emulator.
+
+        Falling back to the emulator logs one warning naming the variables looked at (`warn`),
+        so a misspelled key variable does not silently give fake images. A named non-local
+        provider without a key is a ConfigError.
+        """
         env = os.environ if env is None else env
         names = (key_env,) if key_env else KEY_ENV_VARS
         key = next((env[n] for n in names if env.get(n)), "")
@@ -163,6 +172,12 @@ class EngineConfig:
                 provider = "local"
         if provider == "local":
             base_url = ""
+            if warn and not env.get("NANOEDIT_PROVIDER"):
+                _log.warning(
+                    "config.no_api_key",
+                    message="no API key found: using the embedded emulator (fake images)",
+                    looked_at=", ".join(names),
+                )
         home = env.get("NANOEDIT_HOME")
         return cls(
             provider=provider,  # type: ignore[arg-type]  # validated in __post_init__

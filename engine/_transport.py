@@ -430,6 +430,7 @@ class StreamResponse:
             self._eof = True
             raise StopAsyncIteration
         self.response_bytes += len(data)
+        self._transport.bytes_received += len(data)
         return data
 
     async def read(self) -> bytes:
@@ -577,8 +578,6 @@ class Transport:
             resp.close()
             self._log_failure(attempt, exc, resp.status)
             raise
-        finally:
-            self.bytes_received += response.response_bytes
         if response._eof:
             resp.release()
         else:

@@ -246,6 +246,11 @@ class Subscription:
                 reader.set_result(None)
 
     @property
+    def waiting(self) -> bool:
+        """True while a reader waits for the next event."""
+        return self._reader is not None
+
+    @property
     def pending(self) -> int:
         """Events buffered and not read yet (replay and events waiting for room included)."""
         return len(self.buf) + len(self._pending) + len(self._replay)

@@ -1,52 +1,33 @@
-"""The engine runtime: sessions and the turn pipeline.
+"""The `Engine` and `Session` handles; the turn itself runs in `engine._pipeline`.
 
-One turn: take the session's lock, then its store lease (other processes sharing the store wait
-or get `SessionBusy` before anything is sent; the state is reloaded if one of them committed),
-build a draft user Content, plan the request against the budget, get a slot from the limiter, send
-(streaming when the provider can), merge the answer into one model Content, commit the turn
-atomically, publish `turn.completed`, release the lease. Any failure or cancellation before the
-commit leaves the session exactly as it was.
+A session's turns run one at a time under its lock and its store lease (`engine._lease`); head
+moves (undo, redo, checkout, regenerate) take both too. `stream()` hands out a turn's events as
+they happen, and its consumer decides whether the turn may commit (see `TurnStream`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import mimetypes
-import os
-import random
-import secrets
-import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
-import anyio
 import msgspec
 import structlog
 
 from engine._config import EngineConfig
-from engine._exceptions import (
-    ApiError,
-    BudgetExceeded,
-    Closed,
-    ConfigError,
-    NanoeditError,
-    SessionBusy,
-    TransportError,
-)
-from engine._merge import ImageDelta, TextDelta
-from engine._retry import retry_delay, should_retry
-from engine._transport import RequestBody, Transport
-from engine.budget import Budget, CostLedger, exceeded_event, plan_request, settle_cost
-from engine.bus import EventBus
+from engine._exceptions import Closed, ConfigError
+from engine._lease import Lease, new_owner
+from engine._pipeline import TurnRun
+from engine._shield import finish
+from engine._transport import Transport
+from engine._types import Image, ImageInput, Turn, build_user_content, sniff_mime
+from engine.budget import Budget, CostLedger
+from engine.bus import EventBus, Subscription
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
 from engine.events import (
     Event,
-    ImageRef,
     SessionClosed,
     SessionCreated,
     SessionForked,
@@ -54,17 +35,11 @@ from engine.events import (
     TurnCancelled,
     TurnCompleted,
     TurnFailed,
-    TurnImage,
-    TurnRetrying,
-    TurnStarted,
-    TurnTextDelta,
 )
 from engine.limits import Limiter
-from engine.providers._base import GenerateRequest, Provider, ProviderResult
+from engine.providers._base import Provider
 from engine.providers.gemini import GeminiProvider
 from sessions import (
-    Blob,
-    BlobStore,
     Content,
     MemoryStore,
     Part,
@@ -72,13 +47,9 @@ from sessions import (
     SessionSettings,
     SessionState,
     SessionStore,
-    TurnRecord,
-    Usage,
-    intern_turn,
     new_id,
 )
 from sessions import _ops as ops
-from sessions._images import image_dimensions
 
 __all__ = [
     "Engine",
@@ -87,7 +58,6 @@ __all__ = [
     "Turn",
     "TurnStream",
     "build_user_content",
-    "open_engine",
     "sniff_mime",
 ]
 
@@ -95,146 +65,6 @@ log = structlog.get_logger("nanoedit.engine")
 
 DEFAULT_MODALITIES = ("TEXT", "IMAGE")
 _TERMINAL = ("turn.completed", "turn.failed", "turn.cancelled")
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-    (b"RIFF", "image/webp"),
-)
-# Polling for a lease another engine holds (on_busy="wait"): jittered, doubling between these.
-_LEASE_POLL_MIN = 0.02
-_LEASE_POLL_MAX = 1.0
-
-
-def sniff_mime(data: bytes, fallback: str = "application/octet-stream") -> str:
-    """The image MIME type from magic bytes."""
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            return mime
-    return fallback
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """One image of a turn: bytes, type, size, digest."""
-
-    mime_type: str
-    data: bytes = field(repr=False)
-    width: int
-    height: int
-    sha256: str
-
-    @classmethod
-    def from_blob(cls, blob: Blob, digest: str | None = None) -> Image:
-        """Describe an inline blob (dimensions from the header; `digest` if already known)."""
-        w, h = image_dimensions(blob.data) or (0, 0)
-        digest = digest or hashlib.sha256(blob.data).hexdigest()
-        return cls(blob.mime_type, blob.data, w, h, digest)
-
-    @property
-    def extension(self) -> str:
-        """File extension for the MIME type, with the dot."""
-        return {"image/jpeg": ".jpg"}.get(self.mime_type) or (
-            mimetypes.guess_extension(self.mime_type) or ".bin"
-        )
-
-    def ref(self) -> ImageRef:
-        """The event-safe reference (no bytes)."""
-        return ImageRef(
-            sha256=self.sha256,
-            mime_type=self.mime_type,
-            size=len(self.data),
-            width=self.width,
-            height=self.height,
-        )
-
-    def save(self, path: str | Path) -> Path:
-        """Write the bytes to `path`; returns the path."""
-        p = Path(path)
-        p.write_bytes(self.data)
-        return p
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """A committed turn, as the caller sees it."""
-
-    record: TurnRecord = field(repr=False)
-    images: list[Image]
-    text: str
-
-    @classmethod
-    def from_record(cls, record: TurnRecord, blobs: BlobStore | None = None) -> Turn:
-        """Wrap a stored turn; `blobs` knows the digests of interned images."""
-        images = [
-            Image.from_blob(b, blobs.digest(b.data) if blobs else None)
-            for b in record.model.images()
-        ]
-        return cls(record, images, record.model.text())
-
-    @property
-    def id(self) -> str:
-        """The turn id."""
-        return self.record.id
-
-    @property
-    def index(self) -> int:
-        """Position on its branch, from 1."""
-        return self.record.index
-
-    @property
-    def usage(self) -> Usage:
-        """Token counts as the server reported them."""
-        return self.record.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        """The model's finish reason."""
-        return self.record.finish_reason
-
-    @property
-    def attempts(self) -> int:
-        """Attempts it took (1 = no retry)."""
-        return self.record.attempts
-
-    @property
-    def latency_s(self) -> float:
-        """Seconds from the start of the turn to its commit."""
-        return self.record.latency_s
-
-    @property
-    def cost_usd(self) -> float:
-        """Settled cost in USD."""
-        return self.record.cost_usd
-
-    @property
-    def model_content(self) -> Content:
-        """The model Content verbatim (signatures included)."""
-        return self.record.model
-
-
-ImageInput = bytes | str | Path | Blob | Image
-
-
-def _image_part(image: ImageInput) -> Part:
-    if isinstance(image, Blob):
-        return Part(inline_data=image)
-    if isinstance(image, Image):
-        return Part(inline_data=Blob(mime_type=image.mime_type, data=image.data))
-    if isinstance(image, (str, Path)):
-        data = Path(image).read_bytes()
-        guessed = mimetypes.guess_type(str(image))[0] or "application/octet-stream"
-        return Part(inline_data=Blob(mime_type=sniff_mime(data, guessed), data=data))
-    return Part(inline_data=Blob(mime_type=sniff_mime(image, "image/png"), data=bytes(image)))
-
-
-def build_user_content(text: str, images: Iterable[ImageInput] = ()) -> Content:
-    """The draft user Content: the text first, then the images."""
-    parts = [Part(text=text)] if text else []
-    parts.extend(_image_part(i) for i in images)
-    if not parts:
-        raise ConfigError("a turn needs text or at least one image")
-    return Content(role="user", parts=parts)
 
 
 class Engine:
@@ -264,7 +94,7 @@ class Engine:
         # A session's lock lives while a turn holds or waits for it; idle sessions cost nothing.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Names this engine in the store's session leases; unique per engine, not per process.
-        self.lease_owner = f"{os.getpid()}-{secrets.token_hex(8)}"
+        self.lease_owner = new_owner()
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._started = False
@@ -324,6 +154,11 @@ class Engine:
         return self._provider
 
     @property
+    def bytes_received(self) -> int:
+        """Response bytes received so far by this engine's transport (live, per chunk)."""
+        return 0 if self._transport is None else self._transport.bytes_received
+
+    @property
     def base_url(self) -> str | None:
         """The embedded emulator's base URL, when one runs."""
         return None if self._emulator is None else str(self._emulator.base_url)
@@ -375,6 +210,8 @@ class Engine:
         spec = resolve_model(model or self.config.model)
         if image_config is not None:
             spec.validate(image_config)
+        if budget is not None and not isinstance(budget, Budget):
+            raise ConfigError(f"budget must be a Budget, not {type(budget).__name__}")
         modalities = [m.upper() for m in response_modalities]
         if not modalities or any(m not in ("TEXT", "IMAGE") for m in modalities):
             raise ConfigError(f"response_modalities must be TEXT and/or IMAGE, got {modalities}")
@@ -390,12 +227,19 @@ class Engine:
             generation_config=generation_config,
             budget=budget.to_builtins() if budget is not None else None,
         )
+        if not isinstance(title, str):
+            raise ConfigError(f"title must be a str, not {type(title).__name__}")
         record = SessionRecord(
             id=session_id or new_id(), model=spec.id, settings=settings, title=title
         )
+        # Everything is checked before the session exists: a refused session leaves nothing.
+        try:
+            msgspec.json.encode(record)
+        except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"session settings cannot be sent as JSON: {exc}") from None
+        session = Session(self, SessionState(record, {}))
         await self.store.create(record)
-        state = await self.store.load(record.id)
-        session = Session(self, state)
+        session._state = await self.store.load(record.id)
         await session._publish(SessionCreated(session_id=record.id, model=spec.id))
         return session
 
@@ -411,6 +255,28 @@ class Engine:
         )
         return session
 
+    def lease(self, session_id: str) -> Lease:
+        """The store lease of a session, as this engine takes it."""
+        cfg = self.config
+        return Lease(
+            self.store,
+            session_id,
+            self.lease_owner,
+            ttl=cfg.lease_ttl,
+            on_busy=cfg.on_busy,
+            wait=cfg.lease_wait,
+        )
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        # Turns in flight, for aclose() to wait for.
+        self._turn_tasks.add(task)
+        task.add_done_callback(self._turn_tasks.discard)
+
+    def _forget(self, session_id: str) -> None:
+        # A closed session's in-memory traces: its event window and its cost totals.
+        self.bus.forget(session_id)
+        self.ledger.forget(session_id)
+
     def _lock(self, session_id: str) -> asyncio.Lock:
         lock = self._locks.get(session_id)
         if lock is None:
@@ -425,29 +291,136 @@ def _image_config_dict(config: ImageConfig | None) -> dict[str, str] | None:
     return d or None
 
 
-class TurnStream:
-    """Events of one streamed turn, ending with completed, failed or cancelled.
+class _Demand:
+    """Whether a stream consumer has taken every event so far and waits for the next one.
 
-    Iterate it with `async for`; leaving early (break, exception) cancels the turn and leaves the
-    session as it was. `async with` makes that cleanup happen at the block's end; `turn` holds
-    the committed Turn once `turn.completed` has been seen, `error` the exception of a turn
-    that ended with `turn.failed`.
+    Holds the subscription, not the TurnStream, so the turn's task never keeps its stream alive
+    (a stream dropped by its consumer must be collected at once, by reference counting).
+    """
+
+    __slots__ = ("event", "sub")
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.event = asyncio.Event()
+
+    def satisfied(self) -> bool:
+        return self.sub.pending == 0 and self.sub.waiting
+
+    async def __call__(self) -> None:
+        while not self.satisfied():
+            self.event.clear()
+            await self.event.wait()
+
+
+class TurnStream:
+    """Events of one turn as they happen, ending with completed, failed or cancelled.
+
+    The rule: the turn starts its commit only while the consumer waits for the next event having
+    taken every earlier one. So a consumer that leaves (break then drop, `aclose()`, an exception
+    in the loop or the `async with` block, or simply dropping the stream) before the terminal
+    event cancels the turn at once and finds nothing committed behind its back; once the commit
+    has begun it completes, and `turn` holds it. `error` holds the exception of a turn that
+    ended with `turn.failed`.
+
+    A consumer that breaks out but keeps the stream object alive keeps the turn (and the
+    session) waiting: call `aclose()` or use `async with`.
     """
 
     def __init__(self, session: Session, draft: Content, stream: bool | None) -> None:
         self.turn: Turn | None = None
         self.error: BaseException | None = None
-        self._agen: AsyncGenerator[Event, None] = session._stream_events(draft, stream, self)
+        self._session: Session | None = session
+        self._draft = draft
+        self._stream = stream
+        self._sub: Subscription | None = None
+        self._demand: _Demand | None = None
+        self._task: asyncio.Task[Turn] | None = None
+        self._ended = False
 
     def __aiter__(self) -> TurnStream:
         return self
 
+    async def _start(self, session: Session) -> None:
+        engine = session._engine
+        engine._check_open()
+        lock = engine._lock(session.id)
+        await lock.acquire()
+        try:
+            engine._check_open()  # the engine may have closed while we waited for the lock
+            sub = engine.bus.subscribe(
+                session_id=session.id,
+                types=("turn.*", "budget.*", "history.*"),
+                since_seq=engine.bus.last_seq(session.id),
+                overflow="block",
+            )
+            sub.open()
+        except BaseException:
+            lock.release()
+            raise
+        demand = _Demand(sub)
+        task = asyncio.ensure_future(
+            session._leased_turn(self._draft, stream=self._stream, gate=demand)
+        )
+        engine._track(task)
+        # The lock is the task's now: released when the turn has fully ended (lease included),
+        # however its stream was left.
+        task.add_done_callback(lambda _: lock.release())
+        self._sub, self._demand, self._task = sub, demand, task
+
     async def __anext__(self) -> Event:
-        return await self._agen.__anext__()
+        if self._ended:
+            raise StopAsyncIteration
+        if self._task is None:
+            session = self._session
+            if session is None:
+                raise StopAsyncIteration
+            await self._start(session)
+        sub, demand, task = self._sub, self._demand, self._task
+        assert sub is not None and demand is not None and task is not None
+        if sub.pending == 0:
+            demand.event.set()
+        try:
+            event = await sub.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        if event.type in _TERMINAL:
+            self._ended = True
+            await self._settle(task)
+            if isinstance(event, TurnCompleted) and not task.cancelled():
+                self.turn = task.result() if task.exception() is None else None
+        return event
+
+    async def _settle(self, task: asyncio.Task[Turn]) -> None:
+        # The terminal event comes before the lease is released; wait for the whole end (the
+        # task is the engine's: a cancelled wait here leaves it running to its end).
+        if not task.done():
+            await asyncio.wait((task,))
+        if self._sub is not None:
+            self._sub.close()
+        if not task.cancelled() and task.exception() is not None:
+            self.error = task.exception()
 
     async def aclose(self) -> None:
-        """Stop early: cancels the turn if it is still running."""
-        await self._agen.aclose()
+        """Stop: cancels the turn unless its commit has begun; waits until it has ended."""
+        self._ended = True
+        self._session = None
+        task, sub = self._task, self._sub
+        if sub is not None:
+            sub.close()  # a publisher blocked on our buffer goes on
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            await self._settle(task)
+
+    def __del__(self) -> None:
+        # Dropped without aclose(): cancel at once; the task releases the lock when it ends.
+        task, sub = self._task, self._sub
+        if task is not None and not task.done():
+            if sub is not None:
+                sub.close()
+            task.cancel()
 
     async def __aenter__(self) -> TurnStream:
         return self
@@ -513,10 +486,17 @@ class Session:
     async def _reload(self) -> None:
         self._state = await self._engine.store.load(self.id)
 
+    async def _reload_if_changed(self) -> None:
+        record = await self._engine.store.load_record(self.id)
+        if record.version != self._state.record.version:
+            await self._reload()
+
     async def _move(self, op: Callable[..., Awaitable[object]], *args: object) -> Turn | None:
         """Apply a head move (`sessions._ops`) under the lock and the lease; the new head."""
-        async with self._engine._lock(self.id), self._leased():
-            await op(self._engine.store, self.id, *args)
+        engine = self._engine
+        engine._check_open()
+        async with engine._lock(self.id), engine.lease(self.id).held():
+            await op(engine.store, self.id, *args)
             await self._reload()
         return self.head
 
@@ -546,8 +526,10 @@ class Session:
         """Send the head turn's user Content again as a sibling turn."""
         if self._state.record.head is None:
             raise ConfigError("nothing to regenerate: the session has no turns")
-        async with self._engine._lock(self.id):
-            return await self._leased_turn(None, stream=stream)
+        engine = self._engine
+        engine._check_open()
+        async with engine._lock(self.id):
+            return await self._tracked(self._leased_turn(None, stream=stream))
 
     def _regenerate_draft(self) -> Content:
         """The head turn's user Content, with this handle's view moved to the head's parent.
@@ -564,8 +546,10 @@ class Session:
         return turn.user
 
     async def aclose(self) -> None:
-        """Publish `session.closed`; the stored session stays."""
+        """Publish `session.closed`; the engine forgets the session's in-memory traces (its
+        event window and cost totals). The stored session stays."""
         await self._publish(SessionClosed(session_id=self.id))
+        self._engine._forget(self.id)
 
     # --- turns -------------------------------------------------------------------------------
 
@@ -574,60 +558,23 @@ class Session:
     ) -> Turn:
         """Run one turn and return it once committed."""
         draft = build_user_content(text, images)
-        self._engine._check_open()
-        async with self._engine._lock(self.id):
-            self._engine._check_open()  # it may have closed while we waited for the lock
+        engine = self._engine
+        engine._check_open()
+        async with engine._lock(self.id):
+            engine._check_open()  # it may have closed while we waited for the lock
             return await self._tracked(self._leased_turn(draft, stream=stream))
 
     def stream(
         self, text: str = "", images: Iterable[ImageInput] = (), *, stream: bool | None = None
     ) -> TurnStream:
-        """Run one turn, yielding its events as they happen (a filtered bus subscription)."""
+        """Run one turn, yielding its events as they happen (see `TurnStream` for the rule)."""
         return TurnStream(self, build_user_content(text, images), stream)
 
-    async def _stream_events(
-        self, draft: Content, stream: bool | None, holder: TurnStream
-    ) -> AsyncGenerator[Event, None]:
-        engine = self._engine
-        engine._check_open()
-        async with engine._lock(self.id), AsyncExitStack() as stack:
-            engine._check_open()  # the engine may have closed while we waited for the lock
-            sub = await stack.enter_async_context(
-                engine.bus.subscribe(
-                    session_id=self.id,
-                    types=("turn.*", "budget.*", "history.*"),
-                    since_seq=engine.bus.last_seq(self.id),
-                    overflow="block",
-                )
-            )
-            task = asyncio.ensure_future(self._leased_turn(draft, stream=stream))
-            engine._turn_tasks.add(task)
-            task.add_done_callback(engine._turn_tasks.discard)
-            ended = False
-            try:
-                async for event in sub:
-                    if isinstance(event, TurnCompleted):
-                        holder.turn = await task
-                    ended = event.type in _TERMINAL
-                    yield event
-                    if ended:
-                        break
-            finally:
-                # Leaving before the terminal event cancels the turn; after it, the task is
-                # only unwinding and must keep its own outcome.
-                if not ended and not task.done():
-                    task.cancel()
-                # Wait without being cancellable: the turn must finish its cleanup (publish
-                # turn.cancelled, release the slot) before the lock is released.
-                with anyio.CancelScope(shield=True):
-                    await asyncio.gather(task, return_exceptions=True)
-                if not task.cancelled() and isinstance(task.exception(), NanoeditError):
-                    holder.error = task.exception()
-
     async def _tracked(self, coro: Any) -> Turn:
-        task = asyncio.ensure_future(coro)
-        self._engine._turn_tasks.add(task)
-        task.add_done_callback(self._engine._turn_tasks.discard)
+        """Run a turn in a task of its own; a caller cancelled while it commits gets the turn."""
+        engine = self._engine
+        task: asyncio.Task[Turn] = asyncio.ensure_future(coro)
+        engine._track(task)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -638,359 +585,56 @@ class Session:
                 raise Closed(
                     "the engine closed before the turn finished; nothing was committed"
                 ) from None
-            # Our caller was cancelled: cancel the turn and let it clean up before we go.
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(task, return_exceptions=True)
+            if not task.done():
+                task.cancel()
+            await finish(asyncio.gather(task, return_exceptions=True), reraise=False)
+            if not task.cancelled() and task.exception() is None:
+                # The commit had begun and finished: the turn exists, so say so.
+                return task.result()
             raise
 
     async def _publish(self, event: Event) -> Event:
         return await self._engine.bus.publish(event)
 
-    # --- the store lease ---------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _leased(self) -> AsyncIterator[None]:
-        """Hold the session's store lease for the block. The caller holds the session lock.
-
-        Taken before anything is sent, so a turn racing another process's turn fails or waits
-        (`on_busy`) without paying for a request; renewed in the background every third of
-        `lease_ttl` while the block runs; released even when the block is cancelled. Once it is
-        held, the state is reloaded if another process committed meanwhile.
-        """
-        engine = self._engine
-        await self._acquire_lease()
-        renewal = asyncio.ensure_future(self._renew_lease())
-        try:
-            record = await engine.store.load_record(self.id)
-            if record.version != self._state.record.version:
-                await self._reload()
-            yield
-        finally:
-            renewal.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(renewal, return_exceptions=True)
-                await self._release_lease()
-
-    async def _acquire_lease(self) -> None:
-        engine = self._engine
-        cfg = engine.config
-        deadline = time.monotonic() + cfg.lease_wait
-        delay = _LEASE_POLL_MIN
-        while True:
-            try:
-                if await engine.store.acquire_lease(self.id, engine.lease_owner, cfg.lease_ttl):
-                    return
-            except asyncio.CancelledError:
-                # The store may have granted the lease just before the cancellation arrived.
-                with anyio.CancelScope(shield=True):
-                    await self._release_lease()
-                raise
-            left = deadline - time.monotonic()
-            if cfg.on_busy == "raise":
-                raise SessionBusy(f"session {self.id} is busy: another engine holds its lease")
-            if left <= 0:
-                raise SessionBusy(
-                    f"session {self.id} is busy: another engine held its lease for "
-                    f"{cfg.lease_wait:g}s"
-                )
-            self._log.debug("lease.waiting", delay_s=delay)
-            await asyncio.sleep(min(random.uniform(delay / 2, delay), left))
-            delay = min(delay * 2, _LEASE_POLL_MAX)
-
-    async def _renew_lease(self) -> None:
-        engine = self._engine
-        ttl = engine.config.lease_ttl
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                held = await engine.store.acquire_lease(self.id, engine.lease_owner, ttl)
-            except NanoeditError as exc:
-                self._log.warning("lease.renew_failed", error=str(exc))
-                continue
-            if not held:
-                # It ran out (a stalled loop) and another engine took it: the version check at
-                # commit decides which turn lands.
-                self._log.warning("lease.lost")
-                return
-
-    async def _release_lease(self) -> None:
-        try:
-            await self._engine.store.release_lease(self.id, self._engine.lease_owner)
-        except NanoeditError as exc:
-            # Harmless: the lease runs out after lease_ttl anyway.
-            self._log.warning("lease.release_failed", error=str(exc))
-
-    async def _leased_turn(self, draft: Content | None, *, stream: bool | None) -> Turn:
+    async def _leased_turn(
+        self, draft: Content | None, *, stream: bool | None, gate: Any = None
+    ) -> Turn:
         """Run a turn under the store lease; `draft=None` regenerates the head turn.
 
         The caller holds the session lock. Not getting the lease publishes `turn.failed`
         (`SessionBusy`, attempts 0: nothing was sent), so a stream() consumer always sees an end.
         """
+        engine = self._engine
+        before = self._state
         async with AsyncExitStack() as stack:
-            before = self._state
             try:
-                await stack.enter_async_context(self._leased())
-                before = self._state  # the lease may have reloaded it
+                await stack.enter_async_context(engine.lease(self.id).held())
+                await self._reload_if_changed()
+                before = self._state
                 if draft is None:
                     draft = self._regenerate_draft()
-            except asyncio.CancelledError:
-                with anyio.CancelScope(shield=True):
-                    await self._publish(
-                        TurnCancelled(session_id=self.id, turn=len(self._state.path()) + 1)
+            except BaseException as exc:
+                turn = len(self._state.path()) + 1
+                if isinstance(exc, asyncio.CancelledError):
+                    await finish(self._publish(TurnCancelled(session_id=self.id, turn=turn)))
+                elif isinstance(exc, Exception):
+                    await finish(
+                        self._publish(
+                            TurnFailed(
+                                session_id=self.id,
+                                turn=turn,
+                                error=str(exc),
+                                error_type=type(exc).__name__,
+                                attempts=0,
+                            )
+                        )
                     )
-                raise
-            except NanoeditError as exc:
-                await self._publish(
-                    TurnFailed(
-                        session_id=self.id,
-                        turn=len(self._state.path()) + 1,
-                        error=str(exc),
-                        error_type=type(exc).__name__,
-                        attempts=0,
-                    )
-                )
                 raise
             try:
-                return await self._run_turn(draft, stream=stream)
+                return await TurnRun(self, draft, stream=stream, gate=gate).run()
             except BaseException:
                 if self._state.record.version == before.record.version:
                     # Nothing was committed: drop a regenerate's moved view.
                     self._state = before
                 raise
-
-    async def _run_turn(self, draft: Content, *, stream: bool | None) -> Turn:
-        """The turn pipeline. The caller holds the session lock and the store lease."""
-        engine = self._engine
-        provider = engine.provider
-        state = self._state
-        history = state.path()
-        index = len(history) + 1
-        settings = state.record.settings
-        use_stream = engine.config.stream if stream is None else stream
-        use_stream = use_stream and provider.supports_streaming
-        started = time.monotonic()
-        await self._publish(
-            TurnStarted(
-                session_id=self.id,
-                turn=index,
-                model=self.spec.id,
-                stream=use_stream,
-                history_turns=len(history),
-            )
-        )
-        attempts = 0
-        reservation = None
-        try:
-            image_size = (settings.image_config or {}).get("imageSize")
-            try:
-                plan = plan_request(
-                    spec=self.spec,
-                    budget=self._budget,
-                    engine_max_request_bytes=engine.config.max_request_bytes,
-                    turns=history,
-                    draft=draft,
-                    encode_size=lambda contents: len(
-                        provider.encode(GenerateRequest(self.spec.id, contents, settings))
-                    ),
-                    provider=provider.name,
-                    image_size=image_size,
-                    spent_usd=engine.ledger.spent_for(self.id)
-                    + engine.ledger.reserved_for(self.id),
-                )
-            except BudgetExceeded as exc:
-                event = exceeded_event(exc, self._budget.policy)
-                event.session_id, event.turn = self.id, index
-                await self._publish(event)
-                raise
-            for decision in plan.decisions:
-                decision.session_id = self.id
-                decision.turn = index
-                await self._publish(decision)
-            body = provider.encode_body(GenerateRequest(self.spec.id, plan.contents, settings))
-            reservation = engine.ledger.reserve(plan.reserved_usd, session_id=self.id)
-            # Each image is hashed once, for its turn.image event; interning reuses the digest.
-            digests: dict[int, str] = {}
-            result, attempts = await self._attempts(body, index, use_stream, digests)
-            breakdown = settle_cost(
-                self.spec, provider.name, result.usage, image_size, len(result.content.images())
-            )
-            engine.ledger.settle(reservation, breakdown)
-            reservation = None
-            record = intern_turn(
-                TurnRecord(
-                    id=new_id(),
-                    parent=state.record.head,
-                    index=index,
-                    user=draft,
-                    model=result.content,
-                    model_id=self.spec.id,
-                    image_config=settings.image_config,
-                    usage=result.usage,
-                    cost_usd=breakdown.total_usd,
-                    finish_reason=result.finish_reason,
-                    attempts=attempts,
-                    latency_s=time.monotonic() - started,
-                    timings=result.timings,
-                    request_bytes=result.request_bytes,
-                    response_bytes=result.response_bytes,
-                    carried=plan.carried,
-                    rebased=plan.rebased,
-                    metadata=_turn_metadata(result),
-                ),
-                engine.store.blobs,
-                digests,
-            )
-            # Once the commit starts it must finish: a half-observed commit would leave the
-            # caller unsure whether the turn exists.
-            with anyio.CancelScope(shield=True):
-                rec = await engine.store.commit_turn(
-                    self.id, record, expected_version=state.record.version
-                )
-                self._state = SessionState(rec, {**state.turns, record.id: record})
-                turn = Turn.from_record(record, engine.store.blobs)
-                await self._publish(
-                    TurnCompleted(
-                        session_id=self.id,
-                        turn=index,
-                        finish_reason=turn.finish_reason,
-                        attempts=attempts,
-                        latency_s=turn.latency_s,
-                        images=[i.ref() for i in turn.images],
-                        text=turn.text,
-                        usage=turn.usage,
-                        cost_usd=turn.cost_usd,
-                    )
-                )
-            self._log.info("turn.committed", turn=index, attempts=attempts)
-            return turn
-        except asyncio.CancelledError:
-            if reservation is not None:
-                engine.ledger.release(reservation)
-            with anyio.CancelScope(shield=True):
-                await self._publish(TurnCancelled(session_id=self.id, turn=index))
-            raise
-        except NanoeditError as exc:
-            if reservation is not None:
-                engine.ledger.release(reservation)
-            # _attempts() stamps the attempt count on the error it gives up with.
-            attempts = max(getattr(exc, "attempts", 0), attempts)
-            await self._publish(
-                TurnFailed(
-                    session_id=self.id,
-                    turn=index,
-                    error=str(exc),
-                    error_type=type(exc).__name__,
-                    status=getattr(exc, "status", None),
-                    attempts=max(attempts, 1),
-                )
-            )
-            raise
-
-    async def _attempts(
-        self, body: RequestBody, index: int, use_stream: bool, digests: dict[int, str]
-    ) -> tuple[ProviderResult, int]:
-        """Send `body`, retrying what the policy says may be retried."""
-        engine = self._engine
-        policy = engine.config.retry
-        images_only = self._state.record.settings.response_modalities == ["IMAGE"]
-        attempt = 0
-        while True:
-            attempt += 1
-            on_delta = self._delta_publisher(index, attempt, digests) if use_stream else None
-            status: int | None = None
-            try:
-                async with engine.limiter.slot(self.spec.id) as slot:
-                    try:
-                        result = await engine.provider.generate(
-                            self.spec.id,
-                            body,
-                            stream=use_stream,
-                            on_delta=on_delta,
-                            images_only=images_only,
-                        )
-                    except (ApiError, TransportError) as exc:
-                        status = getattr(exc, "status", None)
-                        slot.report(status, exc)
-                        raise
-                    slot.report(result.status)
-                if not use_stream:
-                    await self._publish_result_deltas(result, index, attempt, digests)
-                return result, attempt
-            except (ApiError, TransportError) as exc:
-                exc.attempts = attempt
-                delay = retry_delay(attempt, exc, policy) if should_retry(exc, policy) else None
-                if delay is None or attempt >= policy.max_attempts:
-                    raise
-                self._log.info(
-                    "turn.retrying", turn=index, attempt=attempt, delay_s=delay, error=str(exc)
-                )
-                await self._publish(
-                    TurnRetrying(
-                        session_id=self.id,
-                        turn=index,
-                        attempt=attempt,
-                        delay_s=delay,
-                        error=f"{type(exc).__name__}: {exc}",
-                        status=status,
-                    )
-                )
-                await asyncio.sleep(delay)
-
-    def _delta_publisher(self, index: int, attempt: int, digests: dict[int, str]) -> Any:
-        async def on_delta(delta: TextDelta | ImageDelta) -> None:
-            if isinstance(delta, TextDelta):
-                await self._publish(
-                    TurnTextDelta(
-                        session_id=self.id,
-                        turn=index,
-                        text=delta.text,
-                        thought=delta.thought,
-                        attempt=attempt,
-                    )
-                )
-            elif delta.part.inline_data is not None:
-                image = Image.from_blob(delta.part.inline_data)
-                digests[id(image.data)] = image.sha256
-                await self._publish(
-                    TurnImage(
-                        session_id=self.id,
-                        turn=index,
-                        image=image.ref(),
-                        thought=bool(delta.part.thought),
-                        attempt=attempt,
-                    )
-                )
-
-        return on_delta
-
-    async def _publish_result_deltas(
-        self, result: ProviderResult, index: int, attempt: int, digests: dict[int, str]
-    ) -> None:
-        """A non-streamed answer still tells subscribers about its text and images."""
-        on_delta = self._delta_publisher(index, attempt, digests)
-        for part in result.content.parts:
-            if part.inline_data is not None:
-                await on_delta(ImageDelta(part))
-            elif part.text:
-                await on_delta(TextDelta(part.text, bool(part.thought)))
-
-
-def _turn_metadata(result: ProviderResult) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    if result.grounding_metadata:
-        meta["groundingMetadata"] = result.grounding_metadata
-    if result.finish_message:
-        meta["finishMessage"] = result.finish_message
-    if result.model_version:
-        meta["modelVersion"] = result.model_version
-    if result.response_id:
-        meta["responseId"] = result.response_id
-    return meta
-
-
-@asynccontextmanager
-async def open_engine(config: EngineConfig | None = None, **kw: Any) -> AsyncIterator[Engine]:
-    """`async with open_engine(...) as engine` — the same as `async with Engine(...)`."""
-    async with Engine(config, **kw) as engine:
-        yield engine
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -22,6 +22,7 @@ from sessions._records import (
 from sessions._sqlite import SqliteBlobStore, SqliteStore, default_store_path
 from sessions._store import (
     BlobStore,
+    LeaseHolder,
     MemoryBlobStore,
     MemoryStore,
     SessionStore,
@@ -46,6 +47,7 @@ __all__ = [
     "BlobStore",
     "Content",
     "FileData",
+    "LeaseHolder",
     "MemoryBlobStore",
     "MemoryStore",
     "NanoeditError",

@@ -53,7 +53,7 @@ from sessions._records import (
     SessionSummary,
     TurnRecord,
 )
-from sessions._store import MemoryBlobStore, SessionStore
+from sessions._store import LeaseHolder, MemoryBlobStore, SessionStore
 from sessions._wire import Content, WireError, decode_content, wire_contents
 
 __all__ = ["SCHEMA_VERSION", "SqliteBlobStore", "SqliteStore", "default_store_path"]
@@ -399,7 +399,9 @@ class SqliteStore(SessionStore):
 
         return await self._run(work)
 
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+    async def acquire_lease(
+        self, session_id: str, owner: str, ttl: float, *, take_from: str | None = None
+    ) -> bool:
         """Hold the lease for `ttl` seconds (one write transaction); False if another holds it."""
 
         def work(db: sqlite3.Connection) -> bool:
@@ -407,14 +409,30 @@ class SqliteStore(SessionStore):
                 now = time.time()  # read under the write lock: no writer can slip in after it
                 taken = db.execute(
                     "UPDATE sessions SET lease_owner = ?, lease_until = ? WHERE id = ? "
-                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)",
-                    (owner, now + ttl, session_id, owner, now),
+                    "AND (lease_owner IS NULL OR lease_owner IN (?, ?) OR lease_until <= ?)",
+                    (owner, now + ttl, session_id, owner, take_from or owner, now),
                 ).rowcount
                 if taken:
                     return True
                 if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
                     return False
                 raise SessionNotFound(f"no session {session_id!r}")
+
+        return await self._run(work)
+
+    async def lease_holder(self, session_id: str) -> LeaseHolder | None:
+        """The running lease, if any."""
+
+        def work(db: sqlite3.Connection) -> LeaseHolder | None:
+            row = db.execute(
+                "SELECT lease_owner, lease_until FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            owner, until = row
+            if owner is None or until is None or until <= time.time():
+                return None
+            return LeaseHolder(owner, until)
 
         return await self._run(work)
 

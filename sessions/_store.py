@@ -26,6 +26,8 @@ from sessions._wire import Blob, Content, Part
 
 __all__ = [
     "BlobStore",
+    "Digests",
+    "LeaseHolder",
     "MemoryBlobStore",
     "MemoryStore",
     "SessionStore",
@@ -94,19 +96,29 @@ class MemoryBlobStore(BlobStore):
         return sum(len(b) for b in self._blobs.values())
 
 
-def intern_content(
-    content: Content, blobs: BlobStore, digests: Mapping[int, str] | None = None
-) -> Content:
+Digests = Mapping[int, tuple[bytes, str]]
+"""id() of payloads the caller already hashed -> (the payload itself, its sha256).
+
+Holding the payload keeps its id from being reused by another object, and lookups check identity,
+so a digest can never be attached to other bytes."""
+
+
+def _known(digests: Digests | None, raw: bytes) -> str | None:
+    entry = digests.get(id(raw)) if digests else None
+    return entry[1] if entry is not None and entry[0] is raw else None
+
+
+def intern_content(content: Content, blobs: BlobStore, digests: Digests | None = None) -> Content:
     """The same Content with every inline payload replaced by the blob store's canonical bytes.
 
-    `digests` maps id() of payloads the caller already hashed to their sha256.
+    `digests` holds the payloads the caller already hashed (see `Digests`).
     """
     parts: list[Part] = []
     changed = False
     for p in content.parts:
         if p.inline_data is not None:
             raw = p.inline_data.data
-            _, data = blobs.intern(raw, digests.get(id(raw)) if digests else None)
+            _, data = blobs.intern(raw, _known(digests, raw))
             if data is not raw:
                 changed = True
                 blob = msgspec.structs.replace(p.inline_data, data=data)
@@ -117,15 +129,20 @@ def intern_content(
     return Content(role=content.role, parts=parts) if changed else content
 
 
-def intern_turn(
-    turn: TurnRecord, blobs: BlobStore, digests: Mapping[int, str] | None = None
-) -> TurnRecord:
+def intern_turn(turn: TurnRecord, blobs: BlobStore, digests: Digests | None = None) -> TurnRecord:
     """The turn with its user and model Contents interned (the same object if they were)."""
     user = intern_content(turn.user, blobs, digests)
     model = intern_content(turn.model, blobs, digests)
     if user is turn.user and model is turn.model:
         return turn
     return msgspec.structs.replace(turn, user=user, model=model)
+
+
+class LeaseHolder(msgspec.Struct, frozen=True):
+    """The owner of a session's lease and the wall-clock time (Unix seconds) it runs out."""
+
+    owner: str
+    until: float
 
 
 class SessionStore(abc.ABC):
@@ -158,12 +175,19 @@ class SessionStore(abc.ABC):
         return (await self.load(session_id)).record
 
     @abc.abstractmethod
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+    async def acquire_lease(
+        self, session_id: str, owner: str, ttl: float, *, take_from: str | None = None
+    ) -> bool:
         """Hold the session's lease for `ttl` seconds from now; False if another owner does.
 
         The holder calling it again extends its lease (renewal). A lease whose time has run
-        out is free for anyone to take. SessionNotFound if there is no such session.
+        out is free for anyone to take; so is one held by `take_from` (a holder the caller knows
+        to be dead). SessionNotFound if there is no such session.
         """
+
+    @abc.abstractmethod
+    async def lease_holder(self, session_id: str) -> LeaseHolder | None:
+        """Who holds the session's lease and until when; None if nobody does (or it ran out)."""
 
     @abc.abstractmethod
     async def release_lease(self, session_id: str, owner: str) -> None:
@@ -199,7 +223,7 @@ class MemoryStore(SessionStore):
     def __init__(self) -> None:
         self.blobs: MemoryBlobStore = MemoryBlobStore()
         self._states: dict[str, SessionState] = {}
-        self._leases: dict[str, tuple[str, float]] = {}  # session id -> (owner, monotonic end)
+        self._leases: dict[str, LeaseHolder] = {}
 
     def _get(self, session_id: str) -> SessionState:
         try:
@@ -260,20 +284,28 @@ class MemoryStore(SessionStore):
         """The session's record alone."""
         return self._get(session_id).record
 
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+    async def acquire_lease(
+        self, session_id: str, owner: str, ttl: float, *, take_from: str | None = None
+    ) -> bool:
         """Hold the lease for `ttl` seconds; False while another owner's lease runs."""
         self._get(session_id)
-        now = time.monotonic()
+        now = time.time()
         held = self._leases.get(session_id)
-        if held is not None and held[0] != owner and held[1] > now:
+        if held is not None and held.owner not in (owner, take_from) and held.until > now:
             return False
-        self._leases[session_id] = (owner, now + ttl)
+        self._leases[session_id] = LeaseHolder(owner, now + ttl)
         return True
+
+    async def lease_holder(self, session_id: str) -> LeaseHolder | None:
+        """The running lease, if any."""
+        self._get(session_id)
+        held = self._leases.get(session_id)
+        return held if held is not None and held.until > time.time() else None
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         """Give up the lease if `owner` holds it."""
         held = self._leases.get(session_id)
-        if held is not None and held[0] == owner:
+        if held is not None and held.owner == owner:
             del self._leases[session_id]
 
     async def list(self) -> list[SessionSummary]:

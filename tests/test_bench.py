@@ -1,4 +1,4 @@
-"""engine._bench: percentiles, the summary, and small runs against the embedded emulator."""
+"""engine.cli.bench: percentiles, the summary, and small runs against the embedded emulator."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from engine import _bench
-from engine._bench import (
+from engine._exceptions import ConfigError
+from engine.catalog import resolve_model
+from engine.cli import bench as _bench
+from engine.cli.bench import (
     TurnSample,
     add_arguments,
     arrival_offsets,
@@ -23,8 +25,6 @@ from engine._bench import (
     percentile,
     summarize,
 )
-from engine._exceptions import ConfigError
-from engine.catalog import resolve_model
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -259,12 +259,13 @@ def test_demo_runs_offline_without_any_key(tmp_path: Path) -> None:
 
 def test_on_busy_flag_reaches_the_engine_config() -> None:
     """`--on-busy wait` sets EngineConfig.on_busy; the default stays "raise"."""
-    from engine.cli import _engine_config, build_parser
+    from engine.cli import build_parser
+    from engine.cli._common import config_from_args
 
     parser = build_parser()
     waiting = parser.parse_args(
         ["edit", "a mug", "--on-busy", "wait", "--base-url", "http://127.0.0.1:9"]
     )
     default = parser.parse_args(["edit", "a mug", "--base-url", "http://127.0.0.1:9"])
-    assert _engine_config(waiting).on_busy == "wait"
-    assert _engine_config(default).on_busy == "raise"
+    assert config_from_args(waiting).on_busy == "wait"
+    assert config_from_args(default).on_busy == "raise"

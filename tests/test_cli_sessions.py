@@ -14,7 +14,7 @@ import anyio
 import pytest
 from PIL import Image
 
-from engine._cli_sessions import add_parser, run
+from engine.cli.sessions import add_parser, run
 from sessions import (
     Blob,
     Content,
@@ -85,7 +85,8 @@ def cli(*argv: str) -> int:
     """Parse argv as the `nanoedit` parser would and run the sessions command."""
     parser = argparse.ArgumentParser(prog="nanoedit")
     add_parser(parser.add_subparsers(dest="command", required=True))
-    return run(parser.parse_args(["sessions", *argv]))
+    code: int = run(parser.parse_args(["sessions", *argv]))
+    return code
 
 
 def test_ls_json_fields(db: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import sys
 import aiohttp
 import pytest
 
-from engine.emulator._cli import _settings, add_arguments
+from engine.cli.emulator import _settings, add_arguments
 
 
 def _parse(*argv: str) -> argparse.Namespace:

@@ -242,9 +242,11 @@ class PollCountingStore(MemoryStore):
         self.polled = asyncio.Event()
         self._n = n
 
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+    async def acquire_lease(
+        self, session_id: str, owner: str, ttl: float, *, take_from: str | None = None
+    ) -> bool:
         """Count refusals."""
-        ok = await super().acquire_lease(session_id, owner, ttl)
+        ok = await super().acquire_lease(session_id, owner, ttl, take_from=take_from)
         if not ok:
             self.refused += 1
             if self.refused >= self._n:
@@ -296,7 +298,7 @@ async def test_wait_gives_up_after_lease_wait(make_emulator: EmulatorFactory) ->
     async with Engine(cfg, store=store) as engine:
         s = await engine.create_session()
         assert await store.acquire_lease(s.id, "another process", 60)
-        with pytest.raises(SessionBusy, match="held its lease"):
+        with pytest.raises(SessionBusy, match="busy after waiting"):
             await s.send("A ceramic mug")
     assert store.refused >= 2 and generate_count(emu) == 0
 
@@ -700,7 +702,7 @@ async def test_edit_cli_continues_a_stored_session(tmp_path: Path, emulator_url:
     assert first.returncode == 0, first.stderr.decode()
     sid = first.stdout.decode().splitlines()[-1]
     second = await anyio.run_process(
-        [*edit, "--session", sid, "--json", "Make it grayscale"], check=False
+        [*edit, "--session", sid[:8], "--force", "--json", "Make it grayscale"], check=False
     )
     assert second.returncode == 0, second.stderr.decode()
     doc = json.loads(second.stdout)

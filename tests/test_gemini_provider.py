@@ -385,25 +385,6 @@ async def test_no_key_header_without_a_key(server: LoopbackServer, transport: Tr
     assert provider.name == "local" and provider.supports_streaming
 
 
-async def test_count_tokens(server: LoopbackServer, provider: GeminiProvider) -> None:
-    """countTokens posts {"contents": [...]} and returns totalTokens."""
-    server.script(Reply(body=b'{"totalTokens": 1394, "promptTokensDetails": []}', headers=JSON))
-    contents = decode_contents(HISTORY_JSON)
-    assert await provider.count_tokens(MODEL, contents) == 1394
-    [req] = server.requests
-    assert req.path == f"/v1beta/models/{MODEL}:countTokens"
-    assert json.loads(req.body) == {"contents": json.loads(HISTORY_JSON)}
-
-
-async def test_count_tokens_malformed_body(
-    server: LoopbackServer, provider: GeminiProvider
-) -> None:
-    """A countTokens answer that is not the expected JSON is MalformedResponse."""
-    server.script(Reply(body=b'{"totalTokens": "many"}', headers=JSON))
-    with pytest.raises(MalformedResponse):
-        await provider.count_tokens(MODEL, [])
-
-
 # --- generate: failures ------------------------------------------------------------------------
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.emulator._cli import main
+from engine.cli.emulator import main
 
 sys.exit(main())

@@ -99,9 +99,5 @@ class Provider(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def count_tokens(self, model: str, contents: Sequence[Content]) -> int:
-        """The server's token count for `contents`."""
-
-    @abc.abstractmethod
     async def aclose(self) -> None:
         """Release what the provider owns (not the shared transport)."""

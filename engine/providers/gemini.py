@@ -65,17 +65,6 @@ _encoder = msgspec.json.Encoder()
 _response_list_decoder = msgspec.json.Decoder(list[GenerateContentResponse])
 
 
-class _CountTokensRequest(msgspec.Struct):
-    contents: list[Content | _WireContent]
-
-
-class _CountTokensResponse(msgspec.Struct, rename="camel", kw_only=True):
-    total_tokens: int = 0
-
-
-_count_decoder = msgspec.json.Decoder(_CountTokensResponse)
-
-
 def _tokens(details: list[ModalityTokenCount] | None, modality: str) -> int:
     return sum(d.token_count for d in details or () if d.modality == modality)
 
@@ -444,18 +433,6 @@ class GeminiProvider(Provider):
                 timings["first_image_s"] = _now() - start
             if on_delta is not None:
                 await on_delta(delta)
-
-    async def count_tokens(self, model: str, contents: Sequence[Content]) -> int:
-        """`totalTokens` from `:countTokens` for `contents`."""
-        body = _encoder.encode(_CountTokensRequest(contents=wire_contents(contents)))
-        resp = await self._transport.request(
-            "POST", self._url(model, "countTokens"), body=body, headers=self._headers
-        )
-        try:
-            return _count_decoder.decode(resp.body).total_tokens
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            message = f"malformed countTokens body: {exc}"
-            raise malformed(resp.status, message, self._secrets) from exc
 
     async def aclose(self) -> None:
         """Nothing to release: the transport belongs to the engine."""

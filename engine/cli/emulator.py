@@ -12,11 +12,11 @@ import sys
 import structlog
 
 from engine._exceptions import ConfigError
-from engine.emulator._faults import FAULT_GRAMMAR, parse_faults
-from engine.emulator._server import Emulator
-from engine.emulator._settings import EmulatorSettings
+from engine.cli._common import non_negative
+from engine.emulator import Emulator, EmulatorSettings, parse_faults
+from engine.emulator._faults import FAULT_GRAMMAR
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "add_parser", "main", "run"]
 
 
 def _faults(value: str) -> str:
@@ -27,14 +27,18 @@ def _faults(value: str) -> str:
     return value
 
 
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return number
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `emulator`."""
+    p = sub.add_parser(
+        "emulator",
+        help="run the local Gemini/OpenAI-compatible server",
+        description="Serve the Gemini-native and OpenAI-compatible image APIs on loopback "
+        "until SIGINT/SIGTERM; the first line on stdout is the base URL.\n\n"
+        "example:\n  nanoedit emulator --port 8700 --latency 2 --faults 'rate=0.1:429'",
+        allow_abbrev=False,
+    )
+    add_arguments(p)
+    p.set_defaults(run=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="require this key (x-goog-api-key, ?key= or Authorization: Bearer); default: none",
     )
     parser.add_argument(
-        "--latency", type=_seconds, default=0.0, help="seconds per generation (e.g. 20)"
+        "--latency", type=non_negative, default=0.0, help="seconds per generation (e.g. 20)"
     )
     parser.add_argument(
-        "--latency-jitter", type=_seconds, default=0.0, help="up to this many extra seconds"
+        "--latency-jitter", type=non_negative, default=0.0, help="up to this many extra seconds"
     )
     parser.add_argument(
         "--faults",
@@ -132,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m engine.emulator`: the same command without the nanoedit CLI."""
     parser = argparse.ArgumentParser(
-        prog="python -m engine.emulator", description="Run the nanoedit emulator."
+        prog="python -m engine.emulator",
+        description="Run the nanoedit emulator.",
+        allow_abbrev=False,
     )
     add_arguments(parser)
     with contextlib.suppress(KeyboardInterrupt):

@@ -52,9 +52,10 @@ from typing import Any
 
 import msgspec
 
-from engine._config import EmulatorOptions, EngineConfig, Secret
+from engine._config import EngineConfig
 from engine._exceptions import ConfigError, NanoeditError
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
+from engine.cli._common import config_from_args, retry_from_args
 
 __all__ = [
     "DEFAULT_SCRIPT",
@@ -661,6 +662,21 @@ def _plot(path: str, samples: Sequence[TurnSample], summary: dict[str, Any]) -> 
 # --- command line ---------------------------------------------------------------------------------
 
 
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `bench`."""
+    p = sub.add_parser(
+        "bench",
+        help="concurrency benchmark with latency percentiles",
+        description="Drive many multi-turn sessions (closed or open loop) against the "
+        "embedded emulator or a provider; report latency percentiles, throughput, errors.",
+        epilog="example:\n  nanoedit bench --sessions 200 --turns 3 --concurrency 50 --latency 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `nanoedit bench` options to `parser`."""
     g = parser.add_argument_group("load")
@@ -793,32 +809,12 @@ def _fail(msg: str) -> int:
 
 
 def _engine_config(args: argparse.Namespace, max_in_flight: int) -> EngineConfig:
-    if args.provider in (None, "local") and not args.base_url:
-        # The embedded emulator unless a target is named: a benchmark never spends by accident.
-        cfg = EngineConfig(provider="local")
-    else:
-        cfg = dataclasses.replace(
-            EngineConfig.from_env(key_env=args.api_key_env),
-            provider=args.provider or "custom",
-            base_url=args.base_url or "",
-        )
-        if cfg.provider == "local":
-            cfg = dataclasses.replace(cfg, api_key=Secret(""))
-    retry = cfg.retry
-    if args.max_attempts:
-        retry = dataclasses.replace(retry, max_attempts=args.max_attempts)
-    if args.retry_delay is not None:
-        retry = dataclasses.replace(retry, base_delay=args.retry_delay)
+    cfg = config_from_args(args, local_unless_target=True)
     return dataclasses.replace(
         cfg,
-        retry=retry,
-        model=resolve_model(args.model).id,
-        stream=not args.no_stream,
+        retry=retry_from_args(args, cfg.retry),
         max_in_flight=max_in_flight,
         max_connections=args.max_connections or max(max_in_flight, cfg.max_connections),
-        emulator=EmulatorOptions(
-            flat=args.flat, latency=args.latency, faults=args.faults, seed=args.seed
-        ),
     )
 
 
@@ -835,7 +831,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sessions == 0 and not args.duration:
         return _fail("--sessions 0 (no cap) needs --duration")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
-        return _fail("--plot needs matplotlib: pip install 'nanoedit[plot]'")
+        return _fail("--plot needs matplotlib: pip install matplotlib")
     try:
         spec = resolve_model(args.model)
         image_config = None

@@ -12,20 +12,18 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from engine._config import EngineConfig
+from engine.cli._common import open_store, resolve_session_id
 from sessions import (
     Blob,
     Content,
-    MemoryStore,
     NanoeditError,
     SessionError,
-    SessionNotFound,
     SessionState,
     SessionStore,
     TurnRecord,
@@ -33,11 +31,22 @@ from sessions import (
 from sessions._export import export_session, import_session
 from sessions._images import image_dimensions
 from sessions._ops import checkout, delete, fork, redo, undo
-from sessions._sqlite import SqliteStore, default_store_path
 
 __all__ = ["add_parser", "run"]
 
-_READ_ONLY = ("ls", "show", "export")
+_READ_ONLY = ("ls", "show", "export", "check")
+_EXAMPLES = {
+    "ls": "ls --json",
+    "show": "show 3f2a",
+    "export": "export 3f2a -o mug.json",
+    "import": "import mug.json",
+    "undo": "undo 3f2a",
+    "redo": "redo 3f2a",
+    "checkout": "checkout 3f2a 2",
+    "fork": "fork 3f2a --at 2",
+    "rm": "rm 3f2a",
+    "check": "check",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,13 +59,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "sessions",
         help="inspect, export, import, undo, redo and fork stored sessions",
         description=__doc__,
+        epilog="example:\n  nanoedit sessions ls\n  nanoedit sessions show 3f2a\n"
+        "  nanoedit sessions export 3f2a -o mug.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
+    p.set_defaults(run=run)
     p.add_argument("--store", metavar="PATH|memory", help=store_help)
     sub = p.add_subparsers(dest="sessions_command", required=True, metavar="SUBCOMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
+        c = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=f"example:\n  nanoedit sessions {_EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
         # Also accepted after the subcommand; SUPPRESS keeps it from clobbering the outer one.
         c.add_argument("--store", metavar="PATH|memory", default=argparse.SUPPRESS, help=store_help)
         return c
@@ -111,18 +131,19 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     command: str = args.sessions_command
-    async with _open_store(args.store, read_only=command in _READ_ONLY) as store:
+    cfg = EngineConfig.from_env(warn=False)
+    async with open_store(args.store, cfg, read_only=command in _READ_ONLY) as store:
         if command == "ls":
             await _ls(store, as_json=args.json)
         elif command == "show":
-            state = await store.load(await _resolve(store, args.id))
+            state = await store.load(await resolve_session_id(store, args.id))
             print(json.dumps(_show_json(state), indent=2) if args.json else _show_text(state))
         elif command == "export":
             await _export(store, args)
         elif command == "import":
             await _import(store, args)
         elif command in ("undo", "redo", "checkout"):
-            sid = await _resolve(store, args.id)
+            sid = await resolve_session_id(store, args.id)
             if command == "undo":
                 await undo(store, sid)
             elif command == "redo":
@@ -131,38 +152,15 @@ async def _run(args: argparse.Namespace) -> int:
                 await checkout(store, sid, _turn_id(await store.load(sid), args.turn))
             print(_head_line(await store.load(sid)))
         elif command == "fork":
-            rec = await fork(store, await _resolve(store, args.id), at_index=args.at)
+            rec = await fork(store, await resolve_session_id(store, args.id), at_index=args.at)
             print(rec.id)
         elif command == "rm":
-            sid = await _resolve(store, args.id)
+            sid = await resolve_session_id(store, args.id)
             await delete(store, sid)
             print(f"deleted {sid}")
         else:  # pragma: no cover - argparse only lets the names above through
             raise SessionError(f"unknown sessions command {command!r}")
     return 0
-
-
-def _open_store(spec: str | None, *, read_only: bool) -> SessionStore:
-    if spec == "memory":
-        return MemoryStore()
-    path = Path(spec) if spec else default_store_path(EngineConfig.from_env().home)
-    if read_only and not path.exists():
-        return MemoryStore()  # nothing stored yet: answer "empty" without creating the file
-    return SqliteStore(path)
-
-
-async def _resolve(store: SessionStore, given: str) -> str:
-    """The full id for an id or a unique prefix of one."""
-    ids = [s.id for s in await store.list()]
-    if given in ids:
-        return given
-    matches = [i for i in ids if i.startswith(given)] if given else []
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SessionNotFound(f"no session {given!r}")
-    shown = ", ".join(m[:12] for m in matches[:4]) + (", ..." if len(matches) > 4 else "")
-    raise SessionError(f"{given!r} matches {len(matches)} sessions ({shown}); give more of it")
 
 
 def _turn_id(state: SessionState, given: str) -> str:
@@ -368,7 +366,7 @@ def _show_json(state: SessionState) -> dict[str, Any]:
 
 
 async def _export(store: SessionStore, args: argparse.Namespace) -> None:
-    state = await store.load(await _resolve(store, args.id))
+    state = await store.load(await resolve_session_id(store, args.id))
     data = export_session(
         state, include_all_branches=args.all_branches, request_only=args.request_only
     )
@@ -385,6 +383,6 @@ async def _import(store: SessionStore, args: argparse.Namespace) -> None:
         data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
     else:
         data = await anyio.Path(args.file).read_bytes()
-    model = args.model or EngineConfig.from_env().model
+    model = args.model or EngineConfig.from_env(warn=False).model
     rec = await import_session(store, data, model=model)
     print(rec.id)

@@ -1,0 +1,320 @@
+"""The turn pipeline, one stage after another: plan -> reserve -> send -> merge -> commit.
+
+The caller (`Session`) holds the session's lock and its store lease. Until the commit begins, any
+failure or cancellation leaves the session exactly as it was and publishes `turn.failed` or
+`turn.cancelled`; once the commit has begun it runs to its end whatever is cancelled meanwhile
+(`_shield.finish`), publishes `turn.completed`, and the caller gets the committed turn. Every
+exit releases the cost reservation (a `finally`), and exceptions from outside the hierarchy are
+reported as `NanoeditError`, so a turn always ends with exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from engine._exceptions import ApiError, BudgetExceeded, NanoeditError, TransportError
+from engine._merge import ImageDelta, TextDelta
+from engine._retry import retry_delay, should_retry
+from engine._shield import finish
+from engine._transport import RequestBody
+from engine._types import Image, Turn
+from engine.budget import RequestPlan as Plan
+from engine.budget import Reservation, exceeded_event, plan_request, settle_cost
+from engine.events import (
+    Event,
+    TurnCancelled,
+    TurnCompleted,
+    TurnFailed,
+    TurnImage,
+    TurnRetrying,
+    TurnStarted,
+    TurnTextDelta,
+)
+from engine.providers._base import GenerateRequest, OnDelta, ProviderResult
+from sessions import Content, SessionState, TurnRecord, intern_turn, new_id
+
+if TYPE_CHECKING:
+    from engine.runtime import Session
+
+__all__ = ["Gate", "TurnRun"]
+
+Gate = Callable[[], Awaitable[None]]
+"""Awaited just before the commit begins (a stream consumer's demand, see `TurnStream`)."""
+
+
+class TurnRun:
+    """One turn of one session, from its draft to its commit."""
+
+    def __init__(
+        self, session: Session, draft: Content, *, stream: bool | None, gate: Gate | None
+    ) -> None:
+        engine = session._engine
+        self.session = session
+        self.engine = engine
+        self.provider = engine.provider
+        self.draft = draft
+        self.state: SessionState = session._state
+        self.history = self.state.path()
+        self.index = len(self.history) + 1
+        self.settings = self.state.record.settings
+        use_stream = engine.config.stream if stream is None else stream
+        self.stream = use_stream and self.provider.supports_streaming
+        self.gate = gate
+        self.started = time.monotonic()
+        self.attempts = 0
+        self.reservation: Reservation | None = None
+        self.image_size: str | None = (self.settings.image_config or {}).get("imageSize")
+        self._log = session._log
+
+    async def _publish(self, event: Event) -> None:
+        await self.session._publish(event)
+
+    # --- the stages --------------------------------------------------------------------------
+
+    async def run(self) -> Turn:
+        """Run the turn; the committed Turn, or the reason it was not committed."""
+        sid, index = self.session.id, self.index
+        try:
+            await self._publish(
+                TurnStarted(
+                    session_id=sid,
+                    turn=index,
+                    model=self.session.spec.id,
+                    stream=self.stream,
+                    history_turns=len(self.history),
+                )
+            )
+            plan = await self._plan()
+            body = self.provider.encode_body(
+                GenerateRequest(self.session.spec.id, plan.contents, self.settings)
+            )
+            self.reservation = self.engine.ledger.reserve(plan.reserved_usd, session_id=sid)
+            result, digests = await self._send(body)
+            if self.gate is not None:
+                await self.gate()
+            # From here on the turn lands, whatever is cancelled meanwhile.
+            return await finish(self._commit(plan, result, digests), reraise=False)
+        except asyncio.CancelledError:
+            await finish(self._publish(TurnCancelled(session_id=sid, turn=index)))
+            raise
+        except NanoeditError as exc:
+            await finish(self._failed(exc))
+            raise
+        except Exception as exc:
+            # Nothing foreign leaves a turn: report it in the hierarchy, with its cause.
+            error = NanoeditError(f"unexpected {type(exc).__name__} in turn {index}: {exc}")
+            await finish(self._failed(error))
+            raise error from exc
+        finally:
+            if self.reservation is not None:
+                self.engine.ledger.release(self.reservation)
+                self.reservation = None
+
+    async def _failed(self, exc: NanoeditError) -> None:
+        # _send() stamps the attempt count on the error it gives up with.
+        attempts = max(getattr(exc, "attempts", 0) or 0, self.attempts)
+        await self._publish(
+            TurnFailed(
+                session_id=self.session.id,
+                turn=self.index,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                status=getattr(exc, "status", None),
+                attempts=max(attempts, 1),
+            )
+        )
+
+    async def _plan(self) -> Plan:
+        """Price history + draft against the budget; apply its policy; publish its decisions."""
+        session, provider, settings = self.session, self.provider, self.settings
+        # Money already spent on this session, by any engine (persisted turn costs), plus what
+        # is reserved for calls in flight.
+        spent = sum(t.cost_usd for t in self.state.turns.values())
+        try:
+            plan = plan_request(
+                spec=session.spec,
+                budget=session.budget,
+                engine_max_request_bytes=self.engine.config.max_request_bytes,
+                turns=self.history,
+                draft=self.draft,
+                encode_size=lambda contents: len(
+                    provider.encode(GenerateRequest(session.spec.id, contents, settings))
+                ),
+                provider=provider.name,
+                image_size=self.image_size,
+                spent_usd=spent + self.engine.ledger.reserved_for(session.id),
+            )
+        except BudgetExceeded as exc:
+            event = exceeded_event(exc, session.budget.policy)
+            event.session_id, event.turn = session.id, self.index
+            await self._publish(event)
+            raise
+        for decision in plan.decisions:
+            decision.session_id = session.id
+            decision.turn = self.index
+            await self._publish(decision)
+        return plan
+
+    async def _send(self, body: RequestBody) -> tuple[ProviderResult, dict[int, tuple[bytes, str]]]:
+        """Send `body`, retrying what the policy says may be retried; the answer and the digests
+        of its images (hashed once, for their events)."""
+        engine, session = self.engine, self.session
+        policy = engine.config.retry
+        images_only = self.settings.response_modalities == ["IMAGE"]
+        model = session.spec.id
+        while True:
+            self.attempts += 1
+            attempt = self.attempts
+            # Fresh per attempt: a failed attempt's images must not lend their digests to the
+            # next attempt's bytes.
+            digests: dict[int, tuple[bytes, str]] = {}
+            on_delta = self._delta_publisher(attempt, digests)
+            status: int | None = None
+            try:
+                async with engine.limiter.slot(model) as slot:
+                    try:
+                        result = await self.provider.generate(
+                            model,
+                            body,
+                            stream=self.stream,
+                            on_delta=on_delta if self.stream else None,
+                            images_only=images_only,
+                        )
+                    except (ApiError, TransportError) as exc:
+                        status = getattr(exc, "status", None)
+                        slot.report(status, exc)
+                        raise
+                    slot.report(result.status)
+                if not self.stream:
+                    await self._publish_result_deltas(result, on_delta)
+                return result, digests
+            except (ApiError, TransportError) as exc:
+                exc.attempts = attempt
+                delay = retry_delay(attempt, exc, policy) if should_retry(exc, policy) else None
+                if delay is None or attempt >= policy.max_attempts:
+                    raise
+                self._log.info(
+                    "turn.retrying", turn=self.index, attempt=attempt, delay_s=delay, error=str(exc)
+                )
+                await self._publish(
+                    TurnRetrying(
+                        session_id=session.id,
+                        turn=self.index,
+                        attempt=attempt,
+                        delay_s=delay,
+                        error=f"{type(exc).__name__}: {exc}",
+                        status=status,
+                    )
+                )
+                await asyncio.sleep(delay)
+
+    def _delta_publisher(self, attempt: int, digests: dict[int, tuple[bytes, str]]) -> OnDelta:
+        sid, index = self.session.id, self.index
+
+        async def on_delta(delta: TextDelta | ImageDelta) -> None:
+            if isinstance(delta, TextDelta):
+                await self._publish(
+                    TurnTextDelta(
+                        session_id=sid,
+                        turn=index,
+                        text=delta.text,
+                        thought=delta.thought,
+                        attempt=attempt,
+                    )
+                )
+            elif delta.part.inline_data is not None:
+                image = Image.from_blob(delta.part.inline_data)
+                digests[id(image.data)] = (image.data, image.sha256)
+                await self._publish(
+                    TurnImage(
+                        session_id=sid,
+                        turn=index,
+                        image=image.ref(),
+                        thought=bool(delta.part.thought),
+                        attempt=attempt,
+                    )
+                )
+
+        return on_delta
+
+    @staticmethod
+    async def _publish_result_deltas(result: ProviderResult, on_delta: OnDelta) -> None:
+        """A non-streamed answer still tells subscribers about its text and images."""
+        for part in result.content.parts:
+            if part.inline_data is not None:
+                await on_delta(ImageDelta(part))
+            elif part.text:
+                await on_delta(TextDelta(part.text, bool(part.thought)))
+
+    async def _commit(
+        self, plan: Plan, result: ProviderResult, digests: dict[int, tuple[bytes, str]]
+    ) -> Turn:
+        """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""
+        engine, session, state = self.engine, self.session, self.state
+        spec = session.spec
+        breakdown = settle_cost(
+            spec, self.provider.name, result.usage, self.image_size, len(result.content.images())
+        )
+        assert self.reservation is not None
+        engine.ledger.settle(self.reservation, breakdown)
+        self.reservation = None
+        record = intern_turn(
+            TurnRecord(
+                id=new_id(),
+                parent=state.record.head,
+                index=self.index,
+                user=self.draft,
+                model=result.content,
+                model_id=spec.id,
+                image_config=self.settings.image_config,
+                usage=result.usage,
+                cost_usd=breakdown.total_usd,
+                finish_reason=result.finish_reason,
+                attempts=self.attempts,
+                latency_s=time.monotonic() - self.started,
+                timings=result.timings,
+                request_bytes=result.request_bytes,
+                response_bytes=result.response_bytes,
+                carried=plan.carried,
+                rebased=plan.rebased,
+                metadata=_turn_metadata(result),
+            ),
+            engine.store.blobs,
+            digests,
+        )
+        rec = await engine.store.commit_turn(
+            session.id, record, expected_version=state.record.version
+        )
+        session._state = SessionState(rec, {**state.turns, record.id: record})
+        turn = Turn.from_record(record, engine.store.blobs)
+        await self._publish(
+            TurnCompleted(
+                session_id=session.id,
+                turn=self.index,
+                finish_reason=turn.finish_reason,
+                attempts=self.attempts,
+                latency_s=turn.latency_s,
+                images=[i.ref() for i in turn.images],
+                text=turn.text,
+                usage=turn.usage,
+                cost_usd=turn.cost_usd,
+            )
+        )
+        self._log.info("turn.committed", turn=self.index, attempts=self.attempts)
+        return turn
+
+
+def _turn_metadata(result: ProviderResult) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if result.grounding_metadata:
+        meta["groundingMetadata"] = result.grounding_metadata
+    if result.finish_message:
+        meta["finishMessage"] = result.finish_message
+    if result.model_version:
+        meta["modelVersion"] = result.model_version
+    if result.response_id:
+        meta["responseId"] = result.response_id
+    return meta
