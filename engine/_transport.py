@@ -294,7 +294,7 @@ def error_from_body(
     elif stripped[0] in "{[":
         try:
             found = _json_error(_any_json.decode(body))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             message = f"malformed JSON error body: {stripped[:_SNIPPET]}"
         else:
             if found is None:

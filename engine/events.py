@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from sessions import WireError
 from sessions._records import Usage
 
 __all__ = [
@@ -222,5 +223,8 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes | str) -> Any:
-    """Decode one JSON event into its typed struct."""
-    return _decoder.decode(data)
+    """Decode one JSON event into its typed struct; `WireError` for anything else."""
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise WireError(f"not an event: {exc}") from None

@@ -216,7 +216,7 @@ def _decode(data: bytes, *, session_id: str, model: str) -> SessionState:
         raw_block = top.get("nanoedit")
         block = _nanoedit_dec.decode(raw_block) if raw_block is not None else None
         settings = block.session.settings if block else _settings_from_request(top)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise WireError(f"not a session export: {exc}") from exc
     settings = msgspec.structs.replace(settings, system_instruction=system)
     now = time.time()

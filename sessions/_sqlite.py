@@ -229,7 +229,7 @@ class SqliteStore(SessionStore):
                 return fn(self._connect())
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
-            except (msgspec.DecodeError, msgspec.ValidationError, WireError) as exc:
+            except (msgspec.DecodeError, RecursionError, WireError) as exc:
                 raise StoreError(f"{self.path}: corrupt row: {exc}") from exc
 
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)

@@ -206,7 +206,7 @@ def decode_part(raw: msgspec.Raw | bytes) -> Part:
     # with standard base64 and only modelled fields. Anything else takes the general path.
     try:
         sp = _strict_part.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, RecursionError):
         return _decode_part_general(raw)
     return _from_strict(sp)
 
@@ -254,7 +254,7 @@ def _decode_part_general(raw: msgspec.Raw | bytes) -> Part:
                 extra[key] = value.copy()
             else:
                 kw[spec[0]] = spec[1](value)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise WireError(f"malformed part: {exc}") from exc
     return Part(**kw, extra=extra)
 
@@ -277,7 +277,7 @@ def decode_content(data: bytes | msgspec.Raw) -> Content:
     """Decode one Content JSON object."""
     try:
         rc = _raw_content.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise WireError(f"malformed content: {exc}") from exc
     return content_from_raw_parts(rc.role, rc.parts)
 
@@ -286,7 +286,7 @@ def decode_contents(data: bytes | msgspec.Raw) -> list[Content]:
     """Decode a JSON array of Contents."""
     try:
         rcs = _raw_contents.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise WireError(f"malformed contents: {exc}") from exc
     return [content_from_raw_parts(rc.role, rc.parts) for rc in rcs]
 

@@ -1,15 +1,132 @@
-"""Shared fixtures: emulators on 127.0.0.1, and leak checks for tasks and connections."""
+"""Shared fixtures and helpers: emulators on 127.0.0.1, engine configs with fast retries, a
+`FakeProvider` scripted per attempt, and leak checks for tasks."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
+from PIL import Image as PILImage
 
+from engine import EngineConfig, RetryPolicy
+from engine._merge import ImageDelta, TextDelta
+from engine._transport import RequestBody
 from engine.emulator import Emulator, EmulatorSettings
+from engine.providers import GenerateRequest, OnDelta, Provider, ProviderResult
+from sessions import Blob, Content, Part, Usage, wire_contents
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
+"""Retries without waiting: three attempts, millisecond back-off."""
+
+
+def config_for(base_url: str, **kw: Any) -> EngineConfig:
+    """An engine config pointing at a loopback server (fast back-off unless told otherwise)."""
+    kw.setdefault("retry", FAST_RETRY)
+    return EngineConfig(provider="custom", base_url=base_url, **kw)
+
+
+def png(width: int = 8, height: int = 8, color: tuple[int, int, int] = (200, 120, 40)) -> bytes:
+    """A solid-colour PNG."""
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Call:
+    """One generate() call a FakeProvider received."""
+
+    attempt: int
+    model: str
+    body: bytes
+    stream: bool
+    on_delta: OnDelta | None
+
+
+Step = Callable[[Call], Awaitable[ProviderResult]]
+
+
+def answer(image: bytes | None = None, text: str = "done", *, usage: Usage | None = None) -> Step:
+    """A step that streams `text` and one image (a fresh PNG by default) and finishes."""
+
+    async def step(call: Call) -> ProviderResult:
+        data = image if image is not None else png(color=(call.attempt * 40 % 256, 10, 10))
+        parts = [Part(text=text), Part(inline_data=Blob(mime_type="image/png", data=data))]
+        if call.on_delta is not None:
+            await call.on_delta(TextDelta(text, False))
+            await call.on_delta(ImageDelta(parts[1]))
+        return result_of(Content(role="model", parts=parts), usage=usage)
+
+    return step
+
+
+def fail(error: BaseException, *, image: bytes | None = None) -> Step:
+    """A step that (streams an image first, if given, then) raises `error`."""
+
+    async def step(call: Call) -> ProviderResult:
+        if image is not None and call.on_delta is not None:
+            await call.on_delta(
+                ImageDelta(Part(inline_data=Blob(mime_type="image/png", data=image)))
+            )
+        raise error
+
+    return step
+
+
+def result_of(content: Content, *, usage: Usage | None = None) -> ProviderResult:
+    """A successful ProviderResult for `content`."""
+    return ProviderResult(
+        content=content,
+        finish_reason="STOP",
+        finish_message=None,
+        usage=usage or Usage(prompt_tokens=10, output_tokens=1290, total_tokens=1300),
+        grounding_metadata=None,
+        model_version=None,
+        response_id=None,
+        status=200,
+        request_bytes=0,
+        response_bytes=0,
+    )
+
+
+@dataclass
+class FakeProvider(Provider):
+    """A provider without sockets, scripted per attempt: call N runs `steps[N]` (the last
+    step repeats). Every call is recorded."""
+
+    steps: Sequence[Step] = field(default_factory=lambda: [answer()])
+    name: str = "local"
+    supports_streaming: bool = True
+    calls: list[Call] = field(default_factory=list)
+
+    def encode(self, request: GenerateRequest) -> bytes:
+        """The contents as JSON (the size budgets see)."""
+        return msgspec.json.encode(wire_contents(request.contents))
+
+    async def generate(
+        self,
+        model: str,
+        body: RequestBody,
+        *,
+        stream: bool,
+        on_delta: OnDelta | None = None,
+        images_only: bool = False,
+    ) -> ProviderResult:
+        """Run the next scripted step."""
+        raw = body if isinstance(body, bytes) else body.join()
+        call = Call(len(self.calls) + 1, model, raw, stream, on_delta)
+        self.calls.append(call)
+        step = self.steps[min(len(self.calls), len(self.steps)) - 1]
+        return await step(call)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 class EmulatorThread:

@@ -17,7 +17,6 @@ import pytest
 from engine import (
     ContentBlocked,
     Engine,
-    EngineConfig,
     NanoeditError,
     RateLimited,
     RetryPolicy,
@@ -29,16 +28,9 @@ from engine import (
 from engine.emulator import Emulator
 from engine.events import Event, TurnRetrying, TurnTextDelta
 from sessions import encode_contents
-from tests.conftest import EmulatorFactory
+from tests.conftest import FAST_RETRY, EmulatorFactory, config_for
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 PROMPTS = ("A ceramic mug on an oak table", "Make it grayscale", "Add a red circle on the left")
-
-
-def config_for(base_url: str, **kw: Any) -> EngineConfig:
-    """An engine config pointing at a loopback emulator (fast backoff unless told otherwise)."""
-    kw.setdefault("retry", FAST_RETRY)
-    return EngineConfig(provider="custom", base_url=base_url, **kw)
 
 
 def generate_bodies(emu: Emulator) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine import Budget, BudgetExceeded, Engine, EngineConfig, RetryPolicy, Session
+from engine import Budget, BudgetExceeded, Engine, Session
 from engine.budget import settle_cost
 from engine.emulator import Emulator
 from engine.events import (
@@ -19,21 +19,14 @@ from engine.events import (
     TurnFailed,
 )
 from sessions import encode_contents
-from tests.conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory, config_for
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 PROMPTS = (
     "alpha: a ceramic mug on an oak table",
     "bravo: add a red circle on the left",
     "charlie: make it grayscale",
     "delta: add a blue square on the right",
 )
-
-
-def config_for(base_url: str, **kw: Any) -> EngineConfig:
-    """An engine config pointing at a loopback emulator."""
-    kw.setdefault("retry", FAST_RETRY)
-    return EngineConfig(provider="custom", base_url=base_url, **kw)
 
 
 def sent(emu: Emulator) -> int:

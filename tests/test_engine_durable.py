@@ -28,7 +28,6 @@ from engine import (
     Engine,
     EngineConfig,
     ImageConfig,
-    RetryPolicy,
     ServerError,
     SessionBusy,
 )
@@ -49,18 +48,11 @@ from sessions import (
     new_id,
 )
 from sessions._sqlite import _SCHEMA, _SESSION_COLS, SCHEMA_VERSION, SqliteStore
-from tests.conftest import EmulatorFactory, EmulatorThread
+from tests.conftest import EmulatorFactory, EmulatorThread, config_for
 
 CHILD = Path(__file__).parent / "_proc" / "engine_child.py"
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 GENERATE = ("generateContent", "streamGenerateContent")
 JSON = dict[str, Any]
-
-
-def config_for(base_url: str, **kw: Any) -> EngineConfig:
-    """An engine config pointing at a loopback emulator."""
-    kw.setdefault("retry", FAST_RETRY)
-    return EngineConfig(provider="custom", base_url=base_url, **kw)
 
 
 def generate_count(emu: Emulator) -> int:

@@ -6,26 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections import defaultdict
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from engine import Budget, Engine, EngineConfig, RetryPolicy
+from engine import Budget, Engine, WireError
 from engine._config import Secret
 from engine.bus import Subscription
-from engine.events import Event, EventsMissed, encode_event
-from tests.conftest import EmulatorFactory
+from engine.events import Event, EventsMissed, decode_event, encode_event
+from tests.conftest import EmulatorFactory, config_for
 
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 TERMINAL = ("turn.completed", "turn.failed", "turn.cancelled")
 PNG_BASE64 = "iVBORw0KGgo"  # base64 of the PNG signature: the start of any base64 PNG
-
-
-def config_for(base_url: str, **kw: Any) -> EngineConfig:
-    """An engine config pointing at a loopback emulator."""
-    kw.setdefault("retry", FAST_RETRY)
-    return EngineConfig(provider="custom", base_url=base_url, **kw)
 
 
 async def drain(sub: Subscription) -> list[Event]:
@@ -192,3 +184,14 @@ async def test_events_and_logs_never_hold_keys_or_image_bytes(
     for needle in forbidden:
         assert needle not in events_text
         assert needle not in logs_text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{", b"[]", b'{"type": "no.such.event"}', b"[" * 5000 + b"]" * 5000],
+    ids=["syntax", "array", "unknown-type", "nested"],
+)
+def test_decode_event_raises_wire_error(data: bytes) -> None:
+    """decode_event: a WireError for anything that is not an event."""
+    with pytest.raises(WireError):
+        decode_event(data)

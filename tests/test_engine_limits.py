@@ -11,19 +11,11 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from engine import Closed, Engine, EngineConfig, RateLimited, RetryPolicy, Session, Turn
+from engine import Closed, Engine, RateLimited, RetryPolicy, Session, Turn
 from engine.emulator import Emulator, EmulatorSettings, create_app
 from engine.events import Event, LimitsChanged
 from sessions import MemoryStore
-from tests.conftest import EmulatorFactory
-
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
-
-
-def config_for(base_url: str, **kw: Any) -> EngineConfig:
-    """An engine config pointing at a loopback server."""
-    kw.setdefault("retry", FAST_RETRY)
-    return EngineConfig(provider="custom", base_url=base_url, **kw)
+from tests.conftest import EmulatorFactory, config_for
 
 
 def collect(engine: Engine, pattern: str = "*") -> list[Event]:

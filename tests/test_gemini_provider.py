@@ -31,7 +31,7 @@ from engine._merge import ImageDelta, TextDelta
 from engine._transport import Transport
 from engine.providers import GeminiProvider, GenerateRequest, ProviderResult
 from sessions._records import SessionSettings, Usage
-from sessions._wire import Content, Part, decode_content, decode_contents, decode_part
+from sessions._wire import Content, Part, WireError, decode_content, decode_contents, decode_part
 from tests._loopback import LoopbackServer, Reply, sse_body
 
 KEY = "AIzaSy-provider-test-key-42"
@@ -482,8 +482,12 @@ async def test_in_stream_error_without_code_maps_its_status(
         b"{not json",
         b'{"candidates": "nope"}',
         dumps(response([{"inlineData": {"mimeType": "image/png", "data": "@@@"}}])),
+        b'{"candidates": [{"content": {"parts": [{"text": "a", "x": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}]}}]}",
     ],
-    ids=["syntax", "shape", "base64"],
+    ids=["syntax", "shape", "base64", "nested"],
 )
 async def test_malformed_stream_event(
     server: LoopbackServer, provider: GeminiProvider, event: bytes
@@ -501,8 +505,9 @@ async def test_malformed_stream_event(
         (b'{"candidates": [', JSON),
         (b"<html><title>Captive portal</title></html>", {"content-type": "text/html"}),
         (b'{"usageMetadata": {}}', JSON),
+        (b'{"candidates": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON),
     ],
-    ids=["truncated", "html", "no-candidates"],
+    ids=["truncated", "html", "no-candidates", "nested"],
 )
 async def test_malformed_plain_answer(
     server: LoopbackServer, provider: GeminiProvider, body: bytes, headers: dict[str, str]
@@ -647,3 +652,14 @@ def test_usage_defaults_to_zero_without_metadata() -> None:
 
     assert usage_from(None) == Usage()
     assert msgspec.structs.asdict(usage_from(None)) == msgspec.structs.asdict(Usage())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{", b'{"role": 5}', b'{"parts": [' + b"[" * 5000 + b"]" * 5000 + b"]}"],
+    ids=["syntax", "shape", "nested"],
+)
+def test_decode_content_raises_wire_error(data: bytes) -> None:
+    """decode_content: only WireError, whatever the bytes (deep nesting included)."""
+    with pytest.raises(WireError):
+        decode_content(data)

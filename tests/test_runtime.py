@@ -20,7 +20,6 @@ from engine import (
     InvalidRequest,
     MalformedResponse,
     RateLimited,
-    RetryPolicy,
     ServerError,
     StreamBroken,
     Unauthorized,
@@ -28,15 +27,7 @@ from engine import (
 from engine._config import EmulatorOptions, Secret
 from engine.events import Event, TurnFailed, TurnRetrying
 from sessions import encode_contents
-from tests.conftest import EmulatorFactory, EmulatorThread
-
-FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
-
-
-def config_for(base_url: str, **kw: Any) -> EngineConfig:
-    """An engine config pointing at a loopback server."""
-    kw.setdefault("retry", FAST_RETRY)
-    return EngineConfig(provider="custom", base_url=base_url, **kw)
+from tests.conftest import FAST_RETRY, EmulatorFactory, EmulatorThread, config_for
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def _field(mapping: Mapping[str, Any], camel: str, snake: str) -> Any:
 def _decode_request(body: bytes) -> IncomingRequest:
     try:
         return request_decoder.decode(body).normalized()
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise invalid(f"Invalid JSON payload received. {exc}") from None
     except msgspec.ValidationError as exc:
         raise invalid(f"Invalid JSON payload received. {exc}") from None

@@ -277,7 +277,7 @@ async def _chat(request: web.Request, state: ServerState) -> web.StreamResponse:
     body = await _admit(request, state, "chat.completions")
     try:
         chat = _chat_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         state.record(request, "chat.completions", "", body)
         raise invalid(f"We could not parse the JSON body of your request. ({exc})") from None
     state.record(request, "chat.completions", chat.model, body)
@@ -607,7 +607,7 @@ async def _generations(request: web.Request, state: ServerState) -> web.StreamRe
     body = await _admit(request, state, "images.generations")
     try:
         fields = _images_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         state.record(request, "images.generations", "", body)
         raise invalid(f"We could not parse the JSON body of your request. ({exc})") from None
     state.record(request, "images.generations", str(fields.get("model") or DEFAULT_MODEL), body)

@@ -357,7 +357,7 @@ class GeminiProvider(Provider):
             if body.lstrip()[:1] == b"[":
                 return _response_list_decoder.decode(body)
             return [decode_response(body)]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             message = f"malformed response body: {exc}"
             raise malformed(answer.status, message, self._secrets) from exc
 
@@ -409,7 +409,7 @@ class GeminiProvider(Provider):
                     continue
                 try:
                     response = decode_response(text)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                except (msgspec.DecodeError, RecursionError) as exc:
                     message = f"malformed stream event: {exc}"
                     raise malformed(answer.status, message, self._secrets) from exc
                 await self._chunk(response, answer, merger, on_delta, timings, start)
