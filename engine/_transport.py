@@ -21,14 +21,13 @@ import asyncio
 import contextlib
 import html
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
-import msgspec
 import structlog
 
 from engine._config import Timeouts
@@ -47,10 +46,13 @@ from engine._exceptions import (
     TransportError,
     api_error,
 )
-from engine._retry import parse_retry_after, parse_retry_info
+from engine._retry import parse_retry_after
 
 __all__ = [
     "MAX_MESSAGE",
+    "SNIPPET",
+    "ErrorMapper",
+    "Headers",
     "LazyBody",
     "RequestBody",
     "Response",
@@ -58,9 +60,9 @@ __all__ = [
     "Transport",
     "body_size",
     "clean_message",
-    "error_from_body",
-    "google_error",
     "html_title",
+    "http_error",
+    "looks_like_html",
     "malformed",
     "secrets_of",
 ]
@@ -71,7 +73,7 @@ MAX_MESSAGE = 500
 """Longest error message kept, in characters; the rest is cut (bodies can echo megabytes)."""
 _DEFAULT_TIMEOUTS = Timeouts()
 _MAX_ERROR_BODY = 1 << 20
-_SNIPPET = 200
+SNIPPET = 200
 _CREDENTIAL_HEADERS = frozenset(
     {"x-goog-api-key", "authorization", "proxy-authorization", "api-key", "x-api-key"}
 )
@@ -81,23 +83,6 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
 _HEADING = re.compile(r"<h[1-3][^>]*>(.*?)</h[1-3]\s*>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
-# Google status strings for an in-stream error object whose numeric code is missing.
-_GOOGLE_STATUS_CODES = {
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "OUT_OF_RANGE": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 429,
-    "CANCELLED": 499,
-    "INTERNAL": 500,
-    "UNKNOWN": 500,
-    "NOT_IMPLEMENTED": 501,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-}
-_any_json = msgspec.json.Decoder()
 
 
 def _content_type(headers: Mapping[str, str] | None) -> str:
@@ -184,6 +169,28 @@ class _Body(aiohttp.payload.Payload):
 # --- error messages and bodies -----------------------------------------------------------------
 
 
+class Headers(dict[str, str]):
+    """Request headers whose repr never shows a credential's value.
+
+    A traceback rendered with locals (structlog's `dict_tracebacks`, rich, sentry) shows every
+    frame's variables by repr; the headers a request travels with are in several frames.
+    """
+
+    def __repr__(self) -> str:
+        shown = {k: "***" if k.lower() in _CREDENTIAL_HEADERS else v for k, v in self.items()}
+        return f"Headers({shown!r})"
+
+    __str__ = __repr__
+
+
+def _bare(exc: BaseException) -> BaseException:
+    """`exc` without its traceback: a dependency's frames hold what we sent (the key among it);
+    the chained cause keeps its type and message only."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    return exc
+
+
 def secrets_of(headers: Mapping[str, str] | None) -> tuple[str, ...]:
     """The credential values in request headers (the strings no message may contain)."""
     if not headers:
@@ -227,109 +234,33 @@ def html_title(text: str) -> str | None:
     return None
 
 
-def _looks_like_html(content_type: str, text: str) -> bool:
+def looks_like_html(content_type: str, text: str) -> bool:
     if "html" in content_type:
         return True
     head = text.lstrip()[:100].lower()
     return head.startswith(("<!doctype html", "<html", "<head", "<body"))
 
 
-def _json_error(doc: Any) -> tuple[str, str, list[Any]] | None:
-    """(message, code, details) from the JSON error shapes servers and gateways use."""
-    if isinstance(doc, list) and doc and isinstance(doc[0], dict):
-        # streamGenerateContent without alt=sse answers errors as a one-element array.
-        doc = doc[0]
-    if not isinstance(doc, dict):
-        return None
-    err = doc.get("error")
-    if isinstance(err, dict):
-        message = err.get("message")
-        code = err.get("status") or err.get("type") or err.get("code")
-        details = err.get("details")
-        return (
-            message if isinstance(message, str) else "",
-            code if isinstance(code, str) else "",
-            details if isinstance(details, list) else [],
-        )
-    if isinstance(err, str):
-        return err, "", []
-    for key in ("message", "detail"):
-        if isinstance(doc.get(key), str):
-            return doc[key], "", []
-    return None
+ErrorMapper = Callable[[int, bytes, Mapping[str, str], str, tuple[str, ...]], ApiError]
+"""(status, body, headers, reason, secrets) of a non-2xx answer -> its typed error. Each provider
+brings the one for its API's error bodies; the transport's own knows HTTP only."""
 
 
-def _server_delay(headers: Mapping[str, str], details: Sequence[Any]) -> float | None:
-    # Both are the server's minimum wait; honouring the larger one satisfies both.
-    delays = [
-        d
-        for d in (parse_retry_after(headers), parse_retry_info([x for x in details if x]))
-        if d is not None
-    ]
-    return max(delays) if delays else None
-
-
-def error_from_body(
-    status: int,
-    body: bytes,
-    *,
-    headers: Mapping[str, str] | None = None,
-    reason: str = "",
-    secrets: Iterable[str] = (),
+def http_error(
+    status: int, body: bytes, headers: Mapping[str, str], reason: str, secrets: tuple[str, ...]
 ) -> ApiError:
-    """The typed ApiError for a non-2xx answer, whatever its body: Google or OpenAI-style JSON,
-    a gateway's HTML page (its title), plain text (a snippet), malformed JSON, or nothing.
-
-    `retry_after` is the larger of the `Retry-After`/`retry-after-ms` headers and a Google
-    `RetryInfo.retryDelay` (both are minimum waits).
-    """
-    headers = headers or {}
-    content_type = headers.get("content-type", headers.get("Content-Type", "")).lower()
-    text = body.decode("utf-8", "replace") if body else ""
-    code = ""
-    details: list[Any] = []
-    stripped = text.strip()
-    if not stripped:
+    """The typed ApiError of a non-2xx answer read as plain HTTP: the status, an HTML page's
+    title or a text snippet, and the `Retry-After` wait."""
+    text = body.decode("utf-8", "replace").strip() if body else ""
+    content_type = _content_type(headers).lower()
+    if not text:
         message = reason or "empty error body"
-    elif stripped[0] in "{[":
-        try:
-            found = _json_error(_any_json.decode(body))
-        except (msgspec.DecodeError, RecursionError):
-            message = f"malformed JSON error body: {stripped[:_SNIPPET]}"
-        else:
-            if found is None:
-                message = f"unexpected JSON error body: {stripped[:_SNIPPET]}"
-            else:
-                message, code, details = found
-                message = message or reason or "no message"
-    elif _looks_like_html(content_type, stripped):
-        message = html_title(stripped) or f"HTML error page ({reason or status})"
+    elif looks_like_html(content_type, text):
+        message = html_title(text) or f"HTML error page ({reason or status})"
     else:
-        message = stripped[:_SNIPPET]
+        message = text[:SNIPPET]
     return api_error(
-        status,
-        clean_message(message, secrets),
-        code=code,
-        retry_after=_server_delay(headers, details),
-    )
-
-
-def google_error(
-    code: int,
-    message: str,
-    status: str,
-    details: Sequence[Any],
-    *,
-    headers: Mapping[str, str] | None = None,
-    secrets: Iterable[str] = (),
-) -> ApiError:
-    """The typed ApiError for a Google `{"error": {...}}` object (e.g. one inside a stream)."""
-    http_status = code or _GOOGLE_STATUS_CODES.get(status, 500)
-    return api_error(
-        http_status,
-        clean_message(message or status or "error", secrets),
-        code=status,
-        retry_after=_server_delay(headers or {}, details),
+        status, clean_message(message, secrets), retry_after=parse_retry_after(headers)
     )
 
 
@@ -342,8 +273,8 @@ class _Attempt:
     path: str
     started: float
     deadline: float
-    secrets: tuple[str, ...]
-    request_bytes: int
+    secrets: tuple[str, ...] = field(repr=False)
+    request_bytes: int = 0
     headers_at: float = 0.0
 
 
@@ -525,13 +456,15 @@ class Transport:
         *,
         body: RequestBody | None = None,
         headers: Mapping[str, str] | None = None,
+        errors: ErrorMapper = http_error,
     ) -> Response:
         """Send a request and read the whole 2xx body.
 
-        Raises ApiError subclasses for non-2xx answers, `ConnectError`, `ConnectTimeout`,
-        `FirstByteTimeout`, `IdleTimeout`, `TotalTimeout`, `StreamBroken`, `Closed`, `ConfigError`.
+        Raises ApiError subclasses for non-2xx answers (as `errors` reads them),
+        `ConnectError`, `ConnectTimeout`, `FirstByteTimeout`, `IdleTimeout`, `TotalTimeout`,
+        `StreamBroken`, `Closed`, `ConfigError`.
         """
-        resp, attempt = await self._open(method, url, body, headers)
+        resp, attempt = await self._open(method, url, body, headers, errors)
         try:
             chunks = []
             while data := await self._read_chunk(resp, attempt):
@@ -564,13 +497,14 @@ class Transport:
         *,
         body: RequestBody | None = None,
         headers: Mapping[str, str] | None = None,
+        errors: ErrorMapper = http_error,
     ) -> AsyncIterator[StreamResponse]:
         """Send a request and yield the 2xx response once its headers arrive; read it inside.
 
         Raises like `request()`, while opening or while reading chunks. Leaving the block before
         the body ended (an error, cancellation, or early exit) drops the connection.
         """
-        resp, attempt = await self._open(method, url, body, headers)
+        resp, attempt = await self._open(method, url, body, headers, errors)
         response = StreamResponse(self, resp, attempt)
         try:
             yield response
@@ -592,6 +526,7 @@ class Transport:
         url: str,
         body: RequestBody | None,
         headers: Mapping[str, str] | None,
+        errors: ErrorMapper,
     ) -> tuple[aiohttp.ClientResponse, _Attempt]:
         session = self._ensure_session()
         timeouts = self.timeouts
@@ -613,17 +548,9 @@ class Transport:
         attempt.headers_at = asyncio.get_running_loop().time()
         if 200 <= resp.status < 300:
             return resp, attempt
-        try:
-            error_body = await self._read_error_body(resp, attempt)
-        finally:
-            resp.close()
-        error = error_from_body(
-            resp.status,
-            error_body,
-            headers=resp.headers,
-            reason=resp.reason or "",
-            secrets=attempt.secrets,
-        )
+        # Built in a frame of its own: the body may echo the key, and _open's frame is in the
+        # traceback of the error it raises.
+        error = await self._error_for(resp, attempt, errors)
         self._log_failure(attempt, error, resp.status)
         raise error
 
@@ -646,19 +573,19 @@ class Transport:
                 return await session.request(attempt.method, url, data=data, headers=headers)
         except aiohttp.ConnectionTimeoutError as exc:
             message = f"{where}: no connection within {self.timeouts.connect:g}s"
-            raise ConnectTimeout(message) from exc
+            raise ConnectTimeout(message) from _bare(exc)
         except TimeoutError as exc:
             if deadline.expired():
-                raise kind(f"{where}: no response headers within {wait:g}s") from exc
-            raise FirstByteTimeout(f"{where}: {self._describe(exc, attempt)}") from exc
+                raise kind(f"{where}: no response headers within {wait:g}s") from _bare(exc)
+            raise FirstByteTimeout(f"{where}: {self._describe(exc, attempt)}") from _bare(exc)
         except aiohttp.InvalidURL as exc:
-            raise ConfigError(f"invalid URL for {attempt.method} request") from exc
+            raise ConfigError(f"invalid URL for {attempt.method} request") from _bare(exc)
         except aiohttp.ClientResponseError as exc:
             # The bytes before the headers were not HTTP (a proxy or a port speaking something
             # else); nothing usable arrived, like a refused connection.
-            raise ConnectError(f"{where}: invalid HTTP response: {exc.message}") from exc
+            raise ConnectError(f"{where}: invalid HTTP response: {exc.message}") from _bare(exc)
         except (aiohttp.ClientError, OSError) as exc:
-            raise ConnectError(f"{where}: {self._describe(exc, attempt)}") from exc
+            raise ConnectError(f"{where}: {self._describe(exc, attempt)}") from _bare(exc)
         except ValueError as exc:
             # aiohttp rejects header values it cannot send (say a key with a newline); the
             # message could quote the key, so it is scrubbed and the chain cut.
@@ -678,14 +605,29 @@ class Transport:
                 return await resp.content.readany()
         except TimeoutError as exc:
             if not deadline.expired():
-                raise StreamBroken(f"{where}: {self._describe(exc, attempt)}") from exc
+                raise StreamBroken(f"{where}: {self._describe(exc, attempt)}") from _bare(exc)
             if remaining <= idle:
-                raise TotalTimeout(f"{where}: attempt exceeded {self.timeouts.total:g}s") from exc
-            raise IdleTimeout(f"{where}: no data for {idle:g}s") from exc
+                raise TotalTimeout(
+                    f"{where}: attempt exceeded {self.timeouts.total:g}s"
+                ) from _bare(exc)
+            raise IdleTimeout(f"{where}: no data for {idle:g}s") from _bare(exc)
         except aiohttp.ClientPayloadError as exc:
-            raise StreamBroken(f"{where}: body incomplete: {self._describe(exc, attempt)}") from exc
+            raise StreamBroken(
+                f"{where}: body incomplete: {self._describe(exc, attempt)}"
+            ) from _bare(exc)
         except (aiohttp.ClientError, OSError) as exc:
-            raise StreamBroken(f"{where}: connection lost: {self._describe(exc, attempt)}") from exc
+            raise StreamBroken(
+                f"{where}: connection lost: {self._describe(exc, attempt)}"
+            ) from _bare(exc)
+
+    async def _error_for(
+        self, resp: aiohttp.ClientResponse, attempt: _Attempt, errors: ErrorMapper
+    ) -> ApiError:
+        try:
+            body = await self._read_error_body(resp, attempt)
+        finally:
+            resp.close()
+        return errors(resp.status, body, resp.headers, resp.reason or "", attempt.secrets)
 
     async def _read_error_body(self, resp: aiohttp.ClientResponse, attempt: _Attempt) -> bytes:
         # The status is the news; a body that cannot be read in full still leaves a typed error.

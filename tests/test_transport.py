@@ -30,7 +30,8 @@ from engine._exceptions import (
     TotalTimeout,
     Unauthorized,
 )
-from engine._transport import MAX_MESSAGE, Transport, clean_message, error_from_body, secrets_of
+from engine._transport import MAX_MESSAGE, Transport, clean_message, secrets_of
+from engine.providers._errors import error_from_body, json_http_error
 from tests._loopback import LoopbackServer, Reply, closed_port
 
 KEY = "AIzaSyTEST-secret-key-0123456789abcdefXYZ"
@@ -258,7 +259,12 @@ async def test_error_answers_become_typed_errors(
     """Each non-2xx body shape maps to the ApiError for its status, with a clear message."""
     server.script(reply)
     with pytest.raises(ApiError) as info:
-        await transport.request("POST", server.url + "/v1beta/models/m:generateContent", body=b"{}")
+        await transport.request(
+            "POST",
+            server.url + "/v1beta/models/m:generateContent",
+            body=b"{}",
+            errors=json_http_error,
+        )
     err = info.value
     assert type(err) is cls
     assert (err.status, err.code, err.message, err.retry_after) == (
@@ -275,7 +281,7 @@ async def test_stream_raises_the_same_typed_error_before_yielding(
     """A streaming request answered with an error status raises before any chunk is read."""
     server.script(Reply(429, _google(429, "RESOURCE_EXHAUSTED", "Quota exceeded")))
     with pytest.raises(RateLimited, match="Quota exceeded"):
-        async with transport.stream("POST", server.url + "/s"):
+        async with transport.stream("POST", server.url + "/s", errors=json_http_error):
             pytest.fail("the block must not run")
 
 
@@ -300,7 +306,7 @@ async def test_retry_after_takes_the_larger_server_delay(
     )
     server.script(Reply(429, _google(429, "RESOURCE_EXHAUSTED", "slow", *details), headers=headers))
     with pytest.raises(RateLimited) as info:
-        await transport.request("GET", server.url + "/")
+        await transport.request("GET", server.url + "/", errors=json_http_error)
     assert info.value.retry_after == expected
 
 
@@ -311,7 +317,7 @@ async def test_long_messages_are_cut_and_base64_elided(
     blob = "iVBORw0KGgo" + "A" * 200_000
     server.script(Reply(400, _google(400, "INVALID_ARGUMENT", f"bad data {blob} " + "word " * 300)))
     with pytest.raises(InvalidRequest) as info:
-        await transport.request("POST", server.url + "/")
+        await transport.request("POST", server.url + "/", errors=json_http_error)
     message = info.value.message
     assert len(message) <= MAX_MESSAGE
     assert message.startswith("bad data [200011 chars elided] word word")
@@ -345,7 +351,10 @@ async def test_the_key_never_appears_in_errors_or_logs(
     server.script(reply)
     with structlog.testing.capture_logs() as logs, pytest.raises(ApiError) as info:
         await transport.request(
-            "POST", server.url + "/v1beta/x?key=" + KEY, headers={"x-goog-api-key": KEY}
+            "POST",
+            server.url + "/v1beta/x?key=" + KEY,
+            headers={"x-goog-api-key": KEY},
+            errors=json_http_error,
         )
     assert server.requests[0].headers["x-goog-api-key"] == KEY
     for exc in _chain(info.value):
@@ -631,3 +640,18 @@ def test_error_from_body_reads_plain_dict_headers() -> None:
     """error_from_body works with ordinary dict headers as well as aiohttp's multidict."""
     err = error_from_body(502, b"<title>Bad</title>", headers={"Content-Type": "text/html"})
     assert (type(err), err.message) == (ServerError, "Bad")
+
+
+async def test_the_transport_alone_reads_errors_as_plain_http(
+    server: LoopbackServer, transport: Transport
+) -> None:
+    """Without a provider's mapper, a JSON error body is text: status class, snippet, no code;
+    Retry-After is still honoured (it is HTTP)."""
+    server.script(
+        Reply(429, _google(429, "RESOURCE_EXHAUSTED", "slow"), headers={"Retry-After": "3"})
+    )
+    with pytest.raises(RateLimited) as info:
+        await transport.request("GET", server.url + "/")
+    assert info.value.code == ""
+    assert info.value.message.startswith('{"error"')
+    assert info.value.retry_after == 3.0

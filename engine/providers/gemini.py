@@ -31,15 +31,16 @@ from engine._protocol import (
     decode_response,
 )
 from engine._transport import (
+    Headers,
     LazyBody,
     RequestBody,
     StreamResponse,
     Transport,
-    google_error,
     html_title,
     malformed,
 )
 from engine.providers._base import GenerateRequest, OnDelta, Provider, ProviderResult
+from engine.providers._errors import google_error, json_http_error
 from sessions._records import Usage
 from sessions._wire import Content, Part, WireError, _WireContent, part_from_wire, wire_contents
 
@@ -262,7 +263,7 @@ class GeminiProvider(Provider):
         self._base_url = base_url.rstrip("/")
         self._max_event_bytes = max_event_bytes
         key = api_key.reveal()
-        self._headers: dict[str, str] = {"content-type": "application/json"}
+        self._headers = Headers({"content-type": "application/json"})
         if key:
             self._headers["x-goog-api-key"] = key
         self._secrets: tuple[str, ...] = (key,) if key else ()
@@ -323,7 +324,11 @@ class GeminiProvider(Provider):
         self, model: str, body: RequestBody, on_delta: OnDelta | None, images_only: bool
     ) -> ProviderResult:
         resp = await self._transport.request(
-            "POST", self._url(model, "generateContent"), body=body, headers=self._headers
+            "POST",
+            self._url(model, "generateContent"),
+            body=body,
+            headers=self._headers,
+            errors=json_http_error,
         )
         answer = _Answer(resp.status, self._secrets)
         parts: list[Part] = []
@@ -367,7 +372,9 @@ class GeminiProvider(Provider):
         url = self._url(model, "streamGenerateContent") + "?alt=sse"
         timings: dict[str, float] = {}
         merger = ContentMerger()
-        async with self._transport.stream("POST", url, body=body, headers=self._headers) as resp:
+        async with self._transport.stream(
+            "POST", url, body=body, headers=self._headers, errors=json_http_error
+        ) as resp:
             start = resp.started_at
             timings["headers_s"] = resp.headers_at - start
             answer = _Answer(resp.status, self._secrets)
