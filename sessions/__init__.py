@@ -1,5 +1,6 @@
 """nanoedit sessions: wire structs, turn tree, blob and session stores. No network, no engine."""
 
+from sessions._check import check_session, check_store
 from sessions._errors import (
     NanoeditError,
     SessionBusy,
@@ -67,6 +68,8 @@ __all__ = [
     "TurnRecord",
     "Usage",
     "WireError",
+    "check_session",
+    "check_store",
     "checkout",
     "decode_content",
     "decode_contents",

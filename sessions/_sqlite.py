@@ -33,6 +33,7 @@ Schema (``PRAGMA user_version`` = 2; a version-1 file gains the lease columns on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import time
@@ -501,6 +502,26 @@ class SqliteStore(SessionStore):
             self.blobs._forget(gone)
 
         await self._run(work)
+
+    async def check_blobs(self) -> Sequence[str]:
+        """Blobs on disk whose bytes do not hash to their digest or size, and turns that refer
+        to a blob that is not there."""
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            problems = []
+            with _transaction(db, write=False):
+                for sha, size, data in db.execute("SELECT sha256, size, data FROM blobs"):
+                    actual = hashlib.sha256(data).hexdigest()
+                    if actual != sha or len(data) != size:
+                        problems.append(f"blob {sha[:12]}: bytes hash to {actual[:12]}")
+                for sid, tid, sha in db.execute(
+                    "SELECT session_id, turn_id, sha256 FROM turn_blobs tb WHERE NOT EXISTS "
+                    "(SELECT 1 FROM blobs b WHERE b.sha256 = tb.sha256)"
+                ):
+                    problems.append(f"session {sid} turn {tid}: blob {sha[:12]} is missing")
+            return problems
+
+        return await self._run(work)
 
     async def load_blob(self, sha256: str) -> bytes:
         """The bytes for a digest: from memory, else from the file (then held in memory)."""

@@ -201,6 +201,10 @@ class SessionStore(abc.ABC):
     async def delete(self, session_id: str) -> None:
         """Remove a session and its turns (blobs other sessions use stay)."""
 
+    async def check_blobs(self) -> Sequence[str]:
+        """Problems of the stored blobs: bytes that do not hash to their sha256 (none: [])."""
+        return []
+
     async def aclose(self) -> None:
         """Release files and threads."""
         return None
@@ -313,6 +317,14 @@ class MemoryStore(SessionStore):
         return sorted(
             (s.summary() for s in self._states.values()), key=lambda s: s.updated, reverse=True
         )
+
+    async def check_blobs(self) -> Sequence[str]:
+        """Blobs whose bytes do not hash to their digest."""
+        return [
+            f"blob {digest[:12]}: bytes hash to {actual[:12]}"
+            for digest, data in self.blobs._blobs.items()
+            if (actual := hashlib.sha256(data).hexdigest()) != digest
+        ]
 
     async def delete(self, session_id: str) -> None:
         """Remove a session and its turns."""

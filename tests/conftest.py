@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +40,18 @@ def png(width: int = 8, height: int = 8, color: tuple[int, int, int] = (200, 120
     buffer = io.BytesIO()
     PILImage.new("RGB", (width, height), color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def live_owner() -> str:
+    """A lease owner naming this (living) process, as another engine in it would."""
+    return f"{socket.gethostname().replace(':', '_')}:{os.getpid()}:other"
+
+
+def dead_owner() -> str:
+    """A lease owner naming a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname().replace(':', '_')}:{proc.pid}:gone"
 
 
 @dataclass

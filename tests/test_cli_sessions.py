@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import sqlite3
 import struct
 import zlib
 from datetime import datetime
@@ -18,6 +20,7 @@ from engine.cli.sessions import add_parser, run
 from sessions import (
     Blob,
     Content,
+    LeaseHolder,
     Part,
     SessionRecord,
     SessionState,
@@ -28,6 +31,7 @@ from sessions import (
 )
 from sessions._images import image_dimensions as image_size
 from sessions._sqlite import SqliteStore
+from tests.conftest import dead_owner, live_owner
 
 
 def png(width: int, height: int) -> bytes:
@@ -270,3 +274,68 @@ def pillow(fmt: str, width: int, height: int, **kw: object) -> bytes:
 def test_image_size(data: bytes, size: tuple[int, int] | None) -> None:
     """Pixel sizes come from PNG, JPEG and WebP headers; other data gives None."""
     assert image_size(data) == size
+
+
+# --- leases and check ---------------------------------------------------------------------------
+
+
+async def _hold(path: Path, sid: str, owner: str, ttl: float = 60) -> None:
+    async with SqliteStore(path) as store:
+        assert await store.acquire_lease(sid, owner, ttl)
+
+
+async def _holder(path: Path, sid: str) -> LeaseHolder | None:
+    async with SqliteStore(path) as store:
+        return await store.lease_holder(sid)
+
+
+@pytest.mark.parametrize("argv", [["undo"], ["redo"], ["checkout", "--", "1"], ["rm"]])
+def test_head_moves_and_rm_take_the_lease(
+    db: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """While another process holds the lease, undo/redo/checkout/rm are refused (one line,
+    naming the holder and --on-busy wait) and change nothing."""
+    anyio.run(_hold, db, "aaaa1111", live_owner())
+    before = anyio.run(_load, db, "aaaa1111")
+    command, *rest = argv
+    assert cli("--store", str(db), command, "aaaa", *[r for r in rest if r != "--"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: SessionBusy:")
+    assert f"process {os.getpid()}" in err and "--on-busy wait" in err
+    after = anyio.run(_load, db, "aaaa1111")
+    assert after.record.version == before.record.version
+
+
+def test_on_busy_wait_waits_for_the_lease(db: Path) -> None:
+    """--on-busy wait polls until a short lease runs out, then undoes."""
+    anyio.run(_hold, db, "aaaa1111", live_owner(), 0.3)
+    assert cli("--store", str(db), "undo", "aaaa", "--on-busy", "wait") == 0
+    assert anyio.run(_load, db, "aaaa1111").record.version == 6
+
+
+def test_a_dead_processes_lease_is_taken_over_at_once(db: Path) -> None:
+    """A lease whose process on this host is gone does not block: undo proceeds at once."""
+    anyio.run(_hold, db, "aaaa1111", dead_owner(), 3600)
+    assert cli("--store", str(db), "undo", "aaaa") == 0
+    assert anyio.run(_holder, db, "aaaa1111") is None
+
+
+def test_check_a_sound_store(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check: exit 0 and no problem lines for a sound store."""
+    assert cli("--store", str(db), "check") == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "2 session(s) checked, 0 problem(s)" in captured.err
+
+
+def test_check_finds_corrupt_blobs_and_stale_leases(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob whose bytes changed on disk and a dead process's lease are reported; exit 1."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE blobs SET data = CAST('rotten' AS BLOB)")
+    anyio.run(_hold, db, "bbbb2222", dead_owner(), 3600)
+    assert cli("--store", str(db), "check") == 1
+    out = capsys.readouterr().out
+    assert "bytes hash to" in out
+    assert "session bbbb2222: stale lease" in out

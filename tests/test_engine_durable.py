@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -24,6 +25,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from engine import (
     Budget,
+    BudgetExceeded,
     ConfigError,
     Engine,
     EngineConfig,
@@ -42,13 +44,21 @@ from sessions import (
     SessionRecord,
     SessionStore,
     TurnRecord,
+    check_store,
     encode_contents,
     export_session,
     import_session,
     new_id,
 )
 from sessions._sqlite import _SCHEMA, _SESSION_COLS, SCHEMA_VERSION, SqliteStore
-from tests.conftest import EmulatorFactory, EmulatorThread, config_for
+from tests.conftest import (
+    EmulatorFactory,
+    EmulatorThread,
+    FakeProvider,
+    config_for,
+    dead_owner,
+    live_owner,
+)
 
 CHILD = Path(__file__).parent / "_proc" / "engine_child.py"
 GENERATE = ("generateContent", "streamGenerateContent")
@@ -655,6 +665,7 @@ async def test_kill_9_mid_turn_keeps_every_committed_turn(
         n_turns, owner = await anyio.to_thread.run_sync(_check_file, db, sid)
         killed_holding_lease += owner is not None
         async with SqliteStore(db) as store, Engine(cfg, store=store) as engine:
+            assert await check_store(store) == []  # what `nanoedit sessions check` reports
             session = await engine.open_session(sid)
             state = session.state
             assert len(state.turns) == n_turns
@@ -712,3 +723,90 @@ async def test_edit_cli_continues_a_stored_session(tmp_path: Path, emulator_url:
         "Make it grayscale",
     ]
     assert all(t["on_branch"] for t in shown["turns"]) and shown["turns"][-1]["head"]
+
+
+# --- dead holders, SIGTERM, money across engines --------------------------------------------------
+
+
+async def test_a_dead_processes_lease_is_taken_over_at_once(
+    make_emulator: EmulatorFactory,
+) -> None:
+    """A lease whose process on this host is gone does not block the session for its TTL."""
+    emu = await make_emulator()
+    store = MemoryStore()
+    async with Engine(config_for(emu.base_url), store=store) as engine:
+        s = await engine.create_session()
+        assert await store.acquire_lease(s.id, dead_owner(), 3600)
+        assert (await s.send("A ceramic mug")).index == 1
+        assert await store.lease_holder(s.id) is None
+
+
+async def test_busy_message_names_the_holder_and_the_way_to_wait(
+    make_emulator: EmulatorFactory,
+) -> None:
+    """SessionBusy says which process holds the lease, until when, and that waiting exists."""
+    emu = await make_emulator()
+    store = MemoryStore()
+    async with Engine(config_for(emu.base_url), store=store) as engine:
+        s = await engine.create_session()
+        assert await store.acquire_lease(s.id, live_owner(), 60)
+        with pytest.raises(SessionBusy) as info:
+            await s.send("A ceramic mug")
+    message = str(info.value)
+    assert f"process {os.getpid()} on " in message
+    assert "until " in message and "--on-busy wait" in message
+
+
+async def test_sigterm_cancels_the_turn_and_releases_the_lease(
+    tmp_path: Path, emulator_url: str
+) -> None:
+    """`nanoedit edit` stopped with SIGTERM mid-turn (as systemd or `timeout` do): it exits 130
+    at once, releases the lease, commits nothing and still writes session.json."""
+    db, out = tmp_path / "term.db", tmp_path / "out"
+    async with SqliteStore(db) as store:
+        await store.create(SessionRecord(id="term0001", model="nano-banana-2"))
+    argv = [sys.executable, "-m", "engine", "edit", "--store", str(db), "--out", str(out)]
+    argv += ["--session", "term0001", "--latency", "30", "a slow mug"]
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_KEY"))}
+    proc = await anyio.open_process(argv, env=env)
+    try:
+        async with SqliteStore(db) as store:
+            with anyio.fail_after(20):
+                # Another process's progress shows only in the file: poll it.
+                while await store.lease_holder("term0001") is None:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                code = await proc.wait()
+            assert code == 130
+            assert await store.lease_holder("term0001") is None
+            assert (await store.load("term0001")).record.head is None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.aclose()
+    assert (out / "session.json").read_bytes() == b'{"contents":[]}\n'
+
+
+async def test_max_cost_counts_what_every_engine_spent(tmp_path: Path) -> None:
+    """A session reopened by one engine after another still has one spending limit: the
+    persisted turn costs count, not only what the current engine spent."""
+    db = tmp_path / "money.db"
+    provider = FakeProvider()
+    async with SqliteStore(db) as store, Engine(provider=provider, store=store) as engine:
+        probe = await engine.create_session()
+        cost = (await probe.send("A ceramic mug")).cost_usd
+        s = await engine.create_session(budget=Budget(max_cost_usd=cost * 1.5))
+    outcomes = []
+    for n in range(3):
+        async with SqliteStore(db) as store, Engine(provider=provider, store=store) as engine:
+            reopened = await engine.open_session(s.id)
+            try:
+                await reopened.send(f"edit {n}")
+                outcomes.append("sent")
+            except BudgetExceeded:
+                outcomes.append("refused")
+    async with SqliteStore(db) as store:
+        spent = sum(t.cost_usd for t in (await store.load(s.id)).turns.values())
+    assert outcomes == ["sent", "refused", "refused"]
+    assert spent <= cost * 1.5

@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 
 from engine._config import EngineConfig
+from engine._lease import Lease, describe_holder, holder_is_dead, new_owner
 from engine.cli._common import open_store, resolve_session_id
 from sessions import (
     Blob,
@@ -27,6 +28,7 @@ from sessions import (
     SessionState,
     SessionStore,
     TurnRecord,
+    check_store,
 )
 from sessions._export import export_session, import_session
 from sessions._images import image_dimensions
@@ -116,8 +118,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     c = command("fork", "copy turns 1..N of the current branch into a new session; prints its id")
     c.add_argument("id", metavar="ID")
     c.add_argument("--at", type=int, metavar="N", help="last turn to keep (default: the head)")
-    c = command("rm", "delete a session")
+    c = command("rm", "delete a session (refused while another process holds its lease)")
     c.add_argument("id", metavar="ID")
+    c = command(
+        "check",
+        "verify the store: roles, parts, images, blob digests, heads, parents, stale leases; "
+        "exits 1 on any problem",
+    )
+    c.add_argument("ids", nargs="*", metavar="ID", help="sessions to check (default: all)")
+    for name in ("undo", "redo", "checkout", "rm"):
+        sub.choices[name].add_argument(
+            "--on-busy",
+            choices=("raise", "wait"),
+            default="raise",
+            help="another process is changing the session: fail at once, or wait for it",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,23 +159,52 @@ async def _run(args: argparse.Namespace) -> int:
             await _import(store, args)
         elif command in ("undo", "redo", "checkout"):
             sid = await resolve_session_id(store, args.id)
-            if command == "undo":
-                await undo(store, sid)
-            elif command == "redo":
-                await redo(store, sid)
-            else:
-                await checkout(store, sid, _turn_id(await store.load(sid), args.turn))
+            async with _lease(store, sid, args).held():
+                if command == "undo":
+                    await undo(store, sid)
+                elif command == "redo":
+                    await redo(store, sid)
+                else:
+                    await checkout(store, sid, _turn_id(await store.load(sid), args.turn))
             print(_head_line(await store.load(sid)))
         elif command == "fork":
             rec = await fork(store, await resolve_session_id(store, args.id), at_index=args.at)
             print(rec.id)
         elif command == "rm":
             sid = await resolve_session_id(store, args.id)
-            await delete(store, sid)
+            async with _lease(store, sid, args).held():
+                await delete(store, sid)
             print(f"deleted {sid}")
+        elif command == "check":
+            return await _check(store, args.ids)
         else:  # pragma: no cover - argparse only lets the names above through
             raise SessionError(f"unknown sessions command {command!r}")
     return 0
+
+
+def _lease(store: SessionStore, session_id: str, args: argparse.Namespace) -> Lease:
+    # A head move or a removal takes the session's lease like a turn: a turn running in another
+    # process is never pulled from under its commit.
+    return Lease(store, session_id, new_owner(), ttl=30.0, on_busy=args.on_busy)
+
+
+async def _check(store: SessionStore, given: list[str]) -> int:
+    ids = [await resolve_session_id(store, g) for g in given] if given else None
+    problems = list(await check_store(store, ids))
+    for summary in await store.list():
+        if ids is not None and summary.id not in ids:
+            continue
+        holder = await store.lease_holder(summary.id)
+        if holder is not None and holder_is_dead(holder.owner):
+            problems.append(
+                f"session {summary.id}: stale lease of a process that is gone "
+                f"({describe_holder(holder)})"
+            )
+    for problem in problems:
+        print(problem)
+    checked = len(ids) if ids is not None else len(await store.list())
+    print(f"{checked} session(s) checked, {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _turn_id(state: SessionState, given: str) -> str:
