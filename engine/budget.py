@@ -21,6 +21,7 @@ streamed turn and a non-streamed turn with the same usage cost the same.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -75,7 +76,17 @@ class Budget(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fie
     warn_at: float = 0.8
 
     def __post_init__(self) -> None:
-        """Reject limits that cannot work."""
+        """Reject limits that cannot work (wrong types, NaN, infinity, negatives)."""
+        for name in ("max_context_tokens", "max_request_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"budget {name} must be an int, not {value!r}")
+        for name in ("max_cost_usd", "warn_at"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"budget {name} must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"budget {name} must be finite, not {value!r}")
         if self.max_context_tokens < 0 or self.max_request_bytes < 0 or self.max_cost_usd < 0:
             raise ConfigError("budget limits must be >= 0 (0 means the default)")
         if not 0.0 < self.warn_at <= 1.0:

@@ -13,6 +13,7 @@ replays it. Bytes go out as standard base64. Nothing in an export is a key: sess
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -261,7 +262,32 @@ def _decode(data: bytes, *, session_id: str, model: str) -> SessionState:
     if len(state.turns) != len(turns):
         raise WireError("duplicate turn ids in the export")
     _check_tree(state)
+    _check_values(state)
     return state
+
+
+_INT64 = range(-(2**63), 2**63)
+_settings_dec = msgspec.json.Decoder(SessionSettings)
+
+
+def _check_values(state: SessionState) -> None:
+    """Everything a store will have to read back has the types it reads back, and fits in the
+    64-bit integers and finite floats every store holds: a file that would make the session
+    unloadable is refused instead."""
+    try:
+        _settings_dec.decode(_encoder.encode(state.record.settings))
+    except msgspec.ValidationError as exc:
+        raise WireError(f"invalid session settings: {exc}") from None
+    modalities = state.record.settings.response_modalities
+    if modalities is not None and not set(modalities) <= {"TEXT", "IMAGE"}:
+        raise WireError(f"responseModalities must be TEXT and/or IMAGE, not {modalities}")
+    for turn in state.turns.values():
+        numbers = [turn.index, turn.attempts, turn.request_bytes, turn.response_bytes]
+        numbers += list(msgspec.structs.astuple(turn.usage))
+        if any(n not in _INT64 for n in numbers) or turn.index < 1:
+            raise WireError(f"turn {turn.id}: a count is out of range")
+        if not all(math.isfinite(x) for x in (turn.created_at, turn.cost_usd, turn.latency_s)):
+            raise WireError(f"turn {turn.id}: a number is not finite")
 
 
 def _check_tree(state: SessionState) -> None:

@@ -218,10 +218,19 @@ class EventWriter:
     def __init__(self, target: str) -> None:
         self._own = target != "-"
         self._fh: IO[bytes] = open(target, "ab") if self._own else sys.stdout.buffer  # noqa: SIM115
+        self._broken = False
 
     def __call__(self, event: Event) -> None:
-        self._fh.write(encode_event(event) + b"\n")
-        self._fh.flush()
+        if self._broken:
+            return
+        try:
+            self._fh.write(encode_event(event) + b"\n")
+            self._fh.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop writing; the command ends quietly.
+            self._broken = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._fh.fileno())
 
     def close(self) -> None:
         """Close the file (stdout stays open)."""

@@ -297,7 +297,9 @@ async def _open_or_create(
 
 async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
     demo: bool = args.demo
-    if demo:
+    if args.json:
+        pass  # stderr carries nothing but an error line
+    elif demo:
         err("nanoedit demo: 3 turns on the embedded emulator (offline, no key needed)")
     elif cfg.provider == "local":
         err("nanoedit: no API key configured; using the embedded emulator (offline)")
