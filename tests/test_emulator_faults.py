@@ -382,3 +382,75 @@ async def test_openai_family_faults_use_openai_shape(
     with pytest.raises((aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
         await call(http, url, {"prompt": "a cat"}, _fault("reset"))
     assert emu.stats()["requests"]["images.generations"] == 2
+
+
+# --- hostile input ----------------------------------------------------------------------------
+
+_NEST = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        (
+            "/v1beta/models/gemini-3.1-flash-image-preview:generateContent",
+            b'{"contents": [{"role": "user", "parts": [{"text": "a", "x": ' + _NEST + b"}]}]}",
+        ),
+        (
+            "/v1beta/models/gemini-3.1-flash-image-preview:streamGenerateContent?alt=sse",
+            b'{"contents": [{"role": "user", "parts": [{"text": "a", "x": ' + _NEST + b"}]}]}",
+        ),
+        (
+            "/v1beta/models/gemini-3.1-flash-image-preview:countTokens",
+            b'{"contents": [{"role": "user", "parts": [{"text": "a", "x": ' + _NEST + b"}]}]}",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "nano-banana-2", "messages": [{"role": "user", "content": "a", "x": '
+            + _NEST
+            + b"}]}",
+        ),
+        (
+            "/v1/images/generations",
+            b'{"model": "nano-banana-2", "prompt": "a", "x": ' + _NEST + b"}",
+        ),
+    ],
+    ids=["generate", "stream", "count", "chat", "images"],
+)
+async def test_deeply_nested_json_is_a_400(
+    http: aiohttp.ClientSession, emu: Emulator, path: str, payload: bytes
+) -> None:
+    """JSON nested 5,000 deep on every POST endpoint: a 400, never a 500 or a hang."""
+    status, raw, _ = await call(http, emu.base_url + path, payload)
+    assert status == 400, raw[:200]
+
+
+@pytest.mark.parametrize("spec", ["429:retry=1e309", "latency:1e309", "drip:1e309", "latency:inf"])
+async def test_endless_fault_numbers_are_a_400(
+    http: aiohttp.ClientSession, emu: Emulator, spec: str
+) -> None:
+    """A fault asking to wait forever (or overflowing a header) is refused with a 400."""
+    status, doc = await generate(http, emu, PAYLOAD, headers=_fault(spec))
+    assert status == 400
+    assert "fault" in doc["error"]["message"]
+
+
+@pytest.mark.parametrize("spec", ["429:retry=1e309", "latency:1e309"])
+def test_endless_server_faults_are_refused(spec: str) -> None:
+    """The same specs as server-wide faults are a ConfigError at start."""
+    with pytest.raises(ConfigError):
+        parse_faults(spec)
+    with pytest.raises(ConfigError):
+        EmulatorSettings(latency=float("inf"))
+
+
+def test_a_huge_prompt_does_bounded_work() -> None:
+    """A 200 KB prompt draws at most MAX_OBJECTS objects, and an edit applies at most
+    MAX_CLAUSES instructions (what keeps rendering linear in the prompt's length)."""
+    from engine.emulator import _render
+
+    prompt = "add a red circle on the left and a blue square, then " * 4000
+    scene = _render.render_scene(prompt, 128, 128, seed=1, grain=False)
+    assert 0 < len(scene.applied) <= _render.MAX_OBJECTS + 2
+    edit = _render.render_edit(scene.data, prompt, 128, 128, seed=1, grain=False)
+    assert any("ignored" in line for line in edit.applied)

@@ -144,13 +144,18 @@ class Decision:
 NO_FAULTS = Decision()
 
 
+MAX_SECONDS = 3600.0
+"""The longest latency, drip pause or retry delay a fault may ask for."""
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise ConfigError(f"fault spec: {what} must be a number, got {text!r}") from None
-    if value < 0 or value != value:
-        raise ConfigError(f"fault spec: {what} must be >= 0, got {text!r}")
+    if not 0 <= value <= MAX_SECONDS:
+        # NaN, infinity and absurd waits are refused: a fault must end (and fit in a header).
+        raise ConfigError(f"fault spec: {what} must be within 0..{MAX_SECONDS:g}, got {text!r}")
     return value
 
 

@@ -362,6 +362,8 @@ COUNT_WORDS: Final[dict[str, int]] = {
 }
 VAGUE_COUNT_WORDS: Final = frozenset({"some", "several", "few", "many", "couple"})
 MAX_COPIES: Final = 8
+MAX_OBJECTS: Final = 48  # objects drawn from one prompt; the rest of a long prompt is ignored
+MAX_CLAUSES: Final = 64  # instructions applied from one edit; the rest are ignored
 PLURAL_DEFAULT_COUNT: Final = 3
 GROUND_Y: Final = 0.62
 SKY_Y: Final = 0.2
@@ -1054,7 +1056,13 @@ def render_edit(
     text, quotes = _extract_quotes(instruction)
     unknown: list[str] = []
     previous = ""
-    for clause in _split_clauses(text):
+    clauses = _split_clauses(text)
+    if len(clauses) > MAX_CLAUSES:
+        # Each clause is matched against the objects drawn so far: an unbounded list of them
+        # would make an edit quadratic in the instruction's length.
+        canvas.applied.append(f"ignored {len(clauses) - MAX_CLAUSES} further instructions")
+        clauses = clauses[:MAX_CLAUSES]
+    for clause in clauses:
         tokens = _tokens(clause)
         if not tokens:
             continue
@@ -1726,7 +1734,9 @@ def _extract_objects(
         specs.append(spec)
         used.update(range(i, spec.end))
     specs.sort(key=lambda s: s.start)
-    return specs
+    # A picture holds a few dozen objects, not thousands: the cap keeps placement (which ranks
+    # objects per position phrase) linear in the prompt's length.
+    return specs[:MAX_OBJECTS]
 
 
 def _is_content(token: str) -> bool:
@@ -2116,14 +2126,19 @@ def _object_event(
 
 def _draw_quotes(canvas: _Canvas, tokens: Sequence[str], quotes: Sequence[str]) -> bool:
     """Write each quoted string, near a position word next to it or at the top."""
-    positions = _find_positions(tokens)
+    at: dict[int, Pos] = {}
+    for k, pos in _find_positions(tokens):
+        at.setdefault(k, pos)
     width, height = canvas.img.size
     shown = 0
     for i, token in enumerate(tokens):
+        if shown >= MAX_OBJECTS:
+            break
         index = _quote_index(token)
         if index is None or index >= len(quotes) or not quotes[index]:
             continue
-        near = [pos for k, pos in positions if abs(k - i) <= QUOTE_POSITION_REACH]
+        reach = range(i - QUOTE_POSITION_REACH, i + QUOTE_POSITION_REACH + 1)
+        near = [at[k] for k in reach if k in at]
         fx, fy = TEXT_DEFAULT_POS
         if near:
             fx = near[0][0] if near[0][0] is not None else fx

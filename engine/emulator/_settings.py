@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from engine._config import EmulatorOptions
 from engine._exceptions import ConfigError
+from engine.emulator._faults import MAX_SECONDS
 
 __all__ = ["EmulatorSettings"]
 
@@ -35,8 +36,8 @@ class EmulatorSettings:
     render_threads: int = 0  # 0: one per CPU, at least 2
 
     def __post_init__(self) -> None:
-        if self.latency < 0 or self.latency_jitter < 0:
-            raise ConfigError("latency and latency_jitter must be >= 0")
+        if not (0 <= self.latency <= MAX_SECONDS and 0 <= self.latency_jitter <= MAX_SECONDS):
+            raise ConfigError(f"latency and latency_jitter must be within 0..{MAX_SECONDS:g}s")
         if self.max_request_bytes < 1:
             raise ConfigError("max_request_bytes must be positive")
         if self.stream_text_chunks < 1:
