@@ -30,7 +30,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, TypeGuard
@@ -344,11 +344,16 @@ class EventBus:
     context manager, or call `aclose()`, to stop the workers of async `on` handlers.
     """
 
-    def __init__(self, retain: int = 1024) -> None:
-        if retain < 0:
-            raise ValueError("retain must be >= 0")
+    def __init__(self, retain: int = 1024, max_windows: int = 10_000) -> None:
+        if retain < 0 or max_windows < 1:
+            raise ValueError("retain must be >= 0 and max_windows >= 1")
         self._retain = retain
-        self._logs: dict[str, _SessionLog] = {}
+        # Replay windows of the sessions that published most recently, at most `max_windows`;
+        # an idle session beyond that keeps only its last seq (numbering never restarts), and
+        # a subscriber asking it for replay gets an events.missed marker.
+        self._max_windows = max_windows
+        self._logs: OrderedDict[str, _SessionLog] = OrderedDict()
+        self._dormant: dict[str, int] = {}
         # Copy-on-write tuples: delivery iterates a stable snapshot even if a subscriber is
         # removed (disconnect) in the middle of it.
         self._all_subs: tuple[Subscription, ...] = ()
@@ -406,7 +411,15 @@ class EventBus:
     def last_seq(self, session_id: str) -> int:
         """The seq of the session's last published event (0: none yet)."""
         log = self._logs.get(session_id)
-        return 0 if log is None else log.seq
+        return self._dormant.get(session_id, 0) if log is None else log.seq
+
+    def _open_log(self, sid: str) -> _SessionLog:
+        log = self._logs[sid] = _SessionLog(self._retain)
+        log.seq = self._dormant.pop(sid, 0)
+        if len(self._logs) > self._max_windows:
+            idle, old = self._logs.popitem(last=False)
+            self._dormant[idle] = old.seq
+        return log
 
     def next_seq(self, session_id: str) -> int:
         """The seq the session's next published event will get."""
@@ -423,6 +436,7 @@ class EventBus:
         Live subscriptions to the session are left alone.
         """
         self._logs.pop(session_id, None)
+        self._dormant.pop(session_id, None)
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -453,7 +467,9 @@ class EventBus:
             sid = event.session_id
             log = self._logs.get(sid)
             if log is None:
-                log = self._logs[sid] = _SessionLog(self._retain)
+                log = self._open_log(sid)
+            else:
+                self._logs.move_to_end(sid)
             seq = log.seq + 1
             log.seq = seq
             event.seq = seq
@@ -585,6 +601,9 @@ class EventBus:
         since = sub._since_seq
         if since is not None and sid is not None:
             log = self._logs.get(sid)
+            if log is None and sid in self._dormant:
+                log = _SessionLog(0)  # an idle session's window was dropped: only its seq
+                log.seq = self._dormant[sid]
             if log is not None:
                 window = log.window
                 first = window[0].seq if window else log.seq + 1

@@ -37,6 +37,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -132,14 +133,48 @@ def default_store_path(home: Path | None = None) -> Path:
     return base / "sessions.db"
 
 
+DEFAULT_BLOB_CACHE_BYTES = 256 * 1024 * 1024
+
+
 class SqliteBlobStore(MemoryBlobStore):
-    """The store's blob cache: each digest held once in memory, filled by commits and loads.
+    """The store's blob cache: each digest held once in memory, filled by commits and loads,
+    the least recently used dropped past `max_bytes` (the file keeps them all).
 
     `get` answers from memory only (it is sync); `SqliteStore.load_blob` reads a miss from disk.
+    A long-lived engine thus holds its recent images, not every image it ever saw.
     """
 
-    def _held(self) -> dict[str, bytes]:
-        return self._blobs
+    def __init__(self, max_bytes: int = DEFAULT_BLOB_CACHE_BYTES) -> None:
+        super().__init__()
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._size = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held in memory."""
+        return self._size
+
+    def intern(self, data: bytes, digest: str | None = None) -> tuple[str, bytes]:
+        """Register `data` (most recently used now); the digest and the canonical bytes."""
+        known = self.digest(data)
+        if known is not None:
+            self._blobs.move_to_end(known)
+            return known, data
+        digest = digest or hashlib.sha256(data).hexdigest()
+        held = self._blobs.get(digest)
+        if held is not None:
+            self._blobs.move_to_end(digest)
+            return digest, held
+        canonical = bytes(data)
+        self._blobs[digest] = canonical
+        self._digests[id(canonical)] = digest
+        self._size += len(canonical)
+        while self._size > self.max_bytes and len(self._blobs) > 1:
+            _, dropped = self._blobs.popitem(last=False)
+            self._digests.pop(id(dropped), None)
+            self._size -= len(dropped)
+        return digest, canonical
 
     def _adopt(self, sha256: str, data: bytes) -> bytes:
         # Bytes read from disk become canonical unless the same digest is already held.
@@ -150,6 +185,7 @@ class SqliteBlobStore(MemoryBlobStore):
             data = self._blobs.pop(d, None)
             if data is not None:
                 self._digests.pop(id(data), None)
+                self._size -= len(data)
 
 
 def _strip(content: Content, blobs: MemoryBlobStore, out: list[tuple[str, bytes]]) -> bytes:
@@ -208,11 +244,12 @@ class SqliteStore(SessionStore):
         *,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         busy_timeout: float = 10.0,
+        blob_cache_bytes: int = DEFAULT_BLOB_CACHE_BYTES,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.path = os.fspath(path)
-        self.blobs: SqliteBlobStore = SqliteBlobStore()
+        self.blobs: SqliteBlobStore = SqliteBlobStore(blob_cache_bytes)
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._limiter = anyio.CapacityLimiter(1)
@@ -337,12 +374,18 @@ class SqliteStore(SessionStore):
                     (session_id,),
                 ).fetchall()
                 refs = [_shas_dec.decode(r[3]) for r in rows]
-                held = self.blobs._held()
-                for sha in {s for shas in refs for s in shas} - held.keys():
+                # This load's own map: the cache may drop what it adopts before the turns
+                # are filled.
+                held: dict[str, bytes] = {}
+                for sha in {s for shas in refs for s in shas}:
+                    cached = self.blobs.get(sha)
+                    if cached is not None:
+                        held[sha] = self.blobs.intern(cached, sha)[1]
+                        continue
                     found = db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha,)).fetchone()
                     if found is None:
                         raise StoreError(f"{self.path}: blob {sha} of session {session_id} missing")
-                    self.blobs._adopt(sha, found[0])
+                    held[sha] = self.blobs._adopt(sha, found[0])
             turns: dict[str, TurnRecord] = {}
             for (user, model, meta, _), shas in zip(rows, refs, strict=True):
                 it = iter(shas)
