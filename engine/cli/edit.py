@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import msgspec
 
@@ -169,6 +169,15 @@ def _write_history(session: Session, out: Path) -> Path:
     return path
 
 
+class ReceivedBytes(Protocol):
+    """What the progress line reads: a live count of response bytes received."""
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes so far."""
+        ...
+
+
 class Progress:
     """A turn's progress on stderr as the bus publishes it.
 
@@ -177,7 +186,7 @@ class Progress:
     and retries only.
     """
 
-    def __init__(self, engine: Engine, stream: TextIO, *, live: bool) -> None:
+    def __init__(self, engine: ReceivedBytes, stream: TextIO, *, live: bool) -> None:
         self._engine = engine
         self._out = stream
         self.live = live
