@@ -286,12 +286,12 @@ class Limiter:
                 return
             w.sleeping = True
             # Sleep until the bucket refills, unless granted or closed first.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._alarm, fut, delay)
-                try:
-                    await fut
-                finally:
-                    tg.cancel_scope.cancel()
+            alarm = asyncio.ensure_future(self._alarm(fut, delay))
+            try:
+                await fut
+            finally:
+                alarm.cancel()
+                await asyncio.gather(alarm, return_exceptions=True)
         finally:
             w.future = None
             w.sleeping = False

@@ -12,7 +12,7 @@ import pytest
 from engine.catalog import resolve_model
 from engine.emulator import Emulator, EmulatorSettings
 from engine.emulator._generate import InputImage
-from engine.emulator._openai import openai_size, parse_multipart
+from engine.emulator._openai import openai_size
 from sessions import Blob
 from tests._emulator_fixtures import (
     FLASH,
@@ -61,9 +61,10 @@ async def _chat(
 
 
 def _form(fields: dict[str, str], images: list[bytes], name: str = "image") -> aiohttp.FormData:
-    form = aiohttp.FormData(default_to_multipart=True)
+    form = aiohttp.FormData()
     for key, value in fields.items():
-        form.add_field(key, value)
+        # A content type makes the form multipart even without files (any aiohttp version).
+        form.add_field(key, value, content_type="text/plain")
     for index, data in enumerate(images):
         form.add_field(name, data, filename=f"in{index}.png", content_type="image/png")
     return form
@@ -324,7 +325,7 @@ async def test_edits_without_image_is_400(http: aiohttp.ClientSession, emu: Emul
 
 async def test_edits_reject_non_images(http: aiohttp.ClientSession, emu: Emulator) -> None:
     """A file that is not an image answers 400 invalid_image_format."""
-    form = aiohttp.FormData(default_to_multipart=True)
+    form = aiohttp.FormData()
     form.add_field("prompt", "make it grayscale")
     form.add_field("image", b"%PDF-1.4", filename="x.pdf", content_type="application/pdf")
     async with http.post(f"{emu.base_url}/v1/images/edits", data=form) as response:
@@ -373,16 +374,33 @@ def test_openai_auto_size_follows_input_image() -> None:
     assert openai_size(resolve_model(FLASH), "auto", base) == ("9:16", None)
 
 
-def test_parse_multipart_fields_and_files() -> None:
-    """The multipart splitter returns names, filenames, types and exact bytes."""
-    boundary = "xyz"
-    data = b"\x89PNG\r\n--not-the-boundary\r\n"
+async def test_raw_multipart_as_curl_sends_it(http: aiohttp.ClientSession, emu: Emulator) -> None:
+    """A hand-framed multipart body (curl -F): fields and the exact image bytes arrive."""
+    image = png(64, 64)
     raw = (
-        b'--xyz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhello\r\n'
+        b'--xyz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nmake it grayscale\r\n'
         b'--xyz\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
-        b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--xyz--\r\n"
+        b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--xyz--\r\n"
     )
-    prompt, image = parse_multipart(raw, f"multipart/form-data; boundary={boundary}")
-    assert (prompt.name, prompt.data) == ("prompt", b"hello")
-    assert (image.name, image.filename, image.content_type) == ("image[]", "a.png", "image/png")
-    assert image.data == data
+    headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    async with http.post(f"{emu.base_url}/v1/images/edits", data=raw, headers=headers) as r:
+        assert r.status == 200, await r.text()
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b"--xyz\r\nno headers end", "multipart/form-data; boundary=xyz"),
+        (b'{"prompt": "x"}', "application/json"),
+        (b"--abc\r\n\r\n--abc--", "multipart/form-data"),
+    ],
+    ids=["truncated", "not-multipart", "no-boundary"],
+)
+async def test_malformed_multipart_is_a_400(
+    http: aiohttp.ClientSession, emu: Emulator, raw: bytes, content_type: str
+) -> None:
+    """A body aiohttp's reader cannot split is a 400 with OpenAI's error shape."""
+    headers = {"Content-Type": content_type}
+    async with http.post(f"{emu.base_url}/v1/images/edits", data=raw, headers=headers) as r:
+        assert r.status == 400
+        assert "error" in await r.json()

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, ClientPayloadError, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine._config import DEFAULT_MODEL
 from engine._exceptions import ConfigError
@@ -52,6 +53,7 @@ from engine.emulator._http import (
     reset_connection,
     send_plain,
     send_stream,
+    too_large,
 )
 from engine.emulator._render import RenderResult
 from sessions import Blob, Content, Part
@@ -624,46 +626,47 @@ class FormPart:
     data: bytes
 
 
-_PARAM = re.compile(r';\s*([\w-]+)="?([^";]*)"?')
-
-
-def parse_multipart(body: bytes, content_type: str) -> list[FormPart]:
-    """Split a multipart/form-data body (what the openai SDK and curl -F send)."""
-    params = dict(_PARAM.findall(content_type))
-    boundary = params.get("boundary")
-    if not content_type.lower().startswith("multipart/form-data") or not boundary:
+async def read_form(request: web.Request, limit: int) -> list[FormPart]:
+    """The fields of a multipart/form-data request (what the openai SDK and curl -F send), read
+    with aiohttp's multipart reader and refused with a 400 past `limit` bytes of field data."""
+    if not request.content_type.startswith("multipart/form-data"):
         raise invalid("Expected a multipart/form-data body.", code="invalid_value")
-    delimiter = b"--" + boundary.encode()
-    out = []
-    for section in body.split(delimiter)[1:]:
-        if section.startswith(b"--"):
-            break
-        head, sep, data = section.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        if not sep:
-            raise invalid("Malformed multipart body.", code="invalid_value")
-        headers: dict[str, str] = {}
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        disposition = dict(_PARAM.findall(headers.get("content-disposition", "")))
-        out.append(
-            FormPart(
-                name=disposition.get("name", ""),
-                filename=disposition.get("filename"),
-                content_type=headers.get("content-type"),
-                data=data.removesuffix(b"\r\n"),
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    out: list[FormPart] = []
+    total = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise invalid("Nested multipart bodies are not supported.", code="invalid_value")
+            chunks = []
+            while chunk := await part.read_chunk():
+                total += len(chunk)
+                if total > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+            out.append(
+                FormPart(
+                    name=part.name or "",
+                    filename=part.filename,
+                    content_type=part.headers.get(hdrs.CONTENT_TYPE),
+                    data=b"".join(chunks),
+                )
             )
-        )
+    except (ValueError, AssertionError, ClientPayloadError, HttpProcessingError) as exc:
+        # aiohttp's reader signals a broken body with these (boundary, headers, framing).
+        raise invalid(f"Malformed multipart body ({exc}).", code="invalid_value") from None
     return out
 
 
 async def _edits(request: web.Request, state: ServerState) -> web.StreamResponse:
     """POST /v1/images/edits (multipart)."""
-    body = await _admit(request, state, "images.edits")
     try:
-        form = parse_multipart(body, request.headers.get("Content-Type", ""))
+        check_openai_key(request, state.settings.api_key)
+        form = await read_form(request, state.settings.max_request_bytes)
     except ApiFailure:
-        state.record(request, "images.edits", "", body)
+        state.record(request, "images.edits", "", b"")
         raise
     fields: dict[str, Any] = {}
     images: list[Blob] = []
@@ -683,6 +686,9 @@ async def _edits(request: web.Request, state: ServerState) -> web.StreamResponse
             continue  # accepted and ignored: the renderer edits the whole image
         else:
             fields[part.name] = part.data.decode("utf-8", "replace")
+    # The request's identity for recording and fault decisions: its fields and images, not the
+    # raw body (whose boundary differs on every request).
+    body = msgspec.json.encode(fields) + b"".join(i.data for i in images)
     state.record(request, "images.edits", str(fields.get("model") or DEFAULT_MODEL), body)
     if not images:
         raise invalid("Missing required parameter: 'image'.", code="missing_required_parameter")
