@@ -447,10 +447,11 @@ def test_endless_server_faults_are_refused(spec: str) -> None:
 def test_a_huge_prompt_does_bounded_work() -> None:
     """A 200 KB prompt draws at most MAX_OBJECTS objects, and an edit applies at most
     MAX_CLAUSES instructions (what keeps rendering linear in the prompt's length)."""
-    from engine.emulator import _render
+    from engine.emulator.render import render_edit, render_scene
+    from engine.emulator.render._vocabulary import MAX_OBJECTS
 
     prompt = "add a red circle on the left and a blue square, then " * 4000
-    scene = _render.render_scene(prompt, 128, 128, seed=1, grain=False)
-    assert 0 < len(scene.applied) <= _render.MAX_OBJECTS + 2
-    edit = _render.render_edit(scene.data, prompt, 128, 128, seed=1, grain=False)
+    scene = render_scene(prompt, 128, 128, seed=1, grain=False)
+    assert 0 < len(scene.applied) <= MAX_OBJECTS + 2
+    edit = render_edit(scene.data, prompt, 128, 128, seed=1, grain=False)
     assert any("ignored" in line for line in edit.applied)

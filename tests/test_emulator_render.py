@@ -1,4 +1,4 @@
-"""Tests for the emulator's pure rendering core (engine.emulator._render)."""
+"""Tests for the emulator's pure rendering core (engine.emulator.render)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageFilter, ImageStat
 from PIL.PngImagePlugin import PngInfo
 
-from engine.emulator._render import GRAIN_AMPLITUDE, image_size, render_edit, render_scene
+from engine.emulator.render import image_size, render_edit, render_scene
+from engine.emulator.render._vocabulary import GRAIN_AMPLITUDE
 
 SCENE = "A red mug on a wooden table with a eucalyptus sprig, sunset background, text 'Hello'"
 PLAIN = "white background"

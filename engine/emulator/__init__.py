@@ -3,7 +3,7 @@ APIs on loopback, so the engine, its tests and its benchmarks never need the net
 
 Every answer is a pure function of the request and the server seed: identical requests get
 identical bytes (responseId and thought signatures included). Images come from the
-deterministic renderer (`_render`), which follows simple edit instructions ("make it
+deterministic renderer (`engine.emulator.render`), which follows simple edit instructions ("make it
 grayscale", "add a red circle on the left"). Sizes, token counts and limits follow the catalog.
 
 Endpoints

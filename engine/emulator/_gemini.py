@@ -44,8 +44,8 @@ from engine.emulator._http import (
     send_plain,
     send_stream,
 )
-from engine.emulator._render import RenderResult
 from engine.emulator._signatures import check_history
+from engine.emulator.render import RenderResult
 from sessions import Blob, Content, Part, WireError, decode_part
 
 __all__ = ["handle_get_model", "handle_list_models", "handle_model_call"]

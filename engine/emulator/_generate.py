@@ -23,8 +23,8 @@ import anyio.to_thread
 import msgspec
 
 from engine.catalog import ModelSpec, estimate_text_tokens
-from engine.emulator import _render
-from engine.emulator._render import RenderResult
+from engine.emulator.render import RenderResult, image_size, render_edit, render_scene
+from engine.emulator.render._vocabulary import MAX_SIDE
 from sessions import Blob, Content
 
 __all__ = [
@@ -124,7 +124,7 @@ class TurnInput:
 
 def _measure(blob: Blob) -> tuple[int, int]:
     try:
-        return _render.image_size(blob.data)
+        return image_size(blob.data)
     except ValueError:
         raise invalid(
             f"Unable to process input image. Please retry or report in {_TROUBLESHOOTING}"
@@ -275,7 +275,7 @@ class RenderJob:
 
     def run(self) -> RenderResult:
         """Render synchronously (in a worker thread)."""
-        limit = int(getattr(_render, "MAX_SIDE", 8192))
+        limit = MAX_SIDE
         if max(self.width, self.height) <= limit:
             return self._render(self.width, self.height)
         # The catalogue goes up to 12288 px (4K at 1:8 / 8:1) and the renderer may not: render
@@ -286,7 +286,7 @@ class RenderJob:
 
     def _render(self, width: int, height: int) -> RenderResult:
         if self.base is None:
-            return _render.render_scene(
+            return render_scene(
                 self.instruction,
                 width,
                 height,
@@ -295,7 +295,7 @@ class RenderJob:
                 output_mime=self.mime_type,
             )
         try:
-            return _render.render_edit(
+            return render_edit(
                 self.base,
                 self.instruction,
                 width,

@@ -55,7 +55,7 @@ from engine.emulator._http import (
     send_stream,
     too_large,
 )
-from engine.emulator._render import RenderResult
+from engine.emulator.render import RenderResult
 from sessions import Blob, Content, Part
 
 __all__ = [
