@@ -455,3 +455,21 @@ def test_a_huge_prompt_does_bounded_work() -> None:
     assert 0 < len(scene.applied) <= MAX_OBJECTS + 2
     edit = render_edit(scene.data, prompt, 128, 128, seed=1, grain=False)
     assert any("ignored" in line for line in edit.applied)
+
+
+async def test_a_render_failure_mid_stream_ends_the_stream(
+    http: aiohttp.ClientSession, emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emulator bug after the headers went out: the stream ends with an error event
+    instead of hanging (and the plain endpoint answers a JSON 500)."""
+    import engine.emulator._generate as generate_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("render broke")
+
+    monkeypatch.setattr(generate_module, "render_scene", broken)
+    status, raw, _ = await call(http, gemini_url(emu, method="streamGenerateContent"), PAYLOAD)
+    assert status == 200
+    assert json.loads(sse_payloads(raw)[-1])["error"]["code"] == 500
+    status, raw, _ = await call(http, gemini_url(emu), PAYLOAD)
+    assert status == 500

@@ -33,6 +33,8 @@ from engine.emulator._generate import ApiFailure, RenderPool
 from engine.emulator._settings import EmulatorSettings
 from engine.emulator._signatures import Signer
 
+_log = structlog.get_logger("nanoedit.emulator")
+
 __all__ = [
     "ENDPOINTS",
     "STATE",
@@ -431,6 +433,21 @@ async def send_stream(
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away mid-stream
+    except Exception:
+        if not response.prepared:
+            raise  # the middleware answers with a JSON 500
+        # Headers are out: end the stream with an error event, as Google does, rather than
+        # leave the client waiting on an open connection.
+        _log.exception("emulator.stream_failed", path=request.path)
+        error = {
+            "error": {
+                "code": 500,
+                "message": "Internal error in the emulator.",
+                "status": "INTERNAL",
+            }
+        }
+        await response.write(b"data: " + json_body(error) + separator)
+        await response.write_eof()
     finally:
         # Close now rather than at garbage collection when a cut ends the stream early.
         await events.aclose()
