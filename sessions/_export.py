@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from sessions._check import check_session
 from sessions._records import SessionRecord, SessionSettings, SessionState, TurnRecord, Usage
 from sessions._records import new_id as _new_id
 from sessions._store import SessionStore
@@ -187,9 +188,23 @@ def _settings_from_request(top: dict[str, msgspec.Raw]) -> SessionSettings:
     )
 
 
+def _role(content: Content, role: str, where: str) -> Content:
+    """The Content with its role made explicit (a file may leave it out); WireError if wrong
+    or empty (no server accepts a Content without parts)."""
+    if not content.parts:
+        raise WireError(f"{where}: the {role} Content has no parts")
+    if content.role == role:
+        return content
+    if content.role is None:
+        return Content(role=role, parts=content.parts)
+    raise WireError(f"{where}: expected a {role} Content, got role {content.role!r}")
+
+
 def _turn(
     meta: _TurnMeta, user: Content, model: Content, *, parent: str | None, index: int
 ) -> TurnRecord:
+    where = f"turn {meta.id}"
+    user, model = _role(user, "user", where), _role(model, "model", where)
     fields = msgspec.structs.asdict(meta)
     for name in ("user", "model", "parent", "index"):
         del fields[name]
@@ -263,6 +278,9 @@ def _decode(data: bytes, *, session_id: str, model: str) -> SessionState:
         raise WireError("duplicate turn ids in the export")
     _check_tree(state)
     _check_values(state)
+    problems = check_session(state)
+    if problems:
+        raise WireError(f"inconsistent session export: {problems[0]}")
     return state
 
 
