@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from engine._exceptions import ConfigError
+from engine import ConfigError
 from engine.catalog import resolve_model
+from engine.cli import _load
 from engine.cli import bench as _bench
 from engine.cli.bench import (
     TurnSample,
@@ -104,7 +105,7 @@ def test_summary_has_documented_keys_and_is_json() -> None:
     s = summarize(samples, wall_s=3.0, sessions_started=1)
     assert {"wall_s", "window_s", "sessions", "turns", "images", "throughput", "errors"} <= set(s)
     assert {"retries", "cost_usd", "metrics", "by_turn"} <= set(s)
-    assert set(s["metrics"]) == set(_bench.METRICS)
+    assert set(s["metrics"]) == set(_load.METRICS)
     assert set(s["metrics"]["latency_s"]) == {
         "count",
         "mean",
@@ -171,7 +172,7 @@ def test_empty_summary_prints_dashes_not_nan() -> None:
     assert s["throughput"]["turns_per_s"] is None
     text = format_table(s)
     assert "nan" not in text.lower()
-    assert _bench.NO_DATA in text
+    assert _load.NO_DATA in text
 
 
 # --- workload inputs ----------------------------------------------------------------------------
@@ -205,9 +206,9 @@ def test_load_prompts_rejects_bad_lines(tmp_path: Path) -> None:
 
 def test_turns_option_cycles_the_script() -> None:
     """An explicit --turns repeats a shorter script and cuts a longer one."""
-    assert _bench._script_for([["a", "b"]], 0, 3) == ["a", "b", "a (pass 2)"]
-    assert _bench._script_for([["a", "b"], ["c"]], 1, 1) == ["c"]
-    assert _bench._script_for([["a", "b"]], 5, None) == ["a", "b"]
+    assert _load._script_for([["a", "b"]], 0, 3) == ["a", "b", "a (pass 2)"]
+    assert _load._script_for([["a", "b"], ["c"]], 1, 1) == ["c"]
+    assert _load._script_for([["a", "b"]], 5, None) == ["a", "b"]
 
 
 def test_cost_estimate_uses_gateway_flat_price() -> None:

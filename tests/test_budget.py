@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 from PIL import features
 
-from engine._exceptions import BudgetExceeded, ConfigError
+from engine import BudgetExceeded, ConfigError
 from engine.budget import (
     Budget,
     CostBreakdown,
@@ -30,8 +30,7 @@ from engine.budget import (
 )
 from engine.catalog import MODELS, ModelSpec
 from engine.events import BudgetExceededEvent, BudgetWarning, HistoryCompacted
-from sessions._records import TurnRecord, Usage
-from sessions._wire import Blob, Content, Part, encode_contents, wire_contents
+from sessions import Blob, Content, Part, TurnRecord, Usage, encode_contents, wire_contents
 
 PRO = MODELS["gemini-3-pro-image-preview"]
 FLASH31 = MODELS["gemini-3.1-flash-image-preview"]

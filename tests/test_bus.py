@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from engine._exceptions import Closed, SubscriberDisconnected
+from engine import Closed, SubscriberDisconnected
 from engine.bus import EventBus, Subscription
 from engine.events import (
     Event,

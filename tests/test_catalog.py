@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._exceptions import ConfigError
+from engine import ConfigError
 from engine.catalog import MODELS, ImageConfig, estimate_text_tokens, resolve_model
 
 

@@ -24,13 +24,13 @@ from sessions import (
     Part,
     SessionRecord,
     SessionState,
+    SqliteStore,
     TurnRecord,
     Usage,
     encode_contents,
     new_id,
 )
 from sessions._images import image_dimensions as image_size
-from sessions._sqlite import SqliteStore
 from tests.conftest import dead_owner, live_owner
 
 

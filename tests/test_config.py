@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._config import EngineConfig, Secret
-from engine._exceptions import ConfigError
+from engine import ConfigError, EngineConfig, Secret
 
 
 def test_no_key_selects_local_emulator() -> None:

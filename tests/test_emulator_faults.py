@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine._exceptions import ConfigError
+from engine import ConfigError
 from engine.emulator import Emulator, EmulatorSettings, parse_faults
 from engine.emulator._faults import FaultInjector
 from tests._emulator_fixtures import (

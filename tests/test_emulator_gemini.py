@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import engine.emulator
-from engine._config import EmulatorOptions
+from engine import EmulatorOptions
 from engine.emulator import Emulator, EmulatorSettings
 from engine.emulator._gemini import _split
 from tests._emulator_fixtures import (

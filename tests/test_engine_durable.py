@@ -43,6 +43,7 @@ from sessions import (
     SessionNotFound,
     SessionRecord,
     SessionStore,
+    SqliteStore,
     TurnRecord,
     check_store,
     encode_contents,
@@ -50,7 +51,7 @@ from sessions import (
     import_session,
     new_id,
 )
-from sessions._sqlite import _SCHEMA, _SESSION_COLS, SCHEMA_VERSION, SqliteStore
+from sessions._sqlite import _SCHEMA, _SESSION_COLS, SCHEMA_VERSION
 from tests.conftest import (
     EmulatorFactory,
     EmulatorThread,

@@ -10,8 +10,7 @@ from collections import defaultdict
 import pytest
 from structlog.testing import capture_logs
 
-from engine import Budget, Engine, WireError
-from engine._config import Secret
+from engine import Budget, Engine, Secret, WireError
 from engine.bus import Subscription
 from engine.events import Event, EventsMissed, decode_event, encode_event
 from tests.conftest import EmulatorFactory, config_for

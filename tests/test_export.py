@@ -20,15 +20,16 @@ from sessions import (
     SessionSettings,
     SessionState,
     SessionStore,
+    SqliteStore,
     TurnRecord,
     Usage,
     WireError,
     encode_contents,
+    export_session,
+    import_session,
     new_id,
+    undo,
 )
-from sessions._export import export_session, import_session
-from sessions._ops import undo
-from sessions._sqlite import SqliteStore
 
 # Bytes whose standard base64 holds '+' and '/', so the alphabet is visible in the output.
 IMAGE = bytes(range(256)) * 8

@@ -7,12 +7,15 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import NanoeditError, WireError
+from engine.emulator import EmulatorSettings
 from engine.events import decode_event, encode_event
 from sessions import (
     Content,
@@ -169,6 +172,15 @@ _ENDPOINTS = (
 )
 
 
+@pytest.fixture(scope="module")
+def fuzz_emulator() -> Iterator[EmulatorThread]:
+    """An emulator of its own: the shared one records requests other tests read back."""
+    emu = EmulatorThread(EmulatorSettings(flat=True))
+    emu.start()
+    yield emu
+    emu.stop()
+
+
 @settings(
     max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -177,11 +189,11 @@ _ENDPOINTS = (
     st.one_of(st.binary(max_size=300), _json.map(lambda v: json.dumps(v).encode())),
 )
 def test_the_emulator_answers_malformed_bodies_without_a_500(
-    emulator_thread: EmulatorThread, path: str, body: bytes
+    fuzz_emulator: EmulatorThread, path: str, body: bytes
 ) -> None:
     """Any body on any POST endpoint: a 2xx or a 4xx, never a 500."""
     request = urllib.request.Request(
-        emulator_thread.base_url + path,
+        fuzz_emulator.base_url + path,
         data=body,
         headers={"Content-Type": "application/json"},
         method="POST",

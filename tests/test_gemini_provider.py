@@ -16,22 +16,31 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from engine._config import Secret, Timeouts
-from engine._exceptions import (
+from engine import (
     ContentBlocked,
     EventTooLarge,
     InvalidRequest,
     MalformedResponse,
     RateLimited,
+    Secret,
     ServerError,
     StreamBroken,
+    Timeouts,
     Unauthorized,
 )
 from engine._merge import ImageDelta, TextDelta
 from engine._transport import Transport
 from engine.providers import GeminiProvider, GenerateRequest, ProviderResult
-from sessions._records import SessionSettings, Usage
-from sessions._wire import Content, Part, WireError, decode_content, decode_contents, decode_part
+from sessions import (
+    Content,
+    Part,
+    SessionSettings,
+    Usage,
+    WireError,
+    decode_content,
+    decode_contents,
+    decode_part,
+)
 from tests._loopback import LoopbackServer, Reply, sse_body
 
 KEY = "AIzaSy-provider-test-key-42"

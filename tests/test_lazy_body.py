@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._config import Secret
+from engine import Secret
 from engine._transport import LazyBody, Transport, body_size
 from engine.providers import GeminiProvider, GenerateRequest
 from sessions import Blob, Content, Part, SessionSettings, decode_part

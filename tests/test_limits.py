@@ -7,7 +7,7 @@ import asyncio
 import anyio
 import pytest
 
-from engine._exceptions import Closed, RateLimited, ServerError
+from engine import Closed, RateLimited, ServerError
 from engine.events import LimitsChanged
 from engine.limits import Limiter, SlotHandle
 

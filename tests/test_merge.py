@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine._merge import ContentMerger, ImageDelta, TextDelta
-from sessions._wire import Blob, Content, Part, decode_part
+from sessions import Blob, Content, Part, decode_part
 
 
 def _text(text: str, *, thought: bool = False, sig: bytes | None = None) -> Part:

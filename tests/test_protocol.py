@@ -8,7 +8,8 @@ import msgspec
 import pytest
 
 from engine._protocol import decode_response, response_decoder
-from sessions._wire import StrictPart, decode_part, part_from_wire
+from sessions import decode_part
+from sessions._wire import StrictPart, part_from_wire
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 

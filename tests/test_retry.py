@@ -14,8 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from engine._config import RetryPolicy
-from engine._exceptions import (
+from engine import (
     ApiError,
     BudgetExceeded,
     ConnectError,
@@ -27,12 +26,13 @@ from engine._exceptions import (
     MalformedResponse,
     NotFound,
     RateLimited,
+    RetryPolicy,
     ServerError,
     StreamBroken,
     TotalTimeout,
     Unauthorized,
-    api_error,
 )
+from engine._exceptions import api_error
 from engine._retry import parse_retry_after, parse_retry_info, retry_delay, should_retry
 
 NOW = 1_700_000_000.0

@@ -14,17 +14,18 @@ from engine import (
     Closed,
     ConfigError,
     ContentBlocked,
+    EmulatorOptions,
     Engine,
     EngineConfig,
     ImageConfig,
     InvalidRequest,
     MalformedResponse,
     RateLimited,
+    Secret,
     ServerError,
     StreamBroken,
     Unauthorized,
 )
-from engine._config import EmulatorOptions, Secret
 from engine.events import Event, TurnFailed, TurnRetrying
 from sessions import encode_contents
 from tests.conftest import FAST_RETRY, EmulatorFactory, EmulatorThread, config_for

@@ -12,19 +12,23 @@ import pytest
 from sessions import (
     Blob,
     Content,
+    MemoryStore,
     Part,
     SessionBusy,
     SessionError,
     SessionNotFound,
     SessionRecord,
     SessionStore,
+    SqliteStore,
     TurnNotFound,
     TurnRecord,
+    checkout,
+    delete,
+    fork,
     new_id,
+    redo,
+    undo,
 )
-from sessions._ops import checkout, delete, fork, redo, undo
-from sessions._sqlite import SqliteStore
-from sessions._store import MemoryStore
 
 REFERENCE = random.Random(7).randbytes(4096)
 

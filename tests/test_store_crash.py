@@ -16,8 +16,7 @@ from typing import Any
 
 import anyio
 
-from sessions import SessionRecord, encode_contents, new_id
-from sessions._sqlite import SqliteStore
+from sessions import SessionRecord, SqliteStore, encode_contents, new_id
 
 CHILD = Path(__file__).parent / "_proc" / "store_child.py"
 KILLS = 20

@@ -13,16 +13,16 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sessions import (
     Content,
+    MemoryStore,
     Part,
     SessionBusy,
     SessionRecord,
     SessionStore,
+    SqliteStore,
     TurnRecord,
     new_id,
+    undo,
 )
-from sessions._ops import undo
-from sessions._sqlite import SqliteStore
-from sessions._store import MemoryStore
 
 CHILD = Path(__file__).parent / "_proc" / "store_child.py"
 

@@ -26,15 +26,17 @@ from sessions import (
     SessionNotFound,
     SessionRecord,
     SessionSettings,
+    SqliteStore,
     StoreError,
     TurnNotFound,
     TurnRecord,
     Usage,
+    default_store_path,
     encode_contents,
+    fork,
     new_id,
 )
-from sessions._ops import fork
-from sessions._sqlite import SCHEMA_VERSION, SqliteStore, default_store_path
+from sessions._sqlite import SCHEMA_VERSION
 
 CHILD = Path(__file__).parent / "_proc" / "store_child.py"
 REF = random.Random("ref").randbytes(200 * 1024)

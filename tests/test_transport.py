@@ -13,8 +13,7 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from engine._config import Timeouts
-from engine._exceptions import (
+from engine import (
     ApiError,
     Closed,
     ConfigError,
@@ -27,6 +26,7 @@ from engine._exceptions import (
     RateLimited,
     ServerError,
     StreamBroken,
+    Timeouts,
     TotalTimeout,
     Unauthorized,
 )

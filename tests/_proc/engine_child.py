@@ -29,8 +29,7 @@ import anyio.to_thread
 import structlog
 
 from engine import Engine, EngineConfig, RetryPolicy, SessionBusy
-from sessions import encode_contents
-from sessions._sqlite import SqliteStore
+from sessions import SqliteStore, encode_contents
 
 
 def emit(obj: object) -> None:

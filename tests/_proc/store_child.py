@@ -26,12 +26,12 @@ from sessions import (
     Part,
     SessionBusy,
     SessionRecord,
+    SqliteStore,
     TurnRecord,
     Usage,
     encode_contents,
     new_id,
 )
-from sessions._sqlite import SqliteStore
 
 BLOB_SIZE = 200 * 1024
 
