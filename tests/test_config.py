@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from engine import ConfigError, EngineConfig, Secret
 
@@ -58,3 +59,19 @@ def test_invalid_config_rejected(kwargs: dict[str, object]) -> None:
     """Configurations that cannot work raise ConfigError."""
     with pytest.raises(ConfigError):
         EngineConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_from_env_without_a_key_warns_once_naming_the_variables() -> None:
+    """No key: the embedded emulator, and one warning saying which variables were looked at."""
+    with structlog.testing.capture_logs() as logs:
+        cfg = EngineConfig.from_env({"GEMINI_APIKEY": "misspelled"})
+    assert cfg.provider == "local"
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert "GEMINI_API_KEY" in warnings[0]["looked_at"]
+
+
+def test_a_named_provider_without_a_key_is_refused() -> None:
+    """NANOEDIT_PROVIDER=google with no key: ConfigError before anything starts."""
+    with pytest.raises(ConfigError, match="needs an API key"):
+        EngineConfig.from_env({"NANOEDIT_PROVIDER": "google"})
