@@ -25,6 +25,17 @@ from engine.emulator import Emulator, EmulatorSettings
 from engine.providers import GenerateRequest, OnDelta, Provider, ProviderResult
 from sessions import Blob, Content, Part, Usage, wire_contents
 
+ENV_VARS = (
+    "NANOEDIT_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "WISDOM_GATE_KEY",
+    "NANOEDIT_BASE_URL",
+    "NANOEDIT_PROVIDER",
+    "NANOEDIT_MODEL",
+)
+"""The variables EngineConfig.from_env() reads: command-line tests run without them."""
+
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 """Retries without waiting: three attempts, millisecond back-off."""
 

@@ -18,16 +18,7 @@ import structlog
 from engine.cli import build_parser, main
 from engine.events import decode_event
 from sessions import SqliteStore
-
-ENV_VARS = (
-    "NANOEDIT_API_KEY",
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
-    "WISDOM_GATE_KEY",
-    "NANOEDIT_BASE_URL",
-    "NANOEDIT_PROVIDER",
-    "NANOEDIT_MODEL",
-)
+from tests.conftest import ENV_VARS
 
 
 @pytest.fixture(autouse=True)

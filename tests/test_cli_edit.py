@@ -22,18 +22,9 @@ from engine.catalog import resolve_model
 from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.events import TurnStarted, decode_event
-from tests.conftest import EmulatorThread
+from tests.conftest import ENV_VARS, EmulatorThread
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")
-ENV_VARS = (
-    "NANOEDIT_API_KEY",
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
-    "WISDOM_GATE_KEY",
-    "NANOEDIT_BASE_URL",
-    "NANOEDIT_PROVIDER",
-    "NANOEDIT_MODEL",
-)
 TURN_KEYS = {
     "index",
     "text",
