@@ -56,7 +56,7 @@ from engine.emulator import Emulator, EmulatorSettings
 from engine.events import Event, HistoryCompacted, TurnFailed, TurnRetrying
 from sessions import Content, encode_contents
 
-MODEL = "gemini-3.1-flash-image-preview"
+MODEL = "gemini-3.1-flash-image"
 PROMPTS = (
     "A ceramic mug on an oak table, morning light",
     "Make it grayscale",

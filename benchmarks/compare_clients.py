@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sessions", type=int, default=20)
     p.add_argument("--turns", type=int, default=3)
-    p.add_argument("--model", default="gemini-3.1-flash-image-preview")
+    p.add_argument("--model", default="gemini-3.1-flash-image")
     p.add_argument("--image-size", default="1K")
     p.add_argument("--aspect-ratio", default="1:1")
     p.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset")

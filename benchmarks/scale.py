@@ -46,7 +46,7 @@ from _common import (
 
 TARGET_RATIO = 1.15
 TARGET_IDLE_BYTES = 20 * 1000  # 20 KB
-MODEL = "gemini-3.1-flash-image-preview"
+MODEL = "gemini-3.1-flash-image"
 PROMPTS = (
     "A ceramic mug on an oak table, morning light",
     "Add a eucalyptus sprig to the left of the mug. Keep everything else.",

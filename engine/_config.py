@@ -26,7 +26,7 @@ __all__ = [
 
 _log = structlog.get_logger("nanoedit.config")
 
-DEFAULT_MODEL = "gemini-3.1-flash-image-preview"
+DEFAULT_MODEL = "gemini-3.1-flash-image"
 # Looked up in this order; the first one set wins.
 KEY_ENV_VARS = ("NANOEDIT_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "WISDOM_GATE_KEY")
 PROVIDER_PRESETS: Mapping[str, str] = {

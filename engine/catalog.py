@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -18,13 +19,19 @@ __all__ = [
     "ImageConfig",
     "ModelSpec",
     "Prices",
+    "Status",
+    "check_available",
     "estimate_text_tokens",
     "resolve_model",
 ]
 
-GEMINI_31_FLASH = "gemini-3.1-flash-image-preview"
-GEMINI_3_PRO = "gemini-3-pro-image-preview"
+GEMINI_31_FLASH = "gemini-3.1-flash-image"
+GEMINI_3_PRO = "gemini-3-pro-image"
+GEMINI_31_FLASH_PREVIEW = "gemini-3.1-flash-image-preview"
+GEMINI_3_PRO_PREVIEW = "gemini-3-pro-image-preview"
 GEMINI_25_FLASH = "gemini-2.5-flash-image"
+
+Status = Literal["GA", "preview", "shut down"]
 
 RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 EXTREME_RATIOS = ("1:4", "4:1", "1:8", "8:1")
@@ -75,6 +82,15 @@ class Prices(msgspec.Struct, frozen=True, kw_only=True):
     input_per_million: float
     text_output_per_million: float
     per_request: Mapping[str, float]  # provider name -> flat price per request (Wisdom Gate)
+    # Implicitly cached input (a repeated prefix: every multi-turn request) at a tenth of the
+    # input rate, Google's discount for cached tokens.
+    cached_input_per_million: float = -1.0
+
+    def cached_rate(self) -> float:
+        """USD per 1M cached input tokens (a tenth of the input rate unless the catalog says)."""
+        if self.cached_input_per_million >= 0:
+            return self.cached_input_per_million
+        return self.input_per_million / 10
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +109,9 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     default_size: str
     thinking: bool
     prices: Prices
+    status: Status = "GA"
+    replacement: str | None = None  # for a shut-down model: the id to use instead
+    shut_down_on: str | None = None  # ISO date
 
     def output_pixels(self, aspect_ratio: str, image_size: str | None) -> tuple[int, int]:
         """Output (width, height) for a ratio and size; size None means the default."""
@@ -134,50 +153,70 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
             )
 
 
-MODELS: dict[str, ModelSpec] = {
-    GEMINI_31_FLASH: ModelSpec(
-        id=GEMINI_31_FLASH,
-        aliases=("nano-banana-2",),
-        context_window=131_072,
-        max_input_images=14,
-        output_image_tokens={"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
-        input_image_tokens=1120,
-        tiled_input=False,
-        pixels={"512": _PX_31_512, "1K": _PX_3_1K, "2K": _PX_3_2K, "4K": _PX_3_4K},
-        sizes=("512", "1K", "2K", "4K"),
-        ratios=RATIOS + EXTREME_RATIOS,
-        default_size="1K",
-        thinking=True,
-        prices=Prices(
-            image_by_size={"512": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151},
-            input_per_million=0.50,
-            text_output_per_million=3.00,
-            per_request={"wisdom-gate": 0.058},
-        ),
+_FLASH = ModelSpec(
+    id=GEMINI_31_FLASH,
+    aliases=("nano-banana-2",),
+    context_window=131_072,
+    max_input_images=14,
+    output_image_tokens={"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+    input_image_tokens=1120,
+    tiled_input=False,
+    pixels={"512": _PX_31_512, "1K": _PX_3_1K, "2K": _PX_3_2K, "4K": _PX_3_4K},
+    sizes=("512", "1K", "2K", "4K"),
+    ratios=RATIOS + EXTREME_RATIOS,
+    default_size="1K",
+    thinking=True,
+    prices=Prices(
+        image_by_size={"512": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151},
+        input_per_million=0.50,
+        text_output_per_million=3.00,
+        per_request={"wisdom-gate": 0.058},
     ),
-    GEMINI_3_PRO: ModelSpec(
-        id=GEMINI_3_PRO,
-        aliases=("nano-banana-pro",),
-        context_window=65_536,
-        max_input_images=14,
-        output_image_tokens={"1K": 1120, "2K": 1120, "4K": 2000},
-        input_image_tokens=560,
-        tiled_input=False,
-        pixels={
-            "1K": {r: _PX_3_1K[r] for r in RATIOS},
-            "2K": {r: _PX_3_2K[r] for r in RATIOS},
-            "4K": {r: _PX_3_4K[r] for r in RATIOS},
-        },
-        sizes=("1K", "2K", "4K"),
-        ratios=RATIOS,
-        default_size="1K",
-        thinking=True,
-        prices=Prices(
-            image_by_size={"1K": 0.134, "2K": 0.134, "4K": 0.24},
-            input_per_million=2.00,
-            text_output_per_million=12.00,
-            per_request={"wisdom-gate": 0.068},
-        ),
+)
+_PRO = ModelSpec(
+    id=GEMINI_3_PRO,
+    aliases=("nano-banana-pro",),
+    context_window=65_536,
+    max_input_images=14,
+    output_image_tokens={"1K": 1120, "2K": 1120, "4K": 2000},
+    input_image_tokens=560,
+    tiled_input=False,
+    pixels={
+        "1K": {r: _PX_3_1K[r] for r in RATIOS},
+        "2K": {r: _PX_3_2K[r] for r in RATIOS},
+        "4K": {r: _PX_3_4K[r] for r in RATIOS},
+    },
+    sizes=("1K", "2K", "4K"),
+    ratios=RATIOS,
+    default_size="1K",
+    thinking=True,
+    prices=Prices(
+        image_by_size={"1K": 0.134, "2K": 0.134, "4K": 0.24},
+        input_per_million=2.00,
+        text_output_per_million=12.00,
+        per_request={"wisdom-gate": 0.068},
+    ),
+)
+
+MODELS: dict[str, ModelSpec] = {
+    GEMINI_31_FLASH: _FLASH,
+    GEMINI_3_PRO: _PRO,
+    # Shut down at Google; gateways may still route them, so they stay, with their successor.
+    GEMINI_31_FLASH_PREVIEW: msgspec.structs.replace(
+        _FLASH,
+        id=GEMINI_31_FLASH_PREVIEW,
+        aliases=(),
+        status="shut down",
+        replacement=GEMINI_31_FLASH,
+        shut_down_on="2026-06-25",
+    ),
+    GEMINI_3_PRO_PREVIEW: msgspec.structs.replace(
+        _PRO,
+        id=GEMINI_3_PRO_PREVIEW,
+        aliases=(),
+        status="shut down",
+        replacement=GEMINI_3_PRO,
+        shut_down_on="2026-06-25",
     ),
     GEMINI_25_FLASH: ModelSpec(
         id=GEMINI_25_FLASH,
@@ -198,18 +237,41 @@ MODELS: dict[str, ModelSpec] = {
             text_output_per_million=2.50,
             per_request={},
         ),
+        status="shut down",
+        replacement=GEMINI_31_FLASH,
+        shut_down_on="2026-10-02",
     ),
 }
 
 _ALIASES = {alias: spec for spec in MODELS.values() for alias in (spec.id, *spec.aliases)}
 
 
+# Gateways name models with a vendor ("google/gemini-3.1-flash-image", OpenRouter), the REST
+# API with a collection ("models/gemini-3.1-flash-image").
+_PREFIXES = ("models/", "google/", "gemini/")
+
+
 def resolve_model(name: str) -> ModelSpec:
-    """The spec for a model id or alias (`nano-banana-2`, `nano-banana-pro`, `nano-banana`)."""
-    spec = _ALIASES.get(name.removeprefix("models/"))
+    """The spec for a model id, alias (`nano-banana-2`, `nano-banana-pro`) or gateway spelling
+    (`google/gemini-3.1-flash-image`)."""
+    key = name.strip()
+    for prefix in _PREFIXES:
+        key = key.removeprefix(prefix)
+    spec = _ALIASES.get(key)
     if spec is None:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(_ALIASES))}")
     return spec
+
+
+def check_available(spec: ModelSpec, provider: str) -> str | None:
+    """Raise ConfigError for a shut-down model asked of Google itself (before anything is sent);
+    elsewhere (a gateway may still route it) return the warning to log, None if there is none."""
+    if spec.status != "shut down":
+        return None
+    message = f"{spec.id} was shut down by Google on {spec.shut_down_on}; use {spec.replacement}"
+    if provider == "google":
+        raise ConfigError(message)
+    return message + f" (sent as written: provider {provider!r} may still route it)"
 
 
 def estimate_text_tokens(text: str) -> int:

@@ -25,7 +25,7 @@ from engine._transport import Transport
 from engine._types import Image, ImageInput, Turn, build_user_content, sniff_mime
 from engine.budget import Budget, CostLedger
 from engine.bus import EventBus, Subscription
-from engine.catalog import ImageConfig, ModelSpec, resolve_model
+from engine.catalog import ImageConfig, ModelSpec, check_available, resolve_model
 from engine.events import (
     Event,
     SessionClosed,
@@ -96,6 +96,7 @@ class Engine:
         # Names this engine in the store's session leases; unique per engine, not per process.
         self.lease_owner = new_owner()
         self._turn_tasks: set[asyncio.Task[Any]] = set()
+        self._warned_models: set[str] = set()
         self._closed = False
         self._started = False
         self._stack = AsyncExitStack()
@@ -207,7 +208,7 @@ class Engine:
     ) -> Session:
         """A new session; the model and image config are validated before anything is sent."""
         self._check_open()
-        spec = resolve_model(model or self.config.model)
+        spec = self._usable(model or self.config.model)
         if image_config is not None:
             spec.validate(image_config)
         if budget is not None and not isinstance(budget, Budget):
@@ -247,6 +248,7 @@ class Engine:
         """Resume a stored session where it was left; the next request carries its history."""
         self._check_open()
         state = await self.store.load(session_id)
+        self._usable(state.record.model)
         session = Session(self, state)
         head = state.record.head
         turns = state.turn(head).index if head else 0
@@ -254,6 +256,16 @@ class Engine:
             SessionResumed(session_id=state.id, model=state.record.model, turns=turns)
         )
         return session
+
+    def _usable(self, model: str) -> ModelSpec:
+        """The model's spec; a shut-down model through Google is a ConfigError, through anything
+        else one warning per model (a gateway may still route it)."""
+        spec = resolve_model(model)
+        warning = check_available(spec, self.provider.name)
+        if warning is not None and spec.id not in self._warned_models:
+            self._warned_models.add(spec.id)
+            log.warning("model.shut_down", model=spec.id, message=warning)
+        return spec
 
     def lease(self, session_id: str) -> Lease:
         """The store lease of a session, as this engine takes it."""

@@ -14,8 +14,8 @@ from PIL import Image, ImageChops
 
 from engine.emulator import Emulator, EmulatorSettings
 
-FLASH = "gemini-3.1-flash-image-preview"
-PRO = "gemini-3-pro-image-preview"
+FLASH = "gemini-3.1-flash-image"
+PRO = "gemini-3-pro-image"
 NANO = "gemini-2.5-flash-image"
 KEY = "test-key"
 

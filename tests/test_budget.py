@@ -32,8 +32,8 @@ from engine.catalog import MODELS, ModelSpec
 from engine.events import BudgetExceededEvent, BudgetWarning, HistoryCompacted
 from sessions import Blob, Content, Part, TurnRecord, Usage, encode_contents, wire_contents
 
-PRO = MODELS["gemini-3-pro-image-preview"]
-FLASH31 = MODELS["gemini-3.1-flash-image-preview"]
+PRO = MODELS["gemini-3-pro-image"]
+FLASH31 = MODELS["gemini-3.1-flash-image"]
 FLASH25 = MODELS["gemini-2.5-flash-image"]
 
 MB = 20 * 1024 * 1024

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 
-from engine import ConfigError
-from engine.catalog import MODELS, ImageConfig, estimate_text_tokens, resolve_model
+from engine import ConfigError, Engine, EngineConfig
+from engine.catalog import ImageConfig, check_available, estimate_text_tokens, resolve_model
+from sessions import MemoryStore
+from tests.conftest import FakeProvider
 
 
 @pytest.mark.parametrize(
     ("alias", "model_id"),
     [
-        ("nano-banana-2", "gemini-3.1-flash-image-preview"),
-        ("nano-banana-pro", "gemini-3-pro-image-preview"),
+        ("nano-banana-2", "gemini-3.1-flash-image"),
+        ("nano-banana-pro", "gemini-3-pro-image"),
         ("nano-banana", "gemini-2.5-flash-image"),
         ("models/gemini-2.5-flash-image", "gemini-2.5-flash-image"),
+        ("google/gemini-3.1-flash-image", "gemini-3.1-flash-image"),
+        ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview"),
     ],
 )
 def test_aliases_resolve(alias: str, model_id: str) -> None:
-    """Aliases and `models/` prefixes resolve to the model id."""
+    """Aliases, `models/` prefixes and gateway spellings resolve to the model id."""
     assert resolve_model(alias).id == model_id
 
 
@@ -71,7 +76,9 @@ def test_valid_image_configs_pass() -> None:
 
 def test_token_costs() -> None:
     """Image token costs follow the published rules, including 2.5 Flash tiles."""
-    flash2, pro, flash = (MODELS[m] for m in MODELS)
+    flash2, pro, flash = (
+        resolve_model(m) for m in ("nano-banana-2", "nano-banana-pro", "nano-banana")
+    )
     assert flash2.output_tokens("512") == 747 and flash2.output_tokens(None) == 1120
     assert pro.output_tokens("4K") == 2000
     assert flash.image_input_tokens(300, 300) == 258
@@ -84,3 +91,59 @@ def test_text_estimate_rounds_up_utf8_bytes() -> None:
     assert estimate_text_tokens("") == 0
     assert estimate_text_tokens("abcde") == 2
     assert estimate_text_tokens("é") == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "replacement"),
+    [
+        ("gemini-3.1-flash-image-preview", "gemini-3.1-flash-image"),
+        ("gemini-3-pro-image-preview", "gemini-3-pro-image"),
+        ("gemini-2.5-flash-image", "gemini-3.1-flash-image"),
+    ],
+)
+def test_shut_down_models_name_their_replacement(model: str, replacement: str) -> None:
+    """Through Google a shut-down id is a ConfigError naming its replacement; through a
+    gateway it is a warning, and the id is sent as written."""
+    spec = resolve_model(model)
+    assert spec.status == "shut down" and spec.replacement == replacement
+    with pytest.raises(ConfigError, match=replacement):
+        check_available(spec, "google")
+    warning = check_available(spec, "wisdom-gate")
+    assert warning is not None and replacement in warning
+
+
+def test_ga_models_are_available_everywhere() -> None:
+    """The GA ids pass on every provider."""
+    for model in ("gemini-3.1-flash-image", "gemini-3-pro-image"):
+        spec = resolve_model(model)
+        assert spec.status == "GA"
+        assert check_available(spec, "google") is None
+
+
+async def test_a_shut_down_model_through_google_fails_before_sending() -> None:
+    """create_session with a shut-down id on the google provider: ConfigError naming the
+    replacement, nothing stored, nothing sent."""
+    provider = FakeProvider(name="google")
+    store = MemoryStore()
+    async with Engine(EngineConfig(), provider=provider, store=store) as engine:
+        with pytest.raises(ConfigError, match=r"use gemini-3\.1-flash-image"):
+            await engine.create_session("gemini-3.1-flash-image-preview")
+    assert provider.calls == [] and await store.list() == []
+
+
+async def test_a_shut_down_model_through_a_gateway_warns_once() -> None:
+    """Through a gateway the old id is sent as written, with one warning per engine."""
+    provider = FakeProvider(name="wisdom-gate")
+    async with Engine(EngineConfig(), provider=provider) as engine:
+        with structlog.testing.capture_logs() as logs:
+            s = await engine.create_session("gemini-3-pro-image-preview")
+            await engine.create_session("gemini-3-pro-image-preview")
+            await s.send("a mug")
+    assert provider.calls[0].model == "gemini-3-pro-image-preview"
+    assert [e["event"] for e in logs].count("model.shut_down") == 1
+
+
+async def test_the_default_model_is_the_ga_flash() -> None:
+    """No model named: gemini-3.1-flash-image."""
+    async with Engine(EngineConfig(), provider=FakeProvider()) as engine:
+        assert (await engine.create_session()).model == "gemini-3.1-flash-image"

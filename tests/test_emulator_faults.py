@@ -393,15 +393,15 @@ _NEST = b"[" * 5000 + b"]" * 5000
     ("path", "payload"),
     [
         (
-            "/v1beta/models/gemini-3.1-flash-image-preview:generateContent",
+            "/v1beta/models/gemini-3.1-flash-image:generateContent",
             b'{"contents": [{"role": "user", "parts": [{"text": "a", "x": ' + _NEST + b"}]}]}",
         ),
         (
-            "/v1beta/models/gemini-3.1-flash-image-preview:streamGenerateContent?alt=sse",
+            "/v1beta/models/gemini-3.1-flash-image:streamGenerateContent?alt=sse",
             b'{"contents": [{"role": "user", "parts": [{"text": "a", "x": ' + _NEST + b"}]}]}",
         ),
         (
-            "/v1beta/models/gemini-3.1-flash-image-preview:countTokens",
+            "/v1beta/models/gemini-3.1-flash-image:countTokens",
             b'{"contents": [{"role": "user", "parts": [{"text": "a", "x": ' + _NEST + b"}]}]}",
         ),
         (

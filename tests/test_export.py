@@ -89,7 +89,7 @@ def make_turn(parent: TurnRecord | None, text: str) -> TurnRecord:
         index=parent.index + 1 if parent else 1,
         user=user,
         model=model,
-        model_id="gemini-3.1-flash-image-preview",
+        model_id="gemini-3.1-flash-image",
         usage=Usage(prompt_tokens=560, output_tokens=1290, total_tokens=1850),
         cost_usd=0.0671,
         finish_reason="STOP",

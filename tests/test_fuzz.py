@@ -82,7 +82,7 @@ def test_decode_event_only_raises_wire_error(data: bytes) -> None:
 
 
 def _export() -> dict[str, Any]:
-    record = SessionRecord(id="s1", model="gemini-3.1-flash-image-preview", head="t2", tip="t2")
+    record = SessionRecord(id="s1", model="gemini-3.1-flash-image", head="t2", tip="t2")
     image = png()
     from sessions import Blob
 
@@ -163,9 +163,9 @@ def test_import_of_a_mutated_export_is_typed_and_sound(
 
 
 _ENDPOINTS = (
-    "/v1beta/models/gemini-3.1-flash-image-preview:generateContent",
-    "/v1beta/models/gemini-3.1-flash-image-preview:streamGenerateContent?alt=sse",
-    "/v1beta/models/gemini-3.1-flash-image-preview:countTokens",
+    "/v1beta/models/gemini-3.1-flash-image:generateContent",
+    "/v1beta/models/gemini-3.1-flash-image:streamGenerateContent?alt=sse",
+    "/v1beta/models/gemini-3.1-flash-image:countTokens",
     "/v1/chat/completions",
     "/v1/images/generations",
     "/v1/images/edits",

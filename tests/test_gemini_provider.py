@@ -44,7 +44,7 @@ from sessions import (
 from tests._loopback import LoopbackServer, Reply, sse_body
 
 KEY = "AIzaSy-provider-test-key-42"
-MODEL = "gemini-3.1-flash-image-preview"
+MODEL = "gemini-3.1-flash-image"
 SIG1 = base64.b64encode(b"\x01signature-of-text\xff").decode()
 SIG2 = base64.b64encode(b"\x02signature-of-image\xfe").decode()
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -110,14 +110,14 @@ WHOLE = response(
     ANSWER_PARTS,
     finish="STOP",
     usage=USAGE,
-    modelVersion="gemini-3.1-flash-image-preview-001",
+    modelVersion="gemini-3.1-flash-image-001",
     responseId="resp-1",
 )
 STREAM_CHUNKS = [
     response(
         [{"text": "Let me ", "thought": True}],
         usage={"promptTokenCount": 1370},
-        modelVersion="gemini-3.1-flash-image-preview-001",
+        modelVersion="gemini-3.1-flash-image-001",
         responseId="resp-1",
     ),
     response([{"text": "think. ✓", "thought": True}]),
@@ -279,7 +279,7 @@ async def test_plain_call_returns_content_usage_and_metadata(
     assert result.usage == EXPECTED_USAGE
     assert (result.finish_reason, result.model_version, result.response_id, result.status) == (
         "STOP",
-        "gemini-3.1-flash-image-preview-001",
+        "gemini-3.1-flash-image-001",
         "resp-1",
         200,
     )

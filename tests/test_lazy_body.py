@@ -49,7 +49,7 @@ def test_lazy_body_equals_encode(settings_: SessionSettings, n_images: int) -> N
             )
         )
     history.append(Content(role="user", parts=[Part(text="next")]))
-    request = GenerateRequest("gemini-3.1-flash-image-preview", history, settings_)
+    request = GenerateRequest("gemini-3.1-flash-image", history, settings_)
     p = provider()
     body = p.encode_body(request)
     assert isinstance(body, LazyBody)
@@ -66,7 +66,7 @@ def test_lazy_body_with_unmodelled_fields() -> None:
         Content(role="user", parts=[Part(text="x"), image]),
         Content(role="model", parts=[odd]),
     ]
-    request = GenerateRequest("gemini-3.1-flash-image-preview", history, FULL_SETTINGS)
+    request = GenerateRequest("gemini-3.1-flash-image", history, FULL_SETTINGS)
     p = provider()
     body = p.encode_body(request)
     assert body.size == len(body.join()) and body.join() == p.encode(request)
@@ -95,7 +95,7 @@ def test_any_history_size_is_exact(turns: list[tuple[str, bytes, bytes]]) -> Non
                 ],
             )
         )
-    request = GenerateRequest("gemini-3.1-flash-image-preview", history, SessionSettings())
+    request = GenerateRequest("gemini-3.1-flash-image", history, SessionSettings())
     body = provider().encode_body(request)
     assert isinstance(body, LazyBody)
     assert body.size == len(body.join())

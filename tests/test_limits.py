@@ -11,7 +11,7 @@ from engine import Closed, RateLimited, ServerError
 from engine.events import LimitsChanged
 from engine.limits import Limiter, SlotHandle
 
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 
 
 async def settle(rounds: int = 10) -> None:

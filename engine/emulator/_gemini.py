@@ -55,6 +55,8 @@ log = structlog.get_logger("nanoedit.emulator")
 _SSE_SEPARATOR = b"\r\n\r\n"
 _OFFLOAD_BYTES = 512 * 1024  # bodies above this are parsed in a worker thread
 _DISPLAY = {
+    "gemini-3.1-flash-image": "Nano Banana 2 (Gemini 3.1 Flash Image)",
+    "gemini-3-pro-image": "Nano Banana Pro (Gemini 3 Pro Image)",
     "gemini-3.1-flash-image-preview": "Nano Banana 2 (Gemini 3.1 Flash Image Preview)",
     "gemini-3-pro-image-preview": "Nano Banana Pro (Gemini 3 Pro Image Preview)",
     "gemini-2.5-flash-image": "Nano Banana (Gemini 2.5 Flash Image)",

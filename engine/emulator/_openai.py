@@ -73,7 +73,7 @@ _SIZE_WORDS = {"0.5K": "512", "512": "512", "1K": "1K", "2K": "2K", "4K": "4K"}
 
 
 def _model(name: str) -> ModelSpec:
-    # Gateways prefix a vendor ("google/gemini-3.1-flash-image-preview"); accept that too.
+    # Gateways prefix a vendor ("google/gemini-3.1-flash-image"); accept that too.
     try:
         return resolve_model(name.rsplit("/", 1)[-1])
     except ConfigError:

@@ -32,7 +32,7 @@ __all__ = ["GenerateRequest", "OnDelta", "Provider", "ProviderResult"]
 class GenerateRequest:
     """What one turn sends: the resolved model id, the whole history, the session's settings."""
 
-    model: str  # resolved model id, e.g. "gemini-3.1-flash-image-preview"
+    model: str  # resolved model id, e.g. "gemini-3.1-flash-image"
     contents: Sequence[Content]
     settings: SessionSettings
 
