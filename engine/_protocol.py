@@ -122,6 +122,7 @@ class UsageMetadata(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=
     thoughts_token_count: int = 0
     total_token_count: int = 0
     cached_content_token_count: int = 0
+    tool_use_prompt_token_count: int = 0
     prompt_tokens_details: list[ModalityTokenCount] | None = None
     candidates_tokens_details: list[ModalityTokenCount] | None = None
 

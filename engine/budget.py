@@ -522,10 +522,11 @@ def settle_cost(
     """USD of a finished request from its reported usage (a pure function: streamed or not).
 
     Google pricing: input tokens at the input rate (image input tokens count as image, the rest
-    as text), `images_out` output images at the size's price, output text and thinking tokens at
-    the text output rate. When the server gave no output breakdown, output text is
-    `output_tokens` minus the catalog's tokens for the images. A flat per-request provider
-    (``"wisdom-gate"``) costs its price, all of it as image.
+    as text), cached input tokens at the cached rate, tool-use prompt tokens at the input rate,
+    `images_out` output images at the size's price, output text and thinking tokens at the text
+    output rate. When the server gave no output breakdown, output text is `output_tokens` minus
+    the catalog's tokens for the images. A flat per-request provider (``"wisdom-gate"``) costs
+    its price, all of it as image.
     """
     flat = _flat_price(spec, provider)
     if flat is not None:
@@ -539,8 +540,24 @@ def settle_cost(
     else:
         image_tokens = images_out * spec.output_tokens(image_size) if images_out else 0
         text_out = max(0, usage.output_tokens - image_tokens)
-    text = (usage.prompt_tokens - image_in) * rate_in + text_out * rate_out
-    image = image_in * rate_in + images_out * spec.image_price(image_size)
+    # Cached tokens are part of the prompt; they are taken from its text share first (a repeated
+    # history prefix), and what remains of them from the image share.
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    text_in = usage.prompt_tokens - image_in
+    cached_text = min(cached, text_in)
+    cached_image = cached - cached_text
+    rate_cached = prices.cached_rate() / 1e6
+    text = (
+        (text_in - cached_text) * rate_in
+        + cached_text * rate_cached
+        + usage.tool_use_tokens * rate_in
+        + text_out * rate_out
+    )
+    image = (
+        (image_in - cached_image) * rate_in
+        + cached_image * rate_cached
+        + images_out * spec.image_price(image_size)
+    )
     thinking = usage.thoughts_tokens * rate_out
     return CostBreakdown(
         text_usd=text, image_usd=image, thinking_usd=thinking, total_usd=text + image + thinking

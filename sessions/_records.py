@@ -43,6 +43,8 @@ class Usage(msgspec.Struct, kw_only=True):
     prompt_text_tokens: int = 0
     output_image_tokens: int = 0
     output_text_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the implicit cache (cheaper)
+    tool_use_tokens: int = 0  # prompt tokens of tool use (google_search grounding)
 
 
 class SessionSettings(msgspec.Struct, kw_only=True, omit_defaults=True):

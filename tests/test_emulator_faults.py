@@ -468,7 +468,9 @@ async def test_a_render_failure_mid_stream_ends_the_stream(
         raise TypeError("render broke")
 
     monkeypatch.setattr(generate_module, "render_scene", broken)
-    status, raw, _ = await call(http, gemini_url(emu, method="streamGenerateContent"), PAYLOAD)
+    # includeThoughts: the thought summary goes out (with the headers) before the render fails.
+    thinking = body(user("a red apple"), thinkingConfig={"includeThoughts": True})
+    status, raw, _ = await call(http, gemini_url(emu, method="streamGenerateContent"), thinking)
     assert status == 200
     assert json.loads(sse_payloads(raw)[-1])["error"]["code"] == 500
     status, raw, _ = await call(http, gemini_url(emu), PAYLOAD)

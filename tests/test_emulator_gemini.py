@@ -72,12 +72,19 @@ def test_all_is_sorted_and_complete() -> None:
 async def test_first_turn_has_thought_signed_text_and_signed_image(
     http: aiohttp.ClientSession, emu: Emulator
 ) -> None:
-    """Turn 1 answers a thought, then signed text, then a signed 1K 1:1 PNG."""
+    """Turn 1 answers signed text, then a signed 1K 1:1 PNG; the thought summary comes first
+    only with includeThoughts (the thinking is billed either way)."""
     answer = await _turn1(http, emu, "a red apple on a blue table")
     parts = parts_of(answer)
-    assert parts[0]["thought"] is True and "thoughtSignature" not in parts[0]
-    assert parts[1]["text"] and parts[1]["thoughtSignature"]
-    assert parts[2]["inlineData"]["mimeType"] == "image/png" and parts[2]["thoughtSignature"]
+    assert not any(p.get("thought") for p in parts)
+    assert answer["usageMetadata"]["thoughtsTokenCount"] > 0
+    assert parts[0]["text"] and parts[0]["thoughtSignature"]
+    assert parts[1]["inlineData"]["mimeType"] == "image/png" and parts[1]["thoughtSignature"]
+    thinking = {"thinkingConfig": {"includeThoughts": True}}
+    status, with_thoughts = await generate(http, emu, body(user("a red apple"), **thinking))
+    assert status == 200
+    first = parts_of(with_thoughts)[0]
+    assert first["thought"] is True and "thoughtSignature" not in first
     assert open_image(image_bytes(answer)).size == (1024, 1024)
     assert answer["candidates"][0]["finishReason"] == "STOP"
     assert answer["modelVersion"] == FLASH
@@ -119,7 +126,7 @@ async def test_edit_applies_instruction_to_latest_image(
     status, answer = await generate(http, emu, payload)
     assert status == 200, answer
     assert is_grayscale(open_image(image_bytes(answer)))
-    text = parts_of(answer)[1]["text"]
+    text = parts_of(answer)[0]["text"]
     assert "grayscale" in text
 
 
@@ -249,11 +256,11 @@ async def test_missing_image_signature_is_rejected(
 ) -> None:
     """A model image sent back without its signature gets Google's exact 400 message."""
     history = await _history(http, emu)
-    del history[1]["parts"][2]["thoughtSignature"]
+    del history[1]["parts"][1]["thoughtSignature"]
     status, answer = await generate(http, emu, body(*history, user("make it grayscale")))
     assert status == 400
     assert answer["error"]["status"] == "INVALID_ARGUMENT"
-    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Image", c=2, p=3)
+    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Image", c=2, p=2)
 
 
 async def test_altered_image_signature_is_rejected(
@@ -261,12 +268,12 @@ async def test_altered_image_signature_is_rejected(
 ) -> None:
     """A model image whose signature was altered is rejected like a missing one."""
     history = await _history(http, emu)
-    signature = bytearray(base64.b64decode(history[1]["parts"][2]["thoughtSignature"]))
+    signature = bytearray(base64.b64decode(history[1]["parts"][1]["thoughtSignature"]))
     signature[-1] ^= 1
-    history[1]["parts"][2]["thoughtSignature"] = b64(bytes(signature))
+    history[1]["parts"][1]["thoughtSignature"] = b64(bytes(signature))
     status, answer = await generate(http, emu, body(*history, user("make it grayscale")))
     assert status == 400
-    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Image", c=2, p=3)
+    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Image", c=2, p=2)
 
 
 async def test_signature_moved_to_another_image_is_rejected(
@@ -274,10 +281,10 @@ async def test_signature_moved_to_another_image_is_rejected(
 ) -> None:
     """An image signature is bound to its image: a swapped image fails validation."""
     history = await _history(http, emu)
-    history[1]["parts"][2]["inlineData"]["data"] = b64(png(64, 64))
+    history[1]["parts"][1]["inlineData"]["data"] = b64(png(64, 64))
     status, answer = await generate(http, emu, body(*history, user("make it grayscale")))
     assert status == 400
-    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Image", c=2, p=3)
+    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Image", c=2, p=2)
 
 
 async def test_missing_text_signature_is_rejected(
@@ -285,10 +292,10 @@ async def test_missing_text_signature_is_rejected(
 ) -> None:
     """The first model text part without its signature gets the 'Text part' message."""
     history = await _history(http, emu)
-    del history[1]["parts"][1]["thoughtSignature"]
+    del history[1]["parts"][0]["thoughtSignature"]
     status, answer = await generate(http, emu, body(*history, user("make it grayscale")))
     assert status == 400
-    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Text", c=2, p=2)
+    assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Text", c=2, p=1)
 
 
 async def test_verbatim_history_is_accepted(http: aiohttp.ClientSession, emu: Emulator) -> None:
@@ -445,9 +452,10 @@ async def test_usage_metadata_follows_catalog(http: aiohttp.ClientSession, emu: 
         {"modality": "TEXT", "tokenCount": text_tokens},
         {"modality": "IMAGE", "tokenCount": 1120},
     ]
-    details = {d["modality"]: d["tokenCount"] for d in usage["candidatesTokensDetails"]}
-    assert details["IMAGE"] == 1680
-    assert usage["candidatesTokenCount"] == details["IMAGE"] + details["TEXT"]
+    # As real image answers report it: only IMAGE is listed; the rest of the count is text.
+    assert usage["candidatesTokensDetails"] == [{"modality": "IMAGE", "tokenCount": 1680}]
+    text = parts_of(answer)[0]["text"]
+    assert usage["candidatesTokenCount"] == 1680 + -(-len(text.encode()) // 4)
     assert usage["thoughtsTokenCount"] > 0
     assert usage["totalTokenCount"] == (
         usage["promptTokenCount"] + usage["candidatesTokenCount"] + usage["thoughtsTokenCount"]
@@ -494,9 +502,11 @@ async def test_auth_missing_wrong_and_right_key(http: aiohttp.ClientSession) -> 
 async def test_stream_order_text_then_one_image_then_finish(
     http: aiohttp.ClientSession, emu: Emulator
 ) -> None:
-    """SSE: thought, text pieces (first signed), one image event, a finish chunk; no [DONE]."""
+    """SSE: thought (includeThoughts), text pieces (first signed), one image event, a finish
+    chunk; no [DONE]."""
     url = gemini_url(emu, method="streamGenerateContent")
-    status, raw, headers = await call(http, url, body(user("a red apple")))
+    thinking = {"thinkingConfig": {"includeThoughts": True}}
+    status, raw, headers = await call(http, url, body(user("a red apple"), **thinking))
     assert status == 200
     assert headers["Content-Type"].startswith("text/event-stream")
     assert raw.endswith(b"\r\n\r\n") and b"[DONE]" not in raw
@@ -508,17 +518,22 @@ async def test_stream_order_text_then_one_image_then_finish(
             "thought" if part.get("thought") else "image" if "inlineData" in part else "text"
         )
         assert "finishReason" not in chunk["candidates"][0]
-    assert kinds[0] == "thought"
+    thoughts = len(kinds) - len("".join("t" if k == "thought" else "x" for k in kinds).lstrip("t"))
+    assert thoughts >= 1  # the summary (and, with includeThoughts, an interim thought image)
     assert kinds[-1] == "image" and kinds.count("image") == 1
-    assert kinds[1:-1] == ["text"] * (len(kinds) - 2) and len(kinds) - 2 >= 2
-    texts = [c["candidates"][0]["content"]["parts"][0] for c in chunks[1:-2]]
+    assert kinds[thoughts:-1] == ["text"] * (len(kinds) - thoughts - 1)
+    assert len(kinds) - thoughts - 1 >= 2
+    texts = [c["candidates"][0]["content"]["parts"][0] for c in chunks[thoughts:-2]]
     assert "thoughtSignature" in texts[0] and all("thoughtSignature" not in t for t in texts[1:])
     last = chunks[-1]
     assert last["candidates"][0]["finishReason"] == "STOP"
-    plain = await generate(http, emu, body(user("a red apple")))
+    plain = await generate(http, emu, body(user("a red apple"), **thinking))
     assert last["usageMetadata"] == plain[1]["usageMetadata"]
     streamed_text = "".join(t["text"] for t in texts)
-    assert streamed_text == parts_of(plain[1])[1]["text"]
+    answer_text = next(
+        p["text"] for p in parts_of(plain[1]) if "text" in p and not p.get("thought")
+    )
+    assert streamed_text == answer_text
 
 
 async def test_streamed_signature_on_trailing_empty_part(
@@ -663,9 +678,9 @@ async def test_signatures_depend_on_the_seed(http: aiohttp.ClientSession) -> Non
         status, answer = await generate(http, two, body(*history, user("make it grayscale")))
         assert status == 400
         # The first foreign signature in part order (the text's) is the one reported.
-        assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Text", c=2, p=2)
+        assert answer["error"]["message"] == GOOGLE_MESSAGE.format(kind="Text", c=2, p=1)
         status, other = await generate(http, two, body(history[0]))
-        assert image_bytes(other) != base64.b64decode(history[1]["parts"][2]["inlineData"]["data"])
+        assert image_bytes(other) != base64.b64decode(history[1]["parts"][1]["inlineData"]["data"])
 
 
 async def test_latency_does_not_block_the_server(http: aiohttp.ClientSession) -> None:

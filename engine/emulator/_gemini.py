@@ -291,7 +291,10 @@ def _usage(
         "promptTokensDetails": _prompt_details(turn),
     }
     if candidates:
-        final["candidatesTokensDetails"] = _details(IMAGE=image_tokens, TEXT=text_tokens)
+        # As real image answers report it: only IMAGE is listed when there is an image; the
+        # rest of candidatesTokenCount is the visible text.
+        by_modality = {"IMAGE": image_tokens} if image_tokens else {"TEXT": text_tokens}
+        final["candidatesTokensDetails"] = _details(**by_modality)
     if spec.thinking:
         final["thoughtsTokenCount"] = thoughts
     partial = {"promptTokenCount": prompt, "totalTokenCount": prompt + thoughts}
@@ -361,9 +364,11 @@ def build_answer(
     spec, turn = job.spec, job.turn
     outcome = decision.outcome.kind if decision.outcome else ""
     signer = state.signer
+    # Gemini 3 models always think (and bill it as thoughtsTokenCount); the thought summary is
+    # part of the answer only with includeThoughts, as on Google.
     thought = thought_text(turn) if spec.thinking else ""
     parts: list[Part] = []
-    if thought:
+    if thought and job.params.include_thoughts:
         parts.append(Part(text=thought, thought=True))
     if thought_image is not None:
         blob = Blob(mime_type=thought_image.mime_type, data=thought_image.data)
@@ -621,7 +626,7 @@ async def _sse_events(
     try:
         await asyncio.sleep(latency / 4)
         thought_sent = False
-        if job.spec.thinking and not blocked:
+        if job.spec.thinking and job.params.include_thoughts and not blocked:
             # The thought goes out before the render is done, like real thinking output.
             thought = Part(text=thought_text(job.turn), thought=True)
             _, partial = _usage(

@@ -71,19 +71,37 @@ def _tokens(details: list[ModalityTokenCount] | None, modality: str) -> int:
 
 
 def usage_from(meta: UsageMetadata | None) -> Usage:
-    """`Usage` from `usageMetadata`, split per modality; zeros when the server sent none."""
+    """`Usage` from `usageMetadata`, split per modality; zeros when the server sent none.
+
+    Real image answers list only IMAGE in `candidatesTokensDetails`: the rest of
+    `candidatesTokenCount` is the visible text, and is counted (and billed) as such.
+    """
     if meta is None:
         return Usage()
+    details = meta.candidates_tokens_details
+    image_out = _tokens(details, "IMAGE")
+    if details is None:
+        text_out = 0  # no breakdown at all: the budget estimates it
+    elif any(d.modality == "TEXT" for d in details):
+        text_out = _tokens(details, "TEXT")
+    else:
+        listed = sum(d.token_count for d in details)
+        text_out = max(0, meta.candidates_token_count - listed)
     return Usage(
         prompt_tokens=meta.prompt_token_count,
         output_tokens=meta.candidates_token_count,
         thoughts_tokens=meta.thoughts_token_count,
         total_tokens=meta.total_token_count
-        or meta.prompt_token_count + meta.candidates_token_count + meta.thoughts_token_count,
+        or meta.prompt_token_count
+        + meta.candidates_token_count
+        + meta.thoughts_token_count
+        + meta.tool_use_prompt_token_count,
         prompt_image_tokens=_tokens(meta.prompt_tokens_details, "IMAGE"),
         prompt_text_tokens=_tokens(meta.prompt_tokens_details, "TEXT"),
-        output_image_tokens=_tokens(meta.candidates_tokens_details, "IMAGE"),
-        output_text_tokens=_tokens(meta.candidates_tokens_details, "TEXT"),
+        output_image_tokens=image_out,
+        output_text_tokens=text_out,
+        cached_tokens=min(meta.cached_content_token_count, meta.prompt_token_count),
+        tool_use_tokens=meta.tool_use_prompt_token_count,
     )
 
 
