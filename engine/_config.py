@@ -113,6 +113,8 @@ class EngineConfig:
     max_request_bytes: int = 20 * 1024 * 1024
     emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
     home: Path | None = None  # session store directory; see `store_dir()`
+    # A TOML file of models to add or override (see engine.catalog.Catalog); None: built-in.
+    catalog: Path | None = None
     user_agent: str = "nanoedit/0.1"
     # Another engine (another process) holds the session's store lease: "raise" SessionBusy at
     # once, or "wait" for it, polling with backoff, up to `lease_wait` seconds. Nothing is sent
@@ -179,7 +181,9 @@ class EngineConfig:
                     looked_at=", ".join(names),
                 )
         home = env.get("NANOEDIT_HOME")
+        catalog = env.get("NANOEDIT_CATALOG")
         return cls(
+            catalog=Path(catalog) if catalog else None,
             provider=provider,  # type: ignore[arg-type]  # validated in __post_init__
             base_url=base_url,
             api_key=Secret(key),

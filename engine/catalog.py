@@ -7,15 +7,19 @@ budgets for is what the emulator bills.
 from __future__ import annotations
 
 import math
+import os
+import tomllib
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from engine._exceptions import ConfigError
 
 __all__ = [
+    "BUILTIN",
     "MODELS",
+    "Catalog",
     "ImageConfig",
     "ModelSpec",
     "Prices",
@@ -243,24 +247,169 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-_ALIASES = {alias: spec for spec in MODELS.values() for alias in (spec.id, *spec.aliases)}
-
-
 # Gateways name models with a vendor ("google/gemini-3.1-flash-image", OpenRouter), the REST
 # API with a collection ("models/gemini-3.1-flash-image").
 _PREFIXES = ("models/", "google/", "gemini/")
+# TOML keys of a catalog entry; each overrides what the entry's `base` says.
+_ENTRY_KEYS = frozenset(
+    {
+        "base",
+        "aliases",
+        "status",
+        "replacement",
+        "shut_down_on",
+        "context_window",
+        "max_input_images",
+        "sizes",
+        "ratios",
+        "default_size",
+        "output_image_tokens",
+        "input_image_tokens",
+        "image_price_usd",
+        "input_per_million_usd",
+        "output_per_million_usd",
+        "cached_input_per_million_usd",
+        "per_request_usd",
+    }
+)
 
 
-def resolve_model(name: str) -> ModelSpec:
-    """The spec for a model id, alias (`nano-banana-2`, `nano-banana-pro`) or gateway spelling
-    (`google/gemini-3.1-flash-image`)."""
-    key = name.strip()
-    for prefix in _PREFIXES:
-        key = key.removeprefix(prefix)
-    spec = _ALIASES.get(key)
-    if spec is None:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(_ALIASES))}")
+class Catalog:
+    """The models an engine knows: the built-in ones, plus or overridden by a TOML file."""
+
+    def __init__(self, models: Mapping[str, ModelSpec], source: str = "") -> None:
+        self.models: dict[str, ModelSpec] = dict(models)
+        self.source = source  # the TOML file the entries came from ("" for the built-in)
+        self._names: dict[str, ModelSpec] = {}
+        for spec in self.models.values():
+            for name in (spec.id, *spec.aliases):
+                self._names[name] = spec
+
+    def resolve(self, name: str) -> ModelSpec:
+        """The spec for an id, an alias or a gateway spelling; ConfigError if unknown."""
+        key = name.strip()
+        for prefix in _PREFIXES:
+            key = key.removeprefix(prefix)
+        spec = self._names.get(key)
+        if spec is None:
+            raise ConfigError(
+                f"unknown model {name!r}; known: {', '.join(sorted(self._names))}. A model "
+                "nanoedit does not ship can be added with a TOML catalog (NANOEDIT_CATALOG or "
+                "EngineConfig.catalog)"
+            )
+        return spec
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None) -> Catalog:
+        """The built-in catalog with the entries of the TOML file at `path` (None: built-in)."""
+        if path is None:
+            return BUILTIN
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"catalog {os.fspath(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"catalog {os.fspath(path)!r}: {exc}") from None
+        entries = doc.get("models", {})
+        if not isinstance(entries, dict) or set(doc) - {"models"}:
+            raise ConfigError(f'catalog {os.fspath(path)!r}: expected [models."ID"] tables')
+        models = dict(BUILTIN.models)
+        for model_id, entry in entries.items():
+            models[model_id] = _entry(model_id, entry, models, os.fspath(path))
+        return cls(models, os.fspath(path))
+
+
+def _entry(model_id: str, entry: object, models: Mapping[str, ModelSpec], path: str) -> ModelSpec:
+    where = f"catalog {path!r}, model {model_id!r}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_ENTRY_KEYS)}")
+    base_id = entry.get("base", model_id)
+    base = models.get(base_id) or BUILTIN._names.get(base_id)
+    if base is None:
+        raise ConfigError(f"{where}: 'base' must name a known model (got {base_id!r})")
+    prices = base.prices
+    changes: dict[str, Any] = {"id": model_id}
+    try:
+        if "aliases" in entry:
+            changes["aliases"] = tuple(str(a) for a in entry["aliases"])
+        elif model_id != base.id:
+            changes["aliases"] = ()  # the base keeps its aliases
+        for key in ("status", "replacement", "shut_down_on", "default_size"):
+            if key in entry:
+                changes[key] = str(entry[key])
+        for key in ("context_window", "max_input_images", "input_image_tokens"):
+            if key in entry:
+                changes[key] = _count(entry[key], key)
+        for key in ("sizes", "ratios"):
+            if key in entry:
+                changes[key] = tuple(str(v) for v in entry[key])
+        if "output_image_tokens" in entry:
+            table = {
+                str(k): _count(v, "output_image_tokens")
+                for k, v in entry["output_image_tokens"].items()
+            }
+            changes["output_image_tokens"] = {**base.output_image_tokens, **table}
+        price_changes: dict[str, Any] = {}
+        if "image_price_usd" in entry:
+            by_size = {str(k): _usd(v) for k, v in entry["image_price_usd"].items()}
+            price_changes["image_by_size"] = {**prices.image_by_size, **by_size}
+        for key, field_name in (
+            ("input_per_million_usd", "input_per_million"),
+            ("output_per_million_usd", "text_output_per_million"),
+            ("cached_input_per_million_usd", "cached_input_per_million"),
+        ):
+            if key in entry:
+                price_changes[field_name] = _usd(entry[key])
+        if "per_request_usd" in entry:
+            flat = {str(k): _usd(v) for k, v in entry["per_request_usd"].items()}
+            price_changes["per_request"] = {**prices.per_request, **flat}
+        if price_changes:
+            changes["prices"] = msgspec.structs.replace(prices, **price_changes)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    spec = msgspec.structs.replace(base, **changes)
+    _check_spec(spec, where)
     return spec
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def _usd(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e6:
+        raise ValueError(f"a price must be a non-negative number of USD, not {value!r}")
+    return float(value)
+
+
+def _check_spec(spec: ModelSpec, where: str) -> None:
+    if spec.status not in ("GA", "preview", "shut down"):
+        raise ConfigError(f"{where}: status must be GA, preview or shut down")
+    sizes = spec.sizes or (spec.default_size,)
+    for size in sizes:
+        if size not in spec.pixels or size not in spec.output_image_tokens:
+            raise ConfigError(f"{where}: size {size!r} has no pixel table or token cost")
+        if size not in spec.prices.image_by_size:
+            raise ConfigError(f"{where}: size {size!r} has no price")
+        missing = [r for r in spec.ratios if r not in spec.pixels[size]]
+        if missing:
+            raise ConfigError(f"{where}: ratios {missing} have no pixel size at {size}")
+
+
+BUILTIN = Catalog(MODELS)
+"""The models nanoedit ships."""
+
+
+def resolve_model(name: str, catalog: Catalog | None = None) -> ModelSpec:
+    """The spec for a model id, alias (`nano-banana-2`, `nano-banana-pro`) or gateway spelling
+    (`google/gemini-3.1-flash-image`), in `catalog` (the built-in one by default)."""
+    return (catalog or BUILTIN).resolve(name)
 
 
 def check_available(spec: ModelSpec, provider: str) -> str | None:

@@ -25,7 +25,7 @@ from engine._transport import Transport
 from engine._types import Image, ImageInput, Turn, build_user_content, sniff_mime
 from engine.budget import Budget, CostLedger
 from engine.bus import EventBus, Subscription
-from engine.catalog import ImageConfig, ModelSpec, check_available, resolve_model
+from engine.catalog import Catalog, ImageConfig, ModelSpec, check_available
 from engine.events import (
     Event,
     SessionClosed,
@@ -79,6 +79,7 @@ class Engine:
         close_deadline: float = 30.0,
     ) -> None:
         self.config = config if config is not None else EngineConfig()
+        self.catalog = Catalog.load(self.config.catalog)
         self.store: SessionStore = store if store is not None else MemoryStore()
         self.bus = EventBus()
         self.limiter = Limiter(
@@ -129,7 +130,7 @@ class Engine:
                 # The emulator enforces the same body limit the engine budgets for.
                 emu = Emulator(
                     EmulatorSettings.from_options(
-                        cfg.emulator, max_request_bytes=cfg.max_request_bytes
+                        cfg.emulator, max_request_bytes=cfg.max_request_bytes, catalog=self.catalog
                     )
                 )
                 base_url = await emu.start()
@@ -260,7 +261,7 @@ class Engine:
     def _usable(self, model: str) -> ModelSpec:
         """The model's spec; a shut-down model through Google is a ConfigError, through anything
         else one warning per model (a gateway may still route it)."""
-        spec = resolve_model(model)
+        spec = self.catalog.resolve(model)
         warning = check_available(spec, self.provider.name)
         if warning is not None and spec.id not in self._warned_models:
             self._warned_models.add(spec.id)
@@ -447,7 +448,7 @@ class Session:
     def __init__(self, engine: Engine, state: SessionState) -> None:
         self._engine = engine
         self._state = state
-        self.spec: ModelSpec = resolve_model(state.record.model)
+        self.spec: ModelSpec = engine.catalog.resolve(state.record.model)
         self._budget = Budget.from_builtins(state.record.settings.budget)
         self._log = log.bind(session_id=state.id)
 

@@ -16,7 +16,7 @@ import structlog
 from engine._config import EmulatorOptions, EngineConfig, RetryPolicy, Secret
 from engine._exceptions import ConfigError
 from engine.budget import Budget
-from engine.catalog import ImageConfig, resolve_model
+from engine.catalog import Catalog, ImageConfig
 from engine.events import Event, encode_event
 from sessions import MemoryStore, SessionError, SessionNotFound, SessionStore
 
@@ -85,6 +85,11 @@ def add_provider_options(parser: argparse.ArgumentParser, *, model_default: str 
     )
     g.add_argument("--base-url", help="Gemini-native base URL (implies --provider custom)")
     g.add_argument("--api-key-env", metavar="NAME", help="read the key from this env variable")
+    g.add_argument(
+        "--catalog",
+        metavar="FILE",
+        help="TOML file of models to add or override (NANOEDIT_CATALOG)",
+    )
 
 
 def add_emulator_options(parser: argparse.ArgumentParser) -> None:
@@ -133,8 +138,10 @@ def config_from_args(
             provider = provider or "custom"
             key = cfg.api_key if provider != "local" else Secret("")
             cfg = _replace(cfg, provider=provider, base_url=base_url or "", api_key=key)
+    if getattr(args, "catalog", None):
+        cfg = _replace(cfg, catalog=Path(args.catalog))
     if getattr(args, "model", None):
-        changes["model"] = resolve_model(args.model).id
+        changes["model"] = Catalog.load(cfg.catalog).resolve(args.model).id
     if getattr(args, "no_stream", False):
         changes["stream"] = False
     if getattr(args, "on_busy", None):

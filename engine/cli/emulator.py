@@ -12,6 +12,7 @@ import sys
 import structlog
 
 from engine._exceptions import ConfigError
+from engine.catalog import Catalog
 from engine.cli._common import non_negative
 from engine.emulator import Emulator, EmulatorSettings, parse_faults
 from engine.emulator._faults import FAULT_GRAMMAR
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for images and signatures")
     parser.add_argument(
+        "--catalog", metavar="FILE", help="TOML file of models to serve besides the built-in ones"
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=int,
         default=20 * 1024 * 1024,
@@ -88,6 +92,7 @@ def _settings(args: argparse.Namespace) -> EmulatorSettings:
         flat=args.flat,
         seed=args.seed,
         max_request_bytes=args.max_request_bytes,
+        catalog=Catalog.load(args.catalog),
     )
 
 

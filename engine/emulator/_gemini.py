@@ -15,7 +15,7 @@ from aiohttp import web
 
 from engine._exceptions import ConfigError
 from engine._protocol import IncomingRequest, RequestContent, request_decoder
-from engine.catalog import MODELS, ModelSpec, estimate_text_tokens, resolve_model
+from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.emulator._faults import Decision
 from engine.emulator._generate import (
     ApiFailure,
@@ -87,7 +87,7 @@ def _version(request: web.Request) -> str:
 
 def _spec(name: str, request: web.Request) -> ModelSpec:
     try:
-        return resolve_model(name)
+        return request.app[STATE].settings.catalog.resolve(name)
     except ConfigError:
         raise _unknown_model(name.removeprefix("models/"), _version(request)) from None
 
@@ -112,7 +112,7 @@ async def handle_list_models(request: web.Request) -> web.Response:
         check_gemini_key(request, state.settings.api_key)
     except ApiFailure as failure:
         return gemini_error(failure)
-    body = {"models": [_model_info(spec) for spec in MODELS.values()]}
+    body = {"models": [_model_info(spec) for spec in state.settings.catalog.models.values()]}
     return web.Response(body=json_body(body), content_type="application/json")
 
 

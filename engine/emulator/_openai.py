@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from engine._config import DEFAULT_MODEL
 from engine._exceptions import ConfigError
-from engine.catalog import MODELS, ModelSpec, estimate_text_tokens, resolve_model
+from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.emulator._faults import Decision
 from engine.emulator._gemini import check_limits, generation_params
 from engine.emulator._generate import (
@@ -72,10 +72,10 @@ _FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _SIZE_WORDS = {"0.5K": "512", "512": "512", "1K": "1K", "2K": "2K", "4K": "4K"}
 
 
-def _model(name: str) -> ModelSpec:
+def _model(state: ServerState, name: str) -> ModelSpec:
     # Gateways prefix a vendor ("google/gemini-3.1-flash-image"); accept that too.
     try:
-        return resolve_model(name.rsplit("/", 1)[-1])
+        return state.settings.catalog.resolve(name.rsplit("/", 1)[-1])
     except ConfigError:
         raise ApiFailure(
             404,
@@ -84,11 +84,11 @@ def _model(name: str) -> ModelSpec:
         ) from None
 
 
-def openai_models() -> dict[str, Any]:
+def openai_models(state: ServerState) -> dict[str, Any]:
     """GET /v1/models in OpenAI's list shape."""
     data = [
         {"id": name, "object": "model", "created": CREATED, "owned_by": "google"}
-        for spec in MODELS.values()
+        for spec in state.settings.catalog.models.values()
         for name in (spec.id, *spec.aliases)
     ]
     return {"object": "list", "data": data}
@@ -285,7 +285,7 @@ async def _chat(request: web.Request, state: ServerState) -> web.StreamResponse:
     state.record(request, "chat.completions", chat.model, body)
     if not chat.model:
         raise invalid("you must provide a model parameter", code="missing_required_parameter")
-    spec = _model(chat.model)
+    spec = _model(state, chat.model)
     contents, system = _chat_contents(chat.messages)
     turn = read_turn(spec, contents, system)
     config: dict[str, Any] = {"imageConfig": chat.image_config or {}}
@@ -489,7 +489,7 @@ async def _images(
 ) -> web.StreamResponse:
     """Generations and edits after parsing: validate, fault, render, answer."""
     params = _image_params(fields)
-    spec = _model(params.model)
+    spec = _model(state, params.model)
     user = Content(
         role="user", parts=[Part(text=params.prompt), *(Part(inline_data=b) for b in inputs)]
     )

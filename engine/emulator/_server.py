@@ -76,7 +76,8 @@ async def _v1_models(request: web.Request) -> web.StreamResponse:
             check_openai_key(request, request.app[STATE].settings.api_key)
         except ApiFailure as failure:
             return openai_error(failure)
-        return web.Response(body=json_body(openai_models()), content_type="application/json")
+        listing = json_body(openai_models(request.app[STATE]))
+        return web.Response(body=listing, content_type="application/json")
     return await handle_list_models(request)
 
 

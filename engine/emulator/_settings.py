@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from engine._config import EmulatorOptions
 from engine._exceptions import ConfigError
+from engine.catalog import BUILTIN, Catalog
 from engine.emulator._faults import MAX_SECONDS
 
 __all__ = ["EmulatorSettings"]
@@ -34,6 +35,7 @@ class EmulatorSettings:
     render_cache_entries: int = 256
     render_cache_bytes: int = 512 * 1024 * 1024
     render_threads: int = 0  # 0: one per CPU, at least 2
+    catalog: Catalog = field(default=BUILTIN, repr=False)  # every model it serves
 
     def __post_init__(self) -> None:
         if not (0 <= self.latency <= MAX_SECONDS and 0 <= self.latency_jitter <= MAX_SECONDS):
@@ -54,6 +56,7 @@ class EmulatorSettings:
         *,
         api_key: str = "",
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        catalog: Catalog = BUILTIN,
     ) -> EmulatorSettings:
         """Settings for the embedded emulator from the engine's `EmulatorOptions`."""
         return cls(
@@ -63,4 +66,5 @@ class EmulatorSettings:
             flat=options.flat,
             seed=options.seed,
             max_request_bytes=max_request_bytes,
+            catalog=catalog,
         )

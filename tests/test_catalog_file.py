@@ -1,0 +1,118 @@
+"""A TOML catalog adds or overrides models without upgrading nanoedit; `nanoedit models`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from engine import ConfigError, Engine, EngineConfig
+from engine.catalog import Catalog
+from engine.cli import main
+from tests.conftest import FakeProvider
+
+NB9 = """
+[models."gemini-nano-banana-9"]
+base = "gemini-3.1-flash-image"        # inherit sizes, ratios, token rules, limits, prices
+image_price_usd = { "1K" = 0.033 }      # override only what differs
+aliases = ["nb9"]
+
+[models."gemini-3-pro-image"]
+context_window = 200000
+per_request_usd = { "my-gateway" = 0.05 }
+"""
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() configures structlog for the command line; put the test run's config back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture
+def catalog_file(tmp_path: Path) -> Path:
+    """The catalog of the issue's example, plus an override of a built-in model."""
+    path = tmp_path / "models.toml"
+    path.write_text(NB9)
+    return path
+
+
+def test_an_entry_inherits_from_its_base_and_overrides_what_differs(catalog_file: Path) -> None:
+    """nb9 resolves; its 1K price is the file's, everything else its base's."""
+    catalog = Catalog.load(catalog_file)
+    nb9 = catalog.resolve("nb9")
+    base = catalog.resolve("gemini-3.1-flash-image")
+    assert nb9.id == "gemini-nano-banana-9"
+    assert nb9.image_price("1K") == 0.033 and nb9.image_price("2K") == base.image_price("2K")
+    assert nb9.sizes == base.sizes and nb9.context_window == base.context_window
+    assert base.aliases == ("nano-banana-2",)  # the base keeps its own aliases
+    pro = catalog.resolve("nano-banana-pro")
+    assert pro.context_window == 200_000 and pro.prices.per_request["my-gateway"] == 0.05
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[models."x"]\nbase = "nope"\n', "base"),
+        ('[models."x"]\nbase = "nano-banana-2"\ncolour = 1\n', "unknown keys"),
+        ('[models."x"]\nbase = "nano-banana-2"\nimage_price_usd = { "1K" = "cheap" }\n', "price"),
+        ('[models."x"]\nbase = "nano-banana-2"\nsizes = ["8K"]\n', "8K"),
+        ("not toml = = 1", "catalog"),
+    ],
+)
+def test_a_bad_catalog_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    """Each mistake is a ConfigError naming the file and what is wrong."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Catalog.load(path)
+
+
+def test_an_unknown_model_names_the_catalog_setting() -> None:
+    """Without an entry, an unknown id says how to add one."""
+    with pytest.raises(ConfigError, match="NANOEDIT_CATALOG"):
+        Catalog.load(None).resolve("gemini-nano-banana-9")
+
+
+async def test_a_catalog_model_is_usable_with_its_price(catalog_file: Path) -> None:
+    """An engine with the catalog runs a turn on nb9 and prices it at the file's price."""
+    provider = FakeProvider()
+    async with Engine(EngineConfig(catalog=catalog_file), provider=provider) as engine:
+        s = await engine.create_session("nb9")
+        turn = await s.send("a mug")
+    assert s.model == "gemini-nano-banana-9"
+    assert provider.calls[0].model == "gemini-nano-banana-9"
+    assert turn.cost_usd > 0.033 and turn.cost_usd < 0.034  # the image plus a few tokens
+
+
+async def test_the_embedded_emulator_serves_catalog_models(catalog_file: Path) -> None:
+    """No provider given: the embedded emulator answers for a model only the file knows."""
+    config = EngineConfig(catalog=catalog_file)
+    async with Engine(config) as engine:
+        s = await engine.create_session("nb9")
+        turn = await s.send("a mug")
+    assert turn.images and turn.record.metadata.get("modelVersion") == "gemini-nano-banana-9"
+
+
+def test_models_lists_the_catalog(catalog_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nanoedit models --json --catalog FILE`: ids, aliases, status and prices."""
+    assert main(["models", "--json", "--catalog", str(catalog_file)]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["gemini-nano-banana-9"]["aliases"] == ["nb9"]
+    assert rows["gemini-nano-banana-9"]["image_price_usd"]["1K"] == 0.033
+    assert rows["gemini-3.1-flash-image-preview"]["status"] == "shut down"
+    assert rows["gemini-3.1-flash-image-preview"]["replacement"] == "gemini-3.1-flash-image"
+    assert main(["models"]) == 0
+    assert "nano-banana-pro" in capsys.readouterr().out
+
+
+def test_edit_json_reports_the_ga_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nanoedit edit "a mug" --json` on the embedded emulator reports gemini-3.1-flash-image."""
+    out = tmp_path / "out"
+    assert main(["edit", "a mug", "--json", "--flat", "--store", "memory", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "gemini-3.1-flash-image"
