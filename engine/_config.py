@@ -16,9 +16,13 @@ from engine._exceptions import ConfigError
 __all__ = [
     "DEFAULT_MODEL",
     "KEY_ENV_VARS",
+    "PRESETS",
     "PROVIDER_PRESETS",
+    "ApiName",
+    "AuthScheme",
     "EmulatorOptions",
     "EngineConfig",
+    "Preset",
     "RetryPolicy",
     "Secret",
     "Timeouts",
@@ -29,11 +33,34 @@ _log = structlog.get_logger("nanoedit.config")
 DEFAULT_MODEL = "gemini-3.1-flash-image"
 # Looked up in this order; the first one set wins.
 KEY_ENV_VARS = ("NANOEDIT_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "WISDOM_GATE_KEY")
-PROVIDER_PRESETS: Mapping[str, str] = {
-    "google": "https://generativelanguage.googleapis.com",
-    "wisdom-gate": "https://wisgate.ai",
+ApiName = Literal["gemini", "openai-chat"]
+AuthScheme = Literal["bearer", "raw", "goog"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """Where a named provider is and how it is spoken to."""
+
+    api: ApiName
+    base_url: str
+    auth: AuthScheme
+    model_prefix: str = ""  # OpenRouter names Google's models "google/..."
+
+
+PRESETS: Mapping[str, Preset] = {
+    "local": Preset("gemini", "", "goog"),
+    "google": Preset("gemini", "https://generativelanguage.googleapis.com", "goog"),
+    "wisdom-gate": Preset("gemini", "https://wisgate.ai", "goog"),
+    "wisdom-gate-openai": Preset("openai-chat", "https://wisdom-gate.juheapi.com/v1", "raw"),
+    "openrouter": Preset("openai-chat", "https://openrouter.ai/api/v1", "bearer", "google/"),
+    "custom": Preset("gemini", "", "goog"),
 }
-ProviderName = Literal["local", "google", "wisdom-gate", "custom"]
+"""The providers by name: wire protocol, base URL, credential header."""
+PROVIDER_PRESETS: Mapping[str, str] = {n: p.base_url for n, p in PRESETS.items() if p.base_url}
+ProviderName = Literal[
+    "local", "google", "wisdom-gate", "wisdom-gate-openai", "openrouter", "custom"
+]
+_KEYED = ("google", "wisdom-gate", "wisdom-gate-openai", "openrouter")
 OnBusy = Literal["raise", "wait"]
 
 
@@ -102,6 +129,9 @@ class EngineConfig:
 
     provider: ProviderName = "local"
     base_url: str = ""
+    # The wire protocol, apart from the endpoint ("": the provider's own); `auth` likewise.
+    api: ApiName | Literal[""] = ""
+    auth: AuthScheme | Literal[""] = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
     model: str = DEFAULT_MODEL
     stream: bool = True
@@ -126,18 +156,31 @@ class EngineConfig:
     lease_wait: float = 300.0  # on_busy="wait": give up with SessionBusy after this long
 
     def __post_init__(self) -> None:
-        if self.provider not in ("local", "google", "wisdom-gate", "custom"):
-            raise ConfigError(f"unknown provider {self.provider!r}")
+        if self.provider not in PRESETS:
+            raise ConfigError(f"unknown provider {self.provider!r}; one of {', '.join(PRESETS)}")
         if self.provider == "custom" and not self.base_url:
             raise ConfigError("provider 'custom' needs a base_url")
-        if self.provider in ("google", "wisdom-gate") and not self.api_key:
+        if self.provider in _KEYED and not self.api_key:
             raise ConfigError(f"provider {self.provider!r} needs an API key")
+        if self.api not in ("", "gemini", "openai-chat"):
+            raise ConfigError(f"api must be gemini or openai-chat, not {self.api!r}")
+        if self.auth not in ("", "bearer", "raw", "goog"):
+            raise ConfigError(f"auth must be bearer, raw or goog, not {self.auth!r}")
         if self.max_in_flight < 1 or self.max_connections < 1:
             raise ConfigError("max_in_flight and max_connections must be at least 1")
         if self.on_busy not in ("raise", "wait"):
             raise ConfigError(f"on_busy must be 'raise' or 'wait', not {self.on_busy!r}")
         if not self.lease_ttl > 0 or not self.lease_wait >= 0:
             raise ConfigError("lease_ttl must be positive and lease_wait at least 0")
+
+    @property
+    def preset(self) -> Preset:
+        """The provider's preset with `api` and `auth` applied (an explicit `openai-chat` on a
+        Gemini preset speaks Bearer unless told otherwise)."""
+        preset = PRESETS[self.provider]
+        api = self.api or preset.api
+        auth = self.auth or (preset.auth if api == preset.api else _default_auth(api))
+        return Preset(api, preset.base_url, auth, preset.model_prefix)
 
     @property
     def resolved_base_url(self) -> str:
@@ -165,6 +208,7 @@ class EngineConfig:
         key = next((env[n] for n in names if env.get(n)), "")
         base_url = env.get("NANOEDIT_BASE_URL", "")
         provider = env.get("NANOEDIT_PROVIDER", "")
+        api = env.get("NANOEDIT_API", "")
         if not provider:
             if base_url:
                 provider = "custom"
@@ -184,9 +228,14 @@ class EngineConfig:
         catalog = env.get("NANOEDIT_CATALOG")
         return cls(
             catalog=Path(catalog) if catalog else None,
+            api=api,  # type: ignore[arg-type]  # validated in __post_init__
             provider=provider,  # type: ignore[arg-type]  # validated in __post_init__
             base_url=base_url,
             api_key=Secret(key),
             model=env.get("NANOEDIT_MODEL") or DEFAULT_MODEL,
             home=Path(home) if home else None,
         )
+
+
+def _default_auth(api: str) -> AuthScheme:
+    return "goog" if api == "gemini" else "bearer"

@@ -39,6 +39,7 @@ from engine.events import (
 from engine.limits import Limiter
 from engine.providers._base import Provider
 from engine.providers.gemini import GeminiProvider
+from engine.providers.openai_chat import OpenAIChatProvider
 from sessions import (
     Content,
     MemoryStore,
@@ -142,9 +143,26 @@ class Engine:
                 user_agent=cfg.user_agent,
             )
             self._stack.push_async_callback(self._transport.aclose)
-            self._provider = GeminiProvider(
-                self._transport, base_url=base_url, api_key=cfg.api_key, name=cfg.provider
-            )
+            preset = cfg.preset
+            if preset.api == "openai-chat":
+                if self._emulator is not None:
+                    base_url += "/v1"  # the emulator's OpenAI-compatible root
+                self._provider = OpenAIChatProvider(
+                    self._transport,
+                    base_url=base_url,
+                    api_key=cfg.api_key,
+                    name=cfg.provider,
+                    auth=preset.auth,
+                    model_prefix=preset.model_prefix,
+                )
+            else:
+                self._provider = GeminiProvider(
+                    self._transport,
+                    base_url=base_url,
+                    api_key=cfg.api_key,
+                    name=cfg.provider,
+                    auth=preset.auth,
+                )
         self._stack.push_async_callback(self.bus.aclose)
         log.debug("engine.started", provider=self.provider.name)
 

@@ -175,11 +175,11 @@ def test_version() -> None:
 
 
 def test_abbreviated_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    """`--api` is not silently taken as --api-key-env."""
+    """`--api-key` is not silently taken as --api-key-env."""
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["edit", "a mug", "--api", "X"])
+        build_parser().parse_args(["edit", "a mug", "--api-key", "X"])
     assert info.value.code == 2
-    assert "unrecognized arguments: --api" in capsys.readouterr().err
+    assert "unrecognized arguments: --api-key" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["demo", "edit", "emulator", "bench", "sessions"])

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import structlog
 
-from engine._config import EmulatorOptions, EngineConfig, RetryPolicy, Secret
+from engine._config import PRESETS, EmulatorOptions, EngineConfig, RetryPolicy, Secret
 from engine._exceptions import ConfigError
 from engine.budget import Budget
 from engine.catalog import Catalog, ImageConfig
@@ -36,7 +36,7 @@ __all__ = [
     "retry_from_args",
 ]
 
-PROVIDERS = ("local", "google", "wisdom-gate", "custom")
+PROVIDERS = tuple(PRESETS)
 
 
 def err(msg: str) -> None:
@@ -83,7 +83,18 @@ def add_provider_options(parser: argparse.ArgumentParser, *, model_default: str 
         choices=PROVIDERS,
         help="where requests go (default: from the environment; no key -> local emulator)",
     )
-    g.add_argument("--base-url", help="Gemini-native base URL (implies --provider custom)")
+    g.add_argument("--base-url", help="base URL of the API (implies --provider custom)")
+    g.add_argument(
+        "--api",
+        choices=("gemini", "openai-chat"),
+        help="wire protocol (default: the provider's; NANOEDIT_API)",
+    )
+    g.add_argument(
+        "--auth-scheme",
+        choices=("bearer", "raw", "goog"),
+        help="how the key is sent: Authorization: Bearer KEY, Authorization: KEY, "
+        "or x-goog-api-key (default: the provider's)",
+    )
     g.add_argument("--api-key-env", metavar="NAME", help="read the key from this env variable")
     g.add_argument(
         "--catalog",
@@ -138,6 +149,10 @@ def config_from_args(
             provider = provider or "custom"
             key = cfg.api_key if provider != "local" else Secret("")
             cfg = _replace(cfg, provider=provider, base_url=base_url or "", api_key=key)
+    if getattr(args, "api", None):
+        changes["api"] = args.api
+    if getattr(args, "auth_scheme", None):
+        changes["auth"] = args.auth_scheme
     if getattr(args, "catalog", None):
         cfg = _replace(cfg, catalog=Path(args.catalog))
     if getattr(args, "model", None):

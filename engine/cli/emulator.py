@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--catalog", metavar="FILE", help="TOML file of models to serve besides the built-in ones"
     )
     parser.add_argument(
+        "--openai-dialect",
+        choices=("images", "parts", "markdown", "json"),
+        default="images",
+        help="how chat completions carry images (per request: header x-emulator-dialect)",
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=int,
         default=20 * 1024 * 1024,
@@ -93,6 +99,7 @@ def _settings(args: argparse.Namespace) -> EmulatorSettings:
         seed=args.seed,
         max_request_bytes=args.max_request_bytes,
         catalog=Catalog.load(args.catalog),
+        openai_dialect=args.openai_dialect,
     )
 
 

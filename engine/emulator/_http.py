@@ -307,10 +307,12 @@ def openai_error(failure: ApiFailure) -> web.Response:
         "param": None,
         "code": failure.openai_code,
     }
+    headers = {"Content-Type": JSON_TYPE, **_retry_headers(failure)}
+    if failure.retry_after is not None:
+        # OpenAI's servers also send the exact wait in milliseconds.
+        headers["retry-after-ms"] = str(round(failure.retry_after * 1000))
     return web.Response(
-        status=failure.status,
-        body=_encoder.encode({"error": error}),
-        headers={"Content-Type": JSON_TYPE, **_retry_headers(failure)},
+        status=failure.status, body=_encoder.encode({"error": error}), headers=headers
     )
 
 

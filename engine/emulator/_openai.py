@@ -211,6 +211,57 @@ def _id(prefix: str, digest: bytes) -> str:
 
 # --- chat completions ---------------------------------------------------------------------
 
+DIALECTS = ("images", "parts", "markdown", "json")
+"""How a chat answer carries its image, as gateways do: `message.images[]`, `image_url` parts in
+`content`, a markdown data URL in the content string, or a JSON object in the content string."""
+_DATA_URL_PIECE = 64 * 1024  # a streamed data URL or JSON arrives in deltas of this size
+
+
+def _image_item(image: RenderResult) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": _data_url_of(image)}}
+
+
+def _embedded(dialect: str, image: RenderResult) -> str:
+    if dialect == "markdown":
+        return f"\n\n![image]({_data_url_of(image)})"
+    payload = json_body({"mime_type": image.mime_type, "b64": image.data}).decode()
+    return f"\n```json\n{payload}\n```"
+
+
+def _dialect_message(dialect: str, text: str, image: RenderResult | None) -> dict[str, Any]:
+    """The non-streamed assistant message in `dialect`."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if image is None:
+        return message
+    if dialect == "images":
+        message["images"] = [_image_item(image)]
+    elif dialect == "parts":
+        message["content"] = [{"type": "text", "text": text}, _image_item(image)]
+    else:
+        message["content"] = text + _embedded(dialect, image)
+    return message
+
+
+def _dialect_deltas(
+    dialect: str, text: str, image: RenderResult | None, pieces: int
+) -> list[dict[str, Any]]:
+    """The streamed deltas of the answer in `dialect` (before the finishing chunk)."""
+    deltas: list[dict[str, Any]] = [{"content": piece} for piece in _split(text, pieces)]
+    if image is None:
+        return deltas
+    if dialect == "images":
+        deltas.append({"images": [_image_item(image)]})
+    elif dialect == "parts":
+        deltas.append({"content": [_image_item(image)]})
+    else:
+        embedded = _embedded(dialect, image)
+        # Split across many deltas, as real streams do with long data URLs.
+        deltas += [
+            {"content": embedded[i : i + _DATA_URL_PIECE]}
+            for i in range(0, len(embedded), _DATA_URL_PIECE)
+        ]
+    return deltas
+
 
 class _ImageUrl(msgspec.Struct):
     url: str
@@ -333,12 +384,13 @@ async def _chat(request: web.Request, state: ServerState) -> web.StreamResponse:
         return text, finish, usage
 
     head = {"id": _id("chatcmpl-", digest), "created": CREATED, "model": spec.id}
+    dialect = request.headers.get("x-emulator-dialect") or state.settings.openai_dialect
+    if dialect not in DIALECTS:
+        raise invalid(f"Unknown x-emulator-dialect {dialect!r}; one of {', '.join(DIALECTS)}.")
     if not chat.stream:
         image, _ = await asyncio.gather(render(), asyncio.sleep(latency))
         text, finish, usage = reply(image)
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if image is not None:
-            message["images"] = [{"type": "image_url", "image_url": {"url": _data_url_of(image)}}]
+        message = _dialect_message(dialect, text, image)
         answer = {
             **head,
             "object": "chat.completion",
@@ -361,11 +413,8 @@ async def _chat(request: web.Request, state: ServerState) -> web.StreamResponse:
             await asyncio.sleep(latency * 3 / 4)
             image = await task
             text, finish, usage = reply(image)
-            for piece in _split(text, state.settings.stream_text_chunks):
-                yield None, chunk({"content": piece})
-            if image is not None:
-                url = _data_url_of(image)
-                yield None, chunk({"images": [{"type": "image_url", "image_url": {"url": url}}]})
+            for delta in _dialect_deltas(dialect, text, image, state.settings.stream_text_chunks):
+                yield None, chunk(delta)
             yield None, chunk({}, finish, usage=usage)
             yield None, b"[DONE]"
         finally:

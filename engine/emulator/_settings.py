@@ -36,6 +36,9 @@ class EmulatorSettings:
     render_cache_bytes: int = 512 * 1024 * 1024
     render_threads: int = 0  # 0: one per CPU, at least 2
     catalog: Catalog = field(default=BUILTIN, repr=False)  # every model it serves
+    # How chat completions carry images: "images" (message.images[]), "parts" (image_url parts
+    # in content), "markdown" (a data URL in the text), "json" (a JSON object in the text).
+    openai_dialect: str = "images"
 
     def __post_init__(self) -> None:
         if not (0 <= self.latency <= MAX_SECONDS and 0 <= self.latency_jitter <= MAX_SECONDS):
@@ -46,6 +49,8 @@ class EmulatorSettings:
             raise ConfigError("stream_text_chunks must be at least 1")
         if self.stream_signature not in ("first", "last"):
             raise ConfigError("stream_signature must be 'first' or 'last'")
+        if self.openai_dialect not in ("images", "parts", "markdown", "json"):
+            raise ConfigError("openai_dialect must be images, parts, markdown or json")
         if self.render_cache_entries < 0 or self.render_cache_bytes < 0:
             raise ConfigError("render cache limits must be >= 0")
 

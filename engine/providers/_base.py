@@ -20,12 +20,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine._config import AuthScheme, Secret
 from engine._merge import ImageDelta, TextDelta
-from engine._transport import RequestBody
+from engine._transport import Headers, RequestBody
 from sessions._records import SessionSettings, Usage
 from sessions._wire import Content
 
-__all__ = ["GenerateRequest", "OnDelta", "Provider", "ProviderResult"]
+__all__ = [
+    "AuthScheme",
+    "GenerateRequest",
+    "OnDelta",
+    "Provider",
+    "ProviderResult",
+    "auth_headers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,21 @@ class ProviderResult:
 
 
 OnDelta = Callable[[TextDelta | ImageDelta], Awaitable[None]]
+
+
+def auth_headers(key: Secret, scheme: AuthScheme) -> Headers:
+    """The credential header for a key: `Authorization: Bearer KEY`, the bare key (Wisdom
+    Gate's OpenAI-compatible guide), or Google's `x-goog-api-key`."""
+    headers = Headers({"content-type": "application/json"})
+    value = key.reveal()
+    if value:
+        if scheme == "bearer":
+            headers["authorization"] = f"Bearer {value}"
+        elif scheme == "raw":
+            headers["authorization"] = value
+        else:
+            headers["x-goog-api-key"] = value
+    return headers
 
 
 class Provider(abc.ABC):

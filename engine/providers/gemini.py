@@ -31,7 +31,6 @@ from engine._protocol import (
     decode_response,
 )
 from engine._transport import (
-    Headers,
     LazyBody,
     RequestBody,
     StreamResponse,
@@ -39,7 +38,14 @@ from engine._transport import (
     html_title,
     malformed,
 )
-from engine.providers._base import GenerateRequest, OnDelta, Provider, ProviderResult
+from engine.providers._base import (
+    AuthScheme,
+    GenerateRequest,
+    OnDelta,
+    Provider,
+    ProviderResult,
+    auth_headers,
+)
 from engine.providers._errors import google_error, json_http_error
 from sessions._records import Usage
 from sessions._wire import Content, Part, WireError, _WireContent, part_from_wire, wire_contents
@@ -274,6 +280,7 @@ class GeminiProvider(Provider):
         base_url: str,
         api_key: Secret,
         name: str = "custom",
+        auth: AuthScheme = "goog",
         max_event_bytes: int = sse.DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.name = name
@@ -281,9 +288,7 @@ class GeminiProvider(Provider):
         self._base_url = base_url.rstrip("/")
         self._max_event_bytes = max_event_bytes
         key = api_key.reveal()
-        self._headers = Headers({"content-type": "application/json"})
-        if key:
-            self._headers["x-goog-api-key"] = key
+        self._headers = auth_headers(api_key, auth)
         self._secrets: tuple[str, ...] = (key,) if key else ()
 
     def _url(self, model: str, method: str) -> str:

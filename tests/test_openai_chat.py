@@ -1,0 +1,157 @@
+"""The openai-chat provider against the emulator's chat completions, in every image dialect
+gateways use, streamed and not, through the command line."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import structlog
+
+from engine import Engine, EngineConfig, Secret, Unauthorized
+from engine.cli import main
+from engine.emulator import EmulatorSettings
+from engine.events import Event, TurnRetrying
+from engine.providers.openai_chat import extract_images
+from tests.conftest import ENV_VARS, FAST_RETRY, EmulatorThread, png
+
+PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")
+DIALECTS = ("images", "parts", "markdown", "json")
+
+
+@pytest.fixture(scope="module")
+def dialect_emulators() -> Iterator[dict[str, EmulatorThread]]:
+    """One flat emulator per dialect, recording requests."""
+    emus = {
+        d: EmulatorThread(EmulatorSettings(flat=True, record_requests=True, openai_dialect=d))
+        for d in DIALECTS
+    }
+    for emu in emus.values():
+        emu.start()
+    yield emus
+    for emu in emus.values():
+        emu.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No key variables; structlog's config restored after main() configured it."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def _assistant_images(request_body: bytes) -> list[bytes]:
+    doc = msgspec.json.decode(request_body)
+    out = []
+    for message in doc["messages"]:
+        if message["role"] != "assistant":
+            continue
+        for part in message["content"]:
+            if part["type"] == "image_url":
+                url = part["image_url"]["url"]
+                out.append(base64.b64decode(url.split(",", 1)[1]))
+    return out
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_three_turns_through_the_cli(
+    dialect_emulators: dict[str, EmulatorThread],
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+    dialect: str,
+    stream: bool,
+) -> None:
+    """Turn 3's request carries both earlier assistant images byte for byte; --json turns hold
+    the image and the model's words, never the data URL or the JSON."""
+    emu = dialect_emulators[dialect]
+    out = tmp_path / "out"
+    argv = ["edit", *PROMPTS, "--api", "openai-chat", "--base-url", emu.base_url + "/v1"]
+    argv += ["--json", "--out", str(out), "--store", "memory"]
+    argv += [] if stream else ["--no-stream"]
+    assert main(argv) == 0, capsys.readouterr().err
+    doc = json.loads(capsys.readouterr().out)
+    turns = doc["turns"]
+    assert [len(t["images"]) for t in turns] == [1, 1, 1]
+    for turn in turns:
+        assert turn["text"] and "data:" not in turn["text"] and "b64" not in turn["text"]
+        assert "```" not in turn["text"] and "![" not in turn["text"]
+    assert "grayscale" in turns[2]["text"]
+    assert emu.emulator is not None
+    third = [
+        r
+        for r in emu.emulator.requests
+        if r.endpoint == "chat.completions" and b"grayscale" in r.body
+    ][-1]
+    sent = [hashlib.sha256(i).hexdigest() for i in _assistant_images(third.body)]
+    assert sent == [turns[0]["images"][0]["sha256"], turns[1]["images"][0]["sha256"]]
+    assert (b'"stream":true' in third.body) is stream
+
+
+@pytest.mark.parametrize(("scheme", "ok"), [("bearer", True), ("raw", True), ("goog", False)])
+async def test_bearer_and_raw_auth(scheme: str, ok: bool) -> None:
+    """`Authorization: Bearer KEY` and `Authorization: KEY` are accepted; x-goog-api-key is
+    not what an OpenAI-compatible endpoint reads."""
+    emu = EmulatorThread(EmulatorSettings(flat=True, api_key="gw-key-123"))
+    emu.start()
+    try:
+        config = EngineConfig(
+            provider="custom",
+            base_url=emu.base_url + "/v1",
+            api="openai-chat",
+            auth=scheme,  # type: ignore[arg-type]
+            api_key=Secret("gw-key-123"),
+            retry=FAST_RETRY,
+        )
+        async with Engine(config) as engine:
+            s = await engine.create_session()
+            if ok:
+                assert len((await s.send("a mug")).images) == 1
+            else:
+                with pytest.raises(Unauthorized):
+                    await s.send("a mug")
+    finally:
+        emu.stop()
+
+
+async def test_a_429_with_retry_after_ms_waits_that_long() -> None:
+    """The gateway's retry-after-ms is the delay of the retry."""
+    emu = EmulatorThread(EmulatorSettings(flat=True, faults="fail_first=1:429:retry=0.25"))
+    emu.start()
+    try:
+        config = EngineConfig(
+            provider="custom", base_url=emu.base_url + "/v1", api="openai-chat", retry=FAST_RETRY
+        )
+        seen: list[Event] = []
+        async with Engine(config) as engine:
+            engine.bus.on("turn.retrying", seen.append)
+            turn = await (await engine.create_session()).send("a mug")
+        assert turn.attempts == 2
+        assert isinstance(seen[0], TurnRetrying) and seen[0].delay_s == pytest.approx(0.25)
+    finally:
+        emu.stop()
+
+
+def test_embedded_images_are_taken_out_of_the_text() -> None:
+    """Each dialect's embedding, with stray text around it: text clean, image found."""
+    data = png()
+    b64 = base64.b64encode(data).decode()
+    cases = [
+        f"Here it is.\n\n![image](data:image/png;base64,{b64})",
+        f'Sure! ```json\n{{"mime_type": "image/png", "b64": "{b64}"}}\n``` Enjoy.',
+        f'Result: {{"mimeType": "image/png", "data": "{b64}"}} done',
+        f"inline data:image/png;base64,{b64} end",
+    ]
+    for text in cases:
+        clean, images = extract_images(text)
+        assert [i.data for i in images] == [data]
+        assert b64[:20] not in clean and not re.search(r"data:|```|\{", clean)
