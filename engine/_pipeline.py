@@ -89,7 +89,12 @@ class TurnRun:
             )
             plan = await self._plan()
             body = self.provider.encode_body(
-                GenerateRequest(self.session.spec.id, plan.contents, self.settings)
+                GenerateRequest(
+                    self.session.spec.id,
+                    plan.contents,
+                    self.settings,
+                    signatures=self.session.spec.thinking,
+                )
             )
             self.reservation = self.engine.ledger.reserve(plan.reserved_usd, session_id=sid)
             result, digests = await self._send(body)
@@ -141,7 +146,11 @@ class TurnRun:
                 turns=self.history,
                 draft=self.draft,
                 encode_size=lambda contents: len(
-                    provider.encode(GenerateRequest(session.spec.id, contents, settings))
+                    provider.encode(
+                        GenerateRequest(
+                            session.spec.id, contents, settings, signatures=session.spec.thinking
+                        )
+                    )
                 ),
                 provider=provider.name,
                 image_size=self.image_size,

@@ -19,6 +19,7 @@ from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.events import Event, TurnRetrying
 from engine.providers.openai_chat import extract_images
+from sessions import MemoryStore
 from tests.conftest import ENV_VARS, FAST_RETRY, EmulatorThread, png
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")
@@ -155,3 +156,33 @@ def test_embedded_images_are_taken_out_of_the_text() -> None:
         clean, images = extract_images(text)
         assert [i.data for i in images] == [data]
         assert b64[:20] not in clean and not re.search(r"data:|```|\{", clean)
+
+
+async def test_a_gateway_session_continues_on_the_gemini_api_and_back(
+    emulator_thread: EmulatorThread,
+) -> None:
+    """A turn through openai-chat (no signatures), the next through Gemini-native (the
+    placeholder signature satisfies the check), the next through openai-chat again."""
+    store = MemoryStore()
+    url = emulator_thread.base_url
+    chat = EngineConfig(provider="custom", base_url=url + "/v1", api="openai-chat")
+    gemini = EngineConfig(provider="custom", base_url=url)
+    async with Engine(chat, store=store) as engine:
+        s = await engine.create_session()
+        first = await s.send("A ceramic mug on an oak table")
+        assert not any(p.thought_signature for p in first.model_content.parts)
+    async with Engine(gemini, store=store) as engine:
+        second = await (await engine.open_session(s.id)).send("Add a red circle on the left")
+    async with Engine(chat, store=store) as engine:
+        third = await (await engine.open_session(s.id)).send("Make it grayscale")
+    assert [t.index for t in (first, second, third)] == [1, 2, 3]
+    assert emulator_thread.emulator is not None
+    sent = [
+        r
+        for r in emulator_thread.emulator.requests
+        if "enerateContent" in r.endpoint and b"Add a red circle on the left" in r.body
+    ]
+    assert sent and PLACEHOLDER in sent[-1].body
+
+
+PLACEHOLDER = base64.b64encode(b"skip_thought_signature_validator")

@@ -43,6 +43,9 @@ class GenerateRequest:
     model: str  # resolved model id, e.g. "gemini-3.1-flash-image"
     contents: Sequence[Content]
     settings: SessionSettings
+    # The model wants its thought signatures back (Gemini 3): model turns that came without
+    # any (through an OpenAI-compatible gateway) get Google's documented placeholder.
+    signatures: bool = False
 
     @property
     def images_only(self) -> bool:

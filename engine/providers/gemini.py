@@ -265,6 +265,32 @@ def _encoded_size(content: Content | _WireContent) -> int:
     return len(_encoder.encode(Content(role=content.role, parts=parts))) + extra
 
 
+PLACEHOLDER_SIGNATURE = b"skip_thought_signature_validator"
+"""Google's documented signature for model turns that did not come from this API (the bytes,
+sent base64-encoded like any signature, as the official SDK does)."""
+
+
+def _signed(request: GenerateRequest) -> Sequence[Content]:
+    """The history, with the placeholder signature on model turns that have none at all (they
+    came through an OpenAI-compatible gateway): on the first answer text and on every image."""
+    if not request.signatures:
+        return request.contents
+    out: list[Content] = []
+    for content in request.contents:
+        if content.role != "model" or any(p.thought_signature for p in content.parts):
+            out.append(content)
+            continue
+        parts, text_signed = [], False
+        for part in content.parts:
+            needs = part.is_image or (bool(part.text) and not part.thought and not text_signed)
+            if needs and not part.thought:
+                text_signed = text_signed or not part.is_image
+                part = msgspec.structs.replace(part, thought_signature=PLACEHOLDER_SIGNATURE)
+            parts.append(part)
+        out.append(Content(role=content.role, parts=parts))
+    return out
+
+
 class GeminiProvider(Provider):
     """Gemini REST: `:generateContent`, `:streamGenerateContent?alt=sse`, `:countTokens`.
 
@@ -297,11 +323,11 @@ class GeminiProvider(Provider):
 
     def encode(self, request: GenerateRequest) -> bytes:
         """The generateContent body: history verbatim plus the session's settings."""
-        return _encoder.encode(_envelope(request, wire_contents(request.contents)))
+        return _encoder.encode(_envelope(request, wire_contents(_signed(request))))
 
     def encode_body(self, request: GenerateRequest) -> LazyBody:
         """The same bytes as `encode`, produced one Content at a time while being written."""
-        wire = wire_contents(request.contents)
+        wire = wire_contents(_signed(request))
         skeleton = _encoder.encode(_envelope(request, []))
         # `contents` is the first field, so the skeleton starts with an empty contents array
         # that the history is written into.
