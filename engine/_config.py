@@ -33,7 +33,7 @@ _log = structlog.get_logger("nanoedit.config")
 DEFAULT_MODEL = "gemini-3.1-flash-image"
 # Looked up in this order; the first one set wins.
 KEY_ENV_VARS = ("NANOEDIT_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "WISDOM_GATE_KEY")
-ApiName = Literal["gemini", "openai-chat"]
+ApiName = Literal["gemini", "openai-chat", "openai-images"]
 AuthScheme = Literal["bearer", "raw", "goog"]
 
 
@@ -53,14 +53,15 @@ PRESETS: Mapping[str, Preset] = {
     "wisdom-gate": Preset("gemini", "https://wisgate.ai", "goog"),
     "wisdom-gate-openai": Preset("openai-chat", "https://wisdom-gate.juheapi.com/v1", "raw"),
     "openrouter": Preset("openai-chat", "https://openrouter.ai/api/v1", "bearer", "google/"),
+    "openai": Preset("openai-images", "https://api.openai.com/v1", "bearer"),
     "custom": Preset("gemini", "", "goog"),
 }
 """The providers by name: wire protocol, base URL, credential header."""
 PROVIDER_PRESETS: Mapping[str, str] = {n: p.base_url for n, p in PRESETS.items() if p.base_url}
 ProviderName = Literal[
-    "local", "google", "wisdom-gate", "wisdom-gate-openai", "openrouter", "custom"
+    "local", "google", "wisdom-gate", "wisdom-gate-openai", "openrouter", "openai", "custom"
 ]
-_KEYED = ("google", "wisdom-gate", "wisdom-gate-openai", "openrouter")
+_KEYED = ("google", "wisdom-gate", "wisdom-gate-openai", "openrouter", "openai")
 OnBusy = Literal["raise", "wait"]
 
 
@@ -162,8 +163,8 @@ class EngineConfig:
             raise ConfigError("provider 'custom' needs a base_url")
         if self.provider in _KEYED and not self.api_key:
             raise ConfigError(f"provider {self.provider!r} needs an API key")
-        if self.api not in ("", "gemini", "openai-chat"):
-            raise ConfigError(f"api must be gemini or openai-chat, not {self.api!r}")
+        if self.api not in ("", "gemini", "openai-chat", "openai-images"):
+            raise ConfigError(f"api must be gemini, openai-chat or openai-images, not {self.api!r}")
         if self.auth not in ("", "bearer", "raw", "goog"):
             raise ConfigError(f"auth must be bearer, raw or goog, not {self.auth!r}")
         if self.max_in_flight < 1 or self.max_connections < 1:

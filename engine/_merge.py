@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sessions._wire import Content, Part
+from sessions._wire import Blob, Content, Part
 
-__all__ = ["ContentMerger", "Delta", "ImageDelta", "TextDelta"]
+__all__ = ["ContentMerger", "Delta", "ImageDelta", "PartialImageDelta", "TextDelta"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,14 @@ class ImageDelta:
     """A whole image part (with its signature and thought flag) as it arrived."""
 
     part: Part
+
+
+@dataclass(frozen=True, slots=True)
+class PartialImageDelta:
+    """A preview of the image being generated (the images API's partial_images)."""
+
+    blob: Blob
+    index: int
 
 
 Delta = TextDelta | ImageDelta

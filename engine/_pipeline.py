@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from engine._exceptions import ApiError, BudgetExceeded, NanoeditError, TransportError
-from engine._merge import ImageDelta, TextDelta
+from engine._merge import ImageDelta, PartialImageDelta, TextDelta
 from engine._retry import retry_delay, should_retry
 from engine._shield import finish
 from engine._transport import RequestBody
@@ -29,6 +29,7 @@ from engine.events import (
     TurnCompleted,
     TurnFailed,
     TurnImage,
+    TurnPartialImage,
     TurnRetrying,
     TurnStarted,
     TurnTextDelta,
@@ -223,8 +224,19 @@ class TurnRun:
     def _delta_publisher(self, attempt: int, digests: dict[int, tuple[bytes, str]]) -> OnDelta:
         sid, index = self.session.id, self.index
 
-        async def on_delta(delta: TextDelta | ImageDelta) -> None:
-            if isinstance(delta, TextDelta):
+        async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
+            if isinstance(delta, PartialImageDelta):
+                preview = Image.from_blob(delta.blob)
+                await self._publish(
+                    TurnPartialImage(
+                        session_id=sid,
+                        turn=index,
+                        image=preview.ref(),
+                        index=delta.index,
+                        attempt=attempt,
+                    )
+                )
+            elif isinstance(delta, TextDelta):
                 await self._publish(
                     TurnTextDelta(
                         session_id=sid,

@@ -32,6 +32,7 @@ __all__ = [
     "TurnCompleted",
     "TurnFailed",
     "TurnImage",
+    "TurnPartialImage",
     "TurnRetrying",
     "TurnStarted",
     "TurnTextDelta",
@@ -119,6 +120,14 @@ class TurnImage(Event, tag="turn.image"):
     attempt: int = 1
 
 
+class TurnPartialImage(Event, tag="turn.partial_image"):
+    """A preview of the image being generated (`index` from 0), before `turn.image`."""
+
+    image: ImageRef
+    index: int
+    attempt: int = 1
+
+
 class TurnRetrying(Event, tag="turn.retrying"):
     """The attempt failed and will be retried after `delay_s`; discard its partial output."""
 
@@ -202,6 +211,7 @@ AnyEvent = (
     | TurnStarted
     | TurnTextDelta
     | TurnImage
+    | TurnPartialImage
     | TurnRetrying
     | TurnCompleted
     | TurnFailed

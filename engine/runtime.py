@@ -40,6 +40,7 @@ from engine.limits import Limiter
 from engine.providers._base import Provider
 from engine.providers.gemini import GeminiProvider
 from engine.providers.openai_chat import OpenAIChatProvider
+from engine.providers.openai_images import OpenAIImagesProvider
 from sessions import (
     Content,
     MemoryStore,
@@ -144,10 +145,11 @@ class Engine:
             )
             self._stack.push_async_callback(self._transport.aclose)
             preset = cfg.preset
-            if preset.api == "openai-chat":
+            if preset.api in ("openai-chat", "openai-images"):
                 if self._emulator is not None:
                     base_url += "/v1"  # the emulator's OpenAI-compatible root
-                self._provider = OpenAIChatProvider(
+                kind = OpenAIChatProvider if preset.api == "openai-chat" else OpenAIImagesProvider
+                self._provider = kind(
                     self._transport,
                     base_url=base_url,
                     api_key=cfg.api_key,

@@ -28,7 +28,7 @@ from engine import (
     Timeouts,
     Unauthorized,
 )
-from engine._merge import ImageDelta, TextDelta
+from engine._merge import ImageDelta, PartialImageDelta, TextDelta
 from engine._transport import Transport
 from engine.providers import GeminiProvider, GenerateRequest, ProviderResult
 from sessions import (
@@ -153,7 +153,8 @@ async def generate(
 ) -> tuple[ProviderResult, list[TextDelta | ImageDelta]]:
     deltas: list[TextDelta | ImageDelta] = []
 
-    async def on_delta(delta: TextDelta | ImageDelta) -> None:
+    async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
+        assert not isinstance(delta, PartialImageDelta)  # Gemini has no previews
         deltas.append(delta)
 
     result = await provider.generate(
@@ -638,7 +639,7 @@ async def test_cancel_mid_stream_leaves_no_connection_or_task(
     before = asyncio.all_tasks()
     first = asyncio.Event()
 
-    async def on_delta(delta: TextDelta | ImageDelta) -> None:
+    async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
         first.set()
 
     task = asyncio.create_task(provider.generate(MODEL, b"{}", stream=True, on_delta=on_delta))

@@ -86,7 +86,7 @@ def add_provider_options(parser: argparse.ArgumentParser, *, model_default: str 
     g.add_argument("--base-url", help="base URL of the API (implies --provider custom)")
     g.add_argument(
         "--api",
-        choices=("gemini", "openai-chat"),
+        choices=("gemini", "openai-chat", "openai-images"),
         help="wire protocol (default: the provider's; NANOEDIT_API)",
     )
     g.add_argument(

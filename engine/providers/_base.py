@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine._config import AuthScheme, Secret
-from engine._merge import ImageDelta, TextDelta
+from engine._merge import ImageDelta, PartialImageDelta, TextDelta
 from engine._transport import Headers, RequestBody
 from sessions._records import SessionSettings, Usage
 from sessions._wire import Content
@@ -73,7 +73,7 @@ class ProviderResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-OnDelta = Callable[[TextDelta | ImageDelta], Awaitable[None]]
+OnDelta = Callable[[TextDelta | ImageDelta | PartialImageDelta], Awaitable[None]]
 
 
 def auth_headers(key: Secret, scheme: AuthScheme) -> Headers:
