@@ -20,6 +20,7 @@ from engine.emulator import EmulatorSettings
 from engine.events import Event, TurnRetrying
 from engine.providers.openai_chat import extract_images
 from sessions import MemoryStore
+from tests._loopback import LoopbackServer, Reply
 from tests.conftest import ENV_VARS, FAST_RETRY, EmulatorThread, png
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")
@@ -186,3 +187,39 @@ async def test_a_gateway_session_continues_on_the_gemini_api_and_back(
 
 
 PLACEHOLDER = base64.b64encode(b"skip_thought_signature_validator")
+
+
+def _completion() -> bytes:
+    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    message = {"role": "assistant", "content": "ok", "images": [{"image_url": {"url": url}}]}
+    doc = {"id": "c1", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("preset", "model_sent", "auth"),
+    [
+        ("openrouter", "google/gemini-3.1-flash-image", "Bearer gw-key-9"),
+        ("wisdom-gate-openai", "gemini-3.1-flash-image", "gw-key-9"),
+    ],
+)
+async def test_presets_speak_their_gateways_dialect(
+    preset: str, model_sent: str, auth: str
+) -> None:
+    """openrouter: Bearer auth and Google's models as google/...; wisdom-gate-openai: the bare
+    key in Authorization (both pointed at a loopback server instead of their hosts)."""
+    async with LoopbackServer() as server:
+        server.script(Reply(body=_completion(), headers={"content-type": "application/json"}))
+        config = EngineConfig(
+            provider=preset,  # type: ignore[arg-type]
+            base_url=server.url + "/v1",
+            api_key=Secret("gw-key-9"),
+            retry=FAST_RETRY,
+            stream=False,
+        )
+        async with Engine(config) as engine:
+            assert len((await (await engine.create_session()).send("a mug")).images) == 1
+        (request,) = server.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["authorization"] == auth
+    assert json.loads(request.body)["model"] == model_sent
