@@ -2,6 +2,8 @@
 
 - `NanoeditClient`: the engine (`Engine`, provider custom at the emulator's URL).
 - `GenaiClient`: the official `google-genai` async chat (`client.aio.chats`).
+- `NanoeditChatClient` / `OpenAIChatClient`: the same sessions over OpenAI-compatible chat
+  completions, through nanoedit's openai-chat provider and through the official `openai` SDK.
 - `FloorClient`: the least a correct multi-turn client can do: one aiohttp `ClientSession`,
   `contents` kept as a list whose model entries are the `msgspec.Raw` bytes received, the whole
   history POSTed each turn. Streaming splits `data:` lines with `bytes.find`, concatenates text
@@ -20,7 +22,16 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["CLIENTS", "FloorClient", "GenaiClient", "NanoeditClient", "Outcome", "PeerClient"]
+__all__ = [
+    "CLIENTS",
+    "FloorClient",
+    "GenaiClient",
+    "NanoeditChatClient",
+    "NanoeditClient",
+    "OpenAIChatClient",
+    "Outcome",
+    "PeerClient",
+]
 
 
 @dataclass(slots=True)
@@ -338,8 +349,95 @@ class FloorClient(PeerClient):
         return {"role": "model", "parts": model_parts}
 
 
+# --- OpenAI-compatible chat: nanoedit's openai-chat provider and the openai SDK -----------------
+
+
+class NanoeditChatClient(NanoeditClient):
+    """nanoedit's Engine speaking OpenAI-compatible chat completions to the emulator."""
+
+    name = "nanoedit-chat"
+
+    async def start(self) -> None:
+        from engine._config import EngineConfig
+        from engine.runtime import Engine
+
+        cap = max(64, self.sessions)
+        self._engine = Engine(
+            EngineConfig(
+                provider="custom",
+                base_url=self.base_url + "/v1",
+                api="openai-chat",
+                stream=self.stream,
+                max_in_flight=cap,
+                max_connections=cap,
+            )
+        )
+        await self._engine.start()
+
+
+class OpenAIChatClient(PeerClient):
+    """The official `openai` SDK's async chat completions, keeping the history as messages
+    (assistant images sent back as image_url data URLs, as a chat product would)."""
+
+    name = "openai-sdk"
+
+    async def start(self) -> None:
+        import openai
+
+        # Typed as Any: the history is plain dicts, as a chat product holds it. The SDK's default
+        # pool (100 connections) is more than the sessions run at once.
+        self._client: Any = openai.AsyncOpenAI(
+            base_url=self.base_url + "/v1", api_key="unused", max_retries=0
+        )
+
+    async def session(self, prompts: Sequence[str], out: Outcome) -> None:
+        import base64
+
+        messages: list[dict[str, Any]] = []
+        extra = {"modalities": ["text", "image"], "image_config": {"image_size": self.image_size}}
+        for prompt in prompts:
+            messages.append({"role": "user", "content": [{"type": "text", "text": prompt}]})
+            text, urls = "", []
+            if self.stream:
+                stream = await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    stream=True,
+                    extra_body=extra,
+                )
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        text += delta.content or ""
+                        for image in (delta.model_extra or {}).get("images") or ():
+                            urls.append(image["image_url"]["url"])
+            else:
+                answer = await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    extra_body=extra,
+                )
+                message = answer.choices[0].message
+                text = message.content or ""
+                for image in (message.model_extra or {}).get("images") or ():
+                    urls.append(image["image_url"]["url"])
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+            for url in urls:
+                data = base64.b64decode(url.split(",", 1)[1])
+                out.images += 1
+                out.image_bytes += len(data)
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            messages.append({"role": "assistant", "content": parts})
+            out.turns_ok += 1
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
 CLIENTS: dict[str, type[PeerClient]] = {
     "nanoedit": NanoeditClient,
     "google-genai": GenaiClient,
     "floor": FloorClient,
+    "nanoedit-chat": NanoeditChatClient,
+    "openai-sdk": OpenAIChatClient,
 }

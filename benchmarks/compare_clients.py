@@ -6,7 +6,9 @@ Starts the emulator in its own process (`python -m engine emulator --port 0`: re
 1K PNGs, no added latency) and runs the same workload, S sessions x T turns all at once
 (`asyncio.gather`), streaming and plain, through three clients (see `_peers.py`): nanoedit, the
 official google-genai async chat, and a hand-written aiohttp + msgspec floor. Each client runs in
-its own process (this script with `--child CLIENT --mode stream|plain`), which reports one JSON
+its own process (this script with `--child CLIENT --mode stream|plain`); the same sessions also
+go over OpenAI-compatible chat completions, through nanoedit's openai-chat provider and the
+official `openai` SDK (`nanoedit-chat`, `openai-sdk`). Each child reports one JSON
 line on stdout:
 
 - CPU seconds (`getrusage(RUSAGE_SELF)` user + sys) around the workload only: after the imports
@@ -71,7 +73,8 @@ def _prompts(turns: int, session: int) -> list[str]:
 
 def _requests(stats: dict[str, Any]) -> int:
     counts = stats.get("requests", {})
-    return int(counts.get("generateContent", 0)) + int(counts.get("streamGenerateContent", 0))
+    endpoints = ("generateContent", "streamGenerateContent", "chat.completions")
+    return sum(int(counts.get(endpoint, 0)) for endpoint in endpoints)
 
 
 # --- child: one client, one mode ------------------------------------------------------------------
@@ -260,6 +263,12 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     for mode in sorted({r["mode"] for r in results}, reverse=True):
         by = {r["client"]: r for r in results if r["mode"] == mode}
         ne, ga, fl = by.get("nanoedit"), by.get("google-genai"), by.get("floor")
+        nc, oa = by.get("nanoedit-chat"), by.get("openai-sdk")
+        if nc is not None and oa is not None:
+            ratios[f"{mode}-chat"] = {
+                "cpu_per_turn_vs_openai": _ratio(_per_turn_ms(nc), _per_turn_ms(oa)),
+                "peak_rss_vs_openai": _ratio(nc["max_rss"], oa["max_rss"]),
+            }
         if ne is None:
             continue
         cpu_ga = _ratio(_per_turn_ms(ne), _per_turn_ms(ga)) if ga else None
@@ -280,6 +289,20 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 _verdict(rss_ga, TARGET_RSS_VS_GENAI),
                 fmt(dlt_ga, 2),
             ]
+        )
+    chat_rows = [
+        [
+            mode.removesuffix("-chat"),
+            fmt(r["cpu_per_turn_vs_openai"], 3),
+            fmt(r["peak_rss_vs_openai"], 3),
+        ]
+        for mode, r in ratios.items()
+        if mode.endswith("-chat")
+    ]
+    if chat_rows:
+        table += "\n" + markdown_table(
+            ["mode", "nanoedit-chat/openai-sdk CPU per turn", "nanoedit-chat/openai-sdk peak RSS"],
+            chat_rows,
         )
     if not ratio_rows:
         return table, ratios
