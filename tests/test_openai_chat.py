@@ -20,7 +20,7 @@ from engine.emulator import EmulatorSettings
 from engine.events import Event, TurnRetrying
 from engine.providers.openai_chat import extract_images
 from sessions import MemoryStore
-from tests._loopback import LoopbackServer, Reply
+from tests._loopback import LoopbackServer, Reply, sse_body
 from tests.conftest import ENV_VARS, FAST_RETRY, EmulatorThread, png
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")
@@ -223,3 +223,52 @@ async def test_presets_speak_their_gateways_dialect(
     assert request.path == "/v1/chat/completions"
     assert request.headers["authorization"] == auth
     assert json.loads(request.body)["model"] == model_sent
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return json.dumps({"id": "c", "choices": [choice], **extra}).encode()
+
+
+@pytest.mark.parametrize("embedding", ["markdown", "json"])
+async def test_a_data_url_split_over_many_deltas_never_reaches_a_text_event(
+    embedding: str,
+) -> None:
+    """The image arrives in 200-character deltas of the content: it is reassembled, and the
+    text events and the turn's text carry only the words."""
+    data = png(64, 64)
+    b64 = base64.b64encode(data).decode()
+    embedded = (
+        f"\n\n![image](data:image/png;base64,{b64})"
+        if embedding == "markdown"
+        else f'\n```json\n{{"mime_type": "image/png", "b64": "{b64}"}}\n```'
+    )
+    content = "Here is your mug." + embedded
+    pieces = [content[i : i + 200] for i in range(0, len(content), 200)]
+    events = [_chunk({"role": "assistant", "content": ""})]
+    events += [_chunk({"content": p}) for p in pieces]
+    usage = {"prompt_tokens": 10, "completion_tokens": 1130}
+    events += [_chunk({}, "stop", usage=usage), b"[DONE]"]
+    async with LoopbackServer() as server:
+        server.script(
+            Reply(chunks=[sse_body(*events)], headers={"content-type": "text/event-stream"})
+        )
+        config = EngineConfig(provider="custom", base_url=server.url, api="openai-chat")
+        seen: list[Event] = []
+        async with Engine(config) as engine:
+            engine.bus.on("turn.text_delta", seen.append)
+            turn = await (await engine.create_session()).send("a mug")
+    assert [i.data for i in turn.images] == [data]
+    assert turn.text == "Here is your mug."
+    shown = "".join(getattr(e, "text", "") for e in seen)
+    assert shown.strip() == "Here is your mug." and b64[:16] not in shown
+
+
+async def test_a_plain_answer_to_a_stream_request_is_read() -> None:
+    """A gateway that ignores `stream`: its JSON answer is the turn."""
+    async with LoopbackServer() as server:
+        server.script(Reply(body=_completion(), headers={"content-type": "application/json"}))
+        config = EngineConfig(provider="custom", base_url=server.url, api="openai-chat")
+        async with Engine(config) as engine:
+            turn = await (await engine.create_session()).send("a mug", stream=True)
+    assert len(turn.images) == 1 and turn.text == "ok"
