@@ -22,13 +22,15 @@ from typing import Any
 
 from engine._config import AuthScheme, Secret
 from engine._merge import ImageDelta, PartialImageDelta, TextDelta
-from engine._transport import Headers, RequestBody
+from engine._transport import Headers, RequestBody, Transport
+from engine.sse import DEFAULT_MAX_EVENT_BYTES
 from sessions._records import SessionSettings, Usage
 from sessions._wire import Content
 
 __all__ = [
     "AuthScheme",
     "GenerateRequest",
+    "HttpProvider",
     "OnDelta",
     "Provider",
     "ProviderResult",
@@ -127,3 +129,34 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release what the provider owns (not the shared transport)."""
+
+
+class HttpProvider(Provider):
+    """What every provider over HTTP holds: the engine's shared transport, the base URL, the
+    credential headers (by `auth` scheme), the key to scrub from messages, the vendor prefix
+    some gateways put on model ids, the largest stream event accepted."""
+
+    default_auth: AuthScheme = "bearer"
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        base_url: str,
+        api_key: Secret,
+        name: str = "custom",
+        auth: AuthScheme | None = None,
+        model_prefix: str = "",
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self.name = name
+        self._transport = transport
+        self._base_url = base_url.rstrip("/")
+        self._headers = auth_headers(api_key, auth or self.default_auth)
+        key = api_key.reveal()
+        self._secrets: tuple[str, ...] = (key,) if key else ()
+        self._prefix = model_prefix
+        self._max_event_bytes = max_event_bytes
+
+    async def aclose(self) -> None:
+        """Nothing to release: the transport belongs to the engine."""

@@ -20,7 +20,6 @@ from urllib.parse import quote
 import msgspec
 
 from engine import sse
-from engine._config import Secret
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
 from engine._merge import ContentMerger, Delta, ImageDelta, TextDelta
 from engine._protocol import (
@@ -34,17 +33,14 @@ from engine._transport import (
     LazyBody,
     RequestBody,
     StreamResponse,
-    Transport,
     html_title,
     malformed,
 )
 from engine.providers._base import (
-    AuthScheme,
     GenerateRequest,
+    HttpProvider,
     OnDelta,
-    Provider,
     ProviderResult,
-    auth_headers,
 )
 from engine.providers._errors import google_error, json_http_error
 from sessions._records import Usage
@@ -291,31 +287,14 @@ def _signed(request: GenerateRequest) -> Sequence[Content]:
     return out
 
 
-class GeminiProvider(Provider):
-    """Gemini REST: `:generateContent`, `:streamGenerateContent?alt=sse`, `:countTokens`.
+class GeminiProvider(HttpProvider):
+    """Gemini REST: `:generateContent` and `:streamGenerateContent?alt=sse`.
 
     The transport is shared and owned by the engine; `aclose()` leaves it open.
     """
 
     supports_streaming = True
-
-    def __init__(
-        self,
-        transport: Transport,
-        *,
-        base_url: str,
-        api_key: Secret,
-        name: str = "custom",
-        auth: AuthScheme = "goog",
-        max_event_bytes: int = sse.DEFAULT_MAX_EVENT_BYTES,
-    ) -> None:
-        self.name = name
-        self._transport = transport
-        self._base_url = base_url.rstrip("/")
-        self._max_event_bytes = max_event_bytes
-        key = api_key.reveal()
-        self._headers = auth_headers(api_key, auth)
-        self._secrets: tuple[str, ...] = (key,) if key else ()
+    default_auth = "goog"
 
     def _url(self, model: str, method: str) -> str:
         name = quote(model.removeprefix("models/"), safe="-._~")
@@ -489,9 +468,6 @@ class GeminiProvider(Provider):
                 timings["first_image_s"] = _now() - start
             if on_delta is not None:
                 await on_delta(delta)
-
-    async def aclose(self) -> None:
-        """Nothing to release: the transport belongs to the engine."""
 
 
 def _now() -> float:

@@ -30,17 +30,14 @@ from typing import Any
 import msgspec
 
 from engine import sse
-from engine._config import Secret
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
 from engine._merge import ImageDelta, TextDelta
-from engine._transport import LazyBody, RequestBody, Transport, malformed
+from engine._transport import LazyBody, RequestBody, malformed
 from engine.providers._base import (
-    AuthScheme,
     GenerateRequest,
+    HttpProvider,
     OnDelta,
-    Provider,
     ProviderResult,
-    auth_headers,
 )
 from engine.providers._errors import json_http_error
 from sessions import Blob, Content, Part, Usage
@@ -189,32 +186,14 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-class OpenAIChatProvider(Provider):
+class OpenAIChatProvider(HttpProvider):
     """`/chat/completions` of an OpenAI-compatible gateway, every image dialect read."""
 
     supports_streaming = True
 
-    def __init__(
-        self,
-        transport: Transport,
-        *,
-        base_url: str,
-        api_key: Secret,
-        name: str = "custom",
-        auth: AuthScheme = "bearer",
-        model_prefix: str = "",
-        max_event_bytes: int = sse.DEFAULT_MAX_EVENT_BYTES,
-    ) -> None:
-        self.name = name
-        self._transport = transport
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = auth_headers(api_key, auth)
-        key = api_key.reveal()
-        self._secrets: tuple[str, ...] = (key,) if key else ()
-        self._prefix = model_prefix
-        self._max_event_bytes = max_event_bytes
-
-    # --- request ---------------------------------------------------------------------------
+    @property
+    def _url(self) -> str:
+        return self._base_url + "/chat/completions"
 
     def _messages(self, request: GenerateRequest) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -278,7 +257,11 @@ class OpenAIChatProvider(Provider):
         if stream:
             return await self._stream(_streaming(body), on_delta, images_only)
         resp = await self._transport.request(
-            "POST", self._url, body=body, headers=self._headers, errors=json_http_error
+            "POST",
+            self._base_url + "/chat/completions",
+            body=body,
+            headers=self._headers,
+            errors=json_http_error,
         )
         answer = self._decode(resp.body, resp.status)
         result = self._result(answer, resp.status, images_only)
@@ -359,7 +342,11 @@ class OpenAIChatProvider(Provider):
         done = False
         timings: dict[str, float] = {}
         async with self._transport.stream(
-            "POST", self._url, body=body, headers=self._headers, errors=json_http_error
+            "POST",
+            self._base_url + "/chat/completions",
+            body=body,
+            headers=self._headers,
+            errors=json_http_error,
         ) as resp:
             start = resp.started_at
             timings["headers_s"] = resp.headers_at - start
@@ -449,9 +436,6 @@ class OpenAIChatProvider(Provider):
             status = int(code) if code.isdigit() else 500
             raise json_http_error(status, _encoder.encode({"error": error}), {}, "", self._secrets)
         return chunk
-
-    async def aclose(self) -> None:
-        """Nothing to release: the transport belongs to the engine."""
 
 
 class _StreamedText:

@@ -24,18 +24,15 @@ from typing import Any
 import msgspec
 
 from engine import sse
-from engine._config import Secret
 from engine._exceptions import ConfigError, ContentBlocked, StreamBroken, TransportError
 from engine._merge import ImageDelta, PartialImageDelta
-from engine._transport import Headers, LazyBody, RequestBody, Transport, malformed
+from engine._transport import Headers, LazyBody, RequestBody, malformed
 from engine.catalog import resolve_model
 from engine.providers._base import (
-    AuthScheme,
     GenerateRequest,
+    HttpProvider,
     OnDelta,
-    Provider,
     ProviderResult,
-    auth_headers,
 )
 from engine.providers._errors import json_http_error
 from sessions import Blob, Content, Part, Usage
@@ -132,30 +129,10 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-class OpenAIImagesProvider(Provider):
+class OpenAIImagesProvider(HttpProvider):
     """OpenAI's images API (or a gateway's): generations, then edits of the latest image."""
 
     supports_streaming = True
-
-    def __init__(
-        self,
-        transport: Transport,
-        *,
-        base_url: str,
-        api_key: Secret,
-        name: str = "custom",
-        auth: AuthScheme = "bearer",
-        model_prefix: str = "",
-        max_event_bytes: int = sse.DEFAULT_MAX_EVENT_BYTES,
-    ) -> None:
-        self.name = name
-        self._transport = transport
-        self._base = base_url.rstrip("/")
-        self._auth = auth_headers(api_key, auth)
-        key = api_key.reveal()
-        self._secrets: tuple[str, ...] = (key,) if key else ()
-        self._prefix = model_prefix
-        self._max_event_bytes = max_event_bytes
 
     def encode(self, request: GenerateRequest) -> bytes:
         """The request body (a generation's JSON or an edit's multipart form)."""
@@ -211,10 +188,10 @@ class OpenAIImagesProvider(Provider):
         """One attempt (see `Provider.generate`)."""
         if not isinstance(body, ImagesBody):
             raise ConfigError("the images provider sends the bodies it encoded")
-        url = self._base + body.path
+        url = self._base_url + body.path
         data = body.streaming if stream else body.join()
         content_type = body.streaming_content_type if stream else body.content_type
-        headers = Headers({**self._auth, "content-type": content_type})
+        headers = Headers({**self._headers, "content-type": content_type})
         if not stream:
             resp = await self._transport.request(
                 "POST", url, body=data, headers=headers, errors=json_http_error
@@ -327,9 +304,6 @@ class OpenAIImagesProvider(Provider):
         if on_delta is not None:
             await on_delta(ImageDelta(result.content.parts[0]))
         return result
-
-    async def aclose(self) -> None:
-        """Nothing to release: the transport belongs to the engine."""
 
 
 def _now() -> float:
