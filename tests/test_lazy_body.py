@@ -116,3 +116,24 @@ def test_small_pieces_are_coalesced() -> None:
     pieces = list(body.pieces())
     assert len(pieces) == 3 and b"".join(pieces) == body.join()
     assert body.size == len(body.join())
+
+
+def test_the_pieces_match_msgspec_whatever_the_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIMD codec and the scalar fallback write the bytes msgspec writes; text that happens
+    to hold the sentinel's base64 falls back to msgspec rather than splitting wrongly."""
+    import binascii
+
+    from engine.providers import gemini
+
+    image = Part(inline_data=Blob(mime_type="image/png", data=bytes(range(256)) * 40))
+    tricky = Part(text=gemini._SENTINEL_B64.decode())
+    history = [
+        Content(role="user", parts=[Part(text="a mug")]),
+        Content(role="model", parts=[tricky, image]),
+        Content(role="user", parts=[Part(text="again")]),
+    ]
+    request = GenerateRequest("gemini-3.1-flash-image", history, SessionSettings())
+    p = provider()
+    assert p.encode_body(request).join() == p.encode(request)
+    monkeypatch.setattr(gemini, "b64encode", lambda s: binascii.b2a_base64(s, newline=False))
+    assert p.encode_body(request).join() == p.encode(request)
