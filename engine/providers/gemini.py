@@ -45,7 +45,15 @@ from engine.providers._base import (
 )
 from engine.providers._errors import google_error, json_http_error
 from sessions._records import Usage
-from sessions._wire import Content, Part, WireError, _WireContent, part_from_wire, wire_contents
+from sessions._wire import (
+    Blob,
+    Content,
+    Part,
+    WireError,
+    _WireContent,
+    part_from_wire,
+    wire_contents,
+)
 
 __all__ = ["BLOCKED_FINISH_REASONS", "GeminiProvider"]
 
@@ -223,7 +231,6 @@ def _deltas(parts: Sequence[Part]) -> list[Delta]:
 
 
 _CONTENTS_OPEN = b'{"contents":['
-_COALESCE = 64 * 1024  # pieces smaller than this are joined into one socket write
 
 
 def _envelope(request: GenerateRequest, contents: list[Any]) -> GenerateContentRequest:
@@ -268,17 +275,17 @@ _SENTINEL = b"\x00nanoedit-image-payload\x00"
 _SENTINEL_B64 = b64encode(_SENTINEL)
 
 
-def _content_pieces(content: Content | _WireContent) -> Iterator[bytes]:
-    """A Content's JSON in pieces: the JSON around each inline image, and each image's base64
-    (the same bytes msgspec would write, without msgspec's scalar base64 encoder)."""
+def _content_pieces(content: Content | _WireContent) -> Iterator[bytes | Blob]:
+    """A Content's JSON in pieces: the JSON around each inline image, and each image's Blob in
+    its place (whose base64 goes there: the same bytes msgspec would write)."""
     if not isinstance(content, Content) or not any(p.inline_data for p in content.parts):
         yield _encoder.encode(content)
         return
-    payloads: list[bytes] = []
+    payloads: list[Blob] = []
     parts = []
     for p in content.parts:
         if p.inline_data is not None:
-            payloads.append(p.inline_data.data)
+            payloads.append(p.inline_data)
             p = msgspec.structs.replace(
                 p, inline_data=msgspec.structs.replace(p.inline_data, data=_SENTINEL)
             )
@@ -290,7 +297,7 @@ def _content_pieces(content: Content | _WireContent) -> Iterator[bytes]:
         return
     for chunk, payload in zip(chunks, payloads, strict=False):
         yield chunk
-        yield b64encode(payload)
+        yield payload
     yield chunks[-1]
 
 
@@ -349,20 +356,21 @@ class GeminiProvider(HttpProvider):
         size = len(skeleton) + sum(_encoded_size(c) for c in wire) + max(len(wire) - 1, 0)
 
         def pieces() -> Iterator[bytes]:
-            # Small pieces (commas, text turns) are gathered into one write; an image's base64
-            # goes out as its own piece, encoded by the SIMD codec (10x msgspec's scalar one).
+            # Small pieces (commas, text turns, the JSON around images) are gathered into one
+            # write; an image's base64 is its own piece, encoded by the SIMD codec (10x
+            # msgspec's scalar one) only after everything before it went out, so the writer has
+            # let go of the previous image's base64 and its memory is reused.
             pending = bytearray(head)
             for i, content in enumerate(wire):
                 if i:
                     pending += b","
                 for piece in _content_pieces(content):
-                    if len(piece) < _COALESCE:
+                    if isinstance(piece, bytes):
                         pending += piece
                         continue
-                    if pending:
-                        yield bytes(pending)
-                        pending.clear()
-                    yield piece
+                    yield bytes(pending)
+                    pending.clear()
+                    yield b64encode(piece.data)
             pending += tail
             yield bytes(pending)
 
