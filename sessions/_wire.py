@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from sessions._b64 import b64decode_strict
 from sessions._errors import NanoeditError
 
 __all__ = [
@@ -172,7 +173,9 @@ for _camel, _snake, _decode in (
 
 class _StrictBlob(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     mime_type: str
-    data: bytes
+    # Raw: the JSON string as received, decoded by the SIMD codec in `_from_strict` (14x
+    # msgspec's scalar base64 decoder on an image).
+    data: msgspec.Raw
     display_name: str | None = None
 
 
@@ -218,6 +221,18 @@ def part_from_wire(item: msgspec.Raw | StrictPart) -> Part:
     return decode_part(item)
 
 
+def _payload(raw: msgspec.Raw) -> bytes:
+    """The bytes of a JSON base64 string: one SIMD pass for a plain standard-alphabet string;
+    escapes, the URL-safe alphabet and bad input take `_b64`'s general path."""
+    view = memoryview(raw)
+    if len(view) >= 2 and view[0] == 0x22 and view[-1] == 0x22:
+        try:
+            return b64decode_strict(view[1:-1])
+        except ValueError:
+            pass
+    return _b64(raw)
+
+
 def _from_strict(sp: StrictPart) -> Part:
     blob, file = sp.inline_data, sp.file_data
     return Part(
@@ -226,7 +241,9 @@ def _from_strict(sp: StrictPart) -> Part:
         thought_signature=sp.thought_signature,
         inline_data=None
         if blob is None
-        else Blob(mime_type=blob.mime_type, data=blob.data, display_name=blob.display_name),
+        else Blob(
+            mime_type=blob.mime_type, data=_payload(blob.data), display_name=blob.display_name
+        ),
         file_data=None
         if file is None
         else FileData(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import msgspec
 import pytest
@@ -220,3 +221,23 @@ def test_fast_and_general_paths_agree() -> None:
     from sessions._wire import _decode_part_general
 
     assert decode_part(raw) == _decode_part_general(raw)
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda b: b,
+        lambda b: b.replace(b"+", b"-").replace(b"/", b"_").rstrip(b"="),
+        lambda b: b.replace(b"/", b"\\/"),
+    ],
+    ids=["standard", "url-safe", "escaped-slash"],
+)
+def test_image_payloads_decode_in_every_spelling(spell: Any) -> None:
+    """The SIMD fast path and the general path agree: standard, URL-safe without padding, and
+    JSON-escaped slashes all give the image's bytes; bad base64 is a WireError."""
+    data = bytes(range(256)) * 64
+    encoded = spell(base64.b64encode(data))
+    raw = b'{"inlineData": {"mimeType": "image/png", "data": "' + encoded + b'"}}'
+    assert decode_part(raw).inline_data == Blob(mime_type="image/png", data=data)
+    with pytest.raises(WireError):
+        decode_part(b'{"inlineData": {"mimeType": "image/png", "data": "@@@@"}}')

@@ -20,7 +20,6 @@ from urllib.parse import quote
 import msgspec
 
 from engine import sse
-from engine._b64 import b64encode
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
 from engine._merge import ContentMerger, Delta, ImageDelta, TextDelta
 from engine._protocol import (
@@ -44,6 +43,7 @@ from engine.providers._base import (
     ProviderResult,
 )
 from engine.providers._errors import google_error, json_http_error
+from sessions._b64 import b64encode
 from sessions._records import Usage
 from sessions._wire import (
     Blob,
