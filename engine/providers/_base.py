@@ -16,6 +16,7 @@ events and commits. Everything a provider raises is from `engine._exceptions`:
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "Provider",
     "ProviderResult",
     "auth_headers",
+    "loop_time",
 ]
 
 
@@ -129,6 +131,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release what the provider owns (not the shared transport)."""
+
+
+def loop_time() -> float:
+    """The running loop's clock: the transport's timestamps are on it."""
+    return asyncio.get_running_loop().time()
 
 
 class HttpProvider(Provider):

@@ -12,7 +12,6 @@ parts are merged into one model Content (`engine._merge`). Decisions worth knowi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +40,7 @@ from engine.providers._base import (
     HttpProvider,
     OnDelta,
     ProviderResult,
+    loop_time,
 )
 from engine.providers._errors import google_error, json_http_error
 from sessions._b64 import b64encode
@@ -463,7 +463,7 @@ class GeminiProvider(HttpProvider):
             request_bytes = resp.request_bytes
         content = merger.content()
         answer.check(content, images_only=images_only, streamed=True)
-        timings["done_s"] = _now() - start
+        timings["done_s"] = loop_time() - start
         return answer.result(
             content, request_bytes=request_bytes, response_bytes=response_bytes, timings=timings
         )
@@ -501,16 +501,12 @@ class GeminiProvider(HttpProvider):
         timings: dict[str, float],
         start: float,
     ) -> None:
-        timings.setdefault("first_event_s", _now() - start)
+        timings.setdefault("first_event_s", loop_time() - start)
         parts = answer.observe(response)
         if not parts:
             return
         for delta in merger.add(parts):
             if isinstance(delta, ImageDelta) and "first_image_s" not in timings:
-                timings["first_image_s"] = _now() - start
+                timings["first_image_s"] = loop_time() - start
             if on_delta is not None:
                 await on_delta(delta)
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()

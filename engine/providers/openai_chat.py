@@ -20,7 +20,6 @@ A data URL or such JSON never stays in the turn's text. Streams are `data:` chun
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
@@ -38,9 +37,11 @@ from engine.providers._base import (
     HttpProvider,
     OnDelta,
     ProviderResult,
+    loop_time,
 )
 from engine.providers._errors import json_http_error
 from sessions import Blob, Content, Part, Usage
+from sessions._b64 import b64decode_strict, b64encode
 
 __all__ = ["OpenAIChatProvider", "extract_images"]
 
@@ -56,14 +57,18 @@ _BLOCKED = {"content_filter": "SAFETY"}
 
 
 def _data_url(blob: Blob) -> str:
-    return f"data:{blob.mime_type};base64,{base64.b64encode(blob.data).decode()}"
+    # Every history image goes out again on every turn: the SIMD codec, as for Gemini.
+    return f"data:{blob.mime_type};base64,{b64encode(blob.data).decode()}"
 
 
 def _blob(mime: str, data: str) -> Blob | None:
     try:
-        raw = base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_", validate=False)
-    except (binascii.Error, ValueError):
-        return None
+        raw = b64decode_strict(data.encode())  # the usual case, in one SIMD pass
+    except ValueError:
+        try:  # URL-safe, unpadded or with stray characters, as gateways send
+            raw = base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_", validate=False)
+        except (binascii.Error, ValueError):
+            return None
     return Blob(mime_type=mime, data=raw) if raw else None
 
 
@@ -375,7 +380,7 @@ class OpenAIChatProvider(HttpProvider):
                             done = True
                             continue
                         chunk = self._chunk(event.data, resp.status)
-                        timings.setdefault("first_event_s", _now(resp) - start)
+                        timings.setdefault("first_event_s", loop_time() - start)
                         meta.setdefault("id", chunk.get("id"))
                         meta.setdefault("model", chunk.get("model"))
                         if isinstance(chunk.get("usage"), dict):
@@ -399,7 +404,7 @@ class OpenAIChatProvider(HttpProvider):
                                     await on_delta(TextDelta(shown, False))
                             for blob in found:
                                 images.append(blob)
-                                timings.setdefault("first_image_s", _now(resp) - start)
+                                timings.setdefault("first_image_s", loop_time() - start)
                                 if on_delta is not None:
                                     await on_delta(ImageDelta(Part(inline_data=blob)))
                 decoder.close()
@@ -501,7 +506,3 @@ def _streaming(body: RequestBody) -> RequestBody:
                 yield piece
 
     return LazyBody(inner.size + len(head) - 1, pieces)
-
-
-def _now(resp: Any) -> float:
-    return asyncio.get_running_loop().time()

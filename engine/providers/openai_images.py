@@ -14,8 +14,6 @@ published as `turn.partial_image` before the final `turn.image`.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import binascii
 import secrets
 from dataclasses import dataclass
@@ -33,9 +31,11 @@ from engine.providers._base import (
     HttpProvider,
     OnDelta,
     ProviderResult,
+    loop_time,
 )
 from engine.providers._errors import json_http_error
 from sessions import Blob, Content, Part, Usage
+from sessions._b64 import b64decode_strict
 
 __all__ = ["PARTIAL_IMAGES", "ImagesBody", "OpenAIImagesProvider", "openai_size"]
 
@@ -106,7 +106,7 @@ def _blob(b64: Any, mime: str) -> Blob | None:
     if not isinstance(b64, str):
         return None
     try:
-        return Blob(mime_type=mime, data=base64.b64decode(b64, validate=True))
+        return Blob(mime_type=mime, data=b64decode_strict(b64.encode()))
     except (binascii.Error, ValueError):
         return None
 
@@ -199,7 +199,7 @@ class OpenAIImagesProvider(HttpProvider):
             doc = self._decode(resp.body, resp.status)
             items = doc.get("data")
             item = items[0] if isinstance(items, list) and items else {}
-            image = self._image(item, resp.status)
+            image = self._image(item)
             result = self._result(image, _usage(doc.get("usage")), resp.status)
             result.request_bytes, result.response_bytes = resp.request_bytes, resp.response_bytes
             result.timings = {
@@ -220,7 +220,7 @@ class OpenAIImagesProvider(HttpProvider):
             raise malformed(status, "images answer is not an object", self._secrets)
         return doc
 
-    def _image(self, item: Any, status: int) -> Blob:
+    def _image(self, item: Any) -> Blob:
         if not isinstance(item, dict):
             raise ContentBlocked("the images API returned no image", reason="NO_IMAGE")
         mime = f"image/{item.get('output_format') or 'png'}".replace("jpg", "jpeg")
@@ -261,7 +261,7 @@ class OpenAIImagesProvider(HttpProvider):
             if resp.content_type == "application/json":
                 doc = self._decode(await resp.read(), resp.status)
                 items = doc.get("data")
-                final = self._image(items[0] if isinstance(items, list) and items else {}, 200)
+                final = self._image(items[0] if isinstance(items, list) and items else {})
                 usage = _usage(doc.get("usage"))
             else:
                 decoder = sse.SSEDecoder(self._max_event_bytes)
@@ -287,9 +287,9 @@ class OpenAIImagesProvider(HttpProvider):
                                         )
                                     )
                             elif kind.endswith(".completed"):
-                                final = self._image(doc, resp.status)
+                                final = self._image(doc)
                                 usage = _usage(doc.get("usage"))
-                                timings["first_image_s"] = _now() - start
+                                timings["first_image_s"] = loop_time() - start
                     decoder.close()
                 except TransportError:
                     if final is None:
@@ -299,12 +299,8 @@ class OpenAIImagesProvider(HttpProvider):
             raise StreamBroken("the images stream ended before its completed event")
         result = self._result(final, usage, 200)
         result.request_bytes, result.response_bytes = request_bytes, response_bytes
-        timings["done_s"] = _now() - start
+        timings["done_s"] = loop_time() - start
         result.timings = timings
         if on_delta is not None:
             await on_delta(ImageDelta(result.content.parts[0]))
         return result
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()
