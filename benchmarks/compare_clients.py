@@ -113,7 +113,7 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile_out:
             from pyinstrument import Profiler
 
-            profiler = Profiler(interval=0.0005, async_mode="enabled")
+            profiler = Profiler(interval=0.0005, async_mode="disabled")
         with RssSampler() as rss:
             cpu0 = cpu_seconds()
             t0 = time.perf_counter()

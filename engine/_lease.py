@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -92,21 +92,32 @@ class Lease:
         self.ttl = ttl
         self.on_busy = on_busy
         self.wait = wait
-        self._log = _log.bind(session_id=session_id)
+
+    @property
+    def _log(self) -> Any:
+        # Bound only when something is logged: a Lease is made per turn, and these are rare.
+        return _log.bind(session_id=self.session_id)
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
         """Hold the lease for the block: acquired first, renewed meanwhile, released after."""
         await self.acquire()
-        renewal = asyncio.ensure_future(self._renew())
+        # Most turns end long before the first renewal is due: a timer starts the renewing task
+        # only then (a task per turn was 3% of a small turn's CPU).
+        renewal: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            self.ttl / 3, lambda: renewal.append(asyncio.ensure_future(self._renew()))
+        )
         try:
             yield
         finally:
-            renewal.cancel()
+            timer.cancel()
             await finish(self._stop(renewal))
 
-    async def _stop(self, renewal: asyncio.Future[None]) -> None:
-        await asyncio.gather(renewal, return_exceptions=True)
+    async def _stop(self, renewal: list[asyncio.Task[None]]) -> None:
+        for task in renewal:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await self.release()
 
     async def acquire(self) -> None:
@@ -155,18 +166,19 @@ class Lease:
         return holder or LeaseHolder(owner="?", until=time.time())
 
     async def _renew(self) -> None:
+        # Started a third of the TTL after the lease was taken: renew at once, then every third.
         while True:
-            await asyncio.sleep(self.ttl / 3)
             try:
                 held = await self.store.acquire_lease(self.session_id, self.owner, self.ttl)
             except NanoeditError as exc:
                 self._log.warning("lease.renew_failed", error=str(exc))
-                continue
+                held = True
             if not held:
                 # It ran out (a stalled loop) and another engine took it: the version check at
                 # commit decides which turn lands.
                 self._log.warning("lease.lost")
                 return
+            await asyncio.sleep(self.ttl / 3)
 
     async def release(self) -> None:
         """Give the lease up (harmless if not held)."""

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import msgspec
 
 from engine._exceptions import BudgetExceeded, ConfigError
+from engine._memo import Memo
 from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.events import BudgetExceededEvent, BudgetWarning, Event, HistoryCompacted
 from sessions._images import image_dimensions
@@ -149,8 +150,19 @@ def _part_tokens(part: Part, spec: ModelSpec, *, text: bool = True) -> int:
 
 
 def content_tokens(content: Content, spec: ModelSpec) -> int:
-    """Estimated input tokens for sending `content` (every part, thought parts included)."""
-    return sum(_part_tokens(p, spec) for p in content.parts)
+    """Estimated input tokens for sending `content` (every part, thought parts included).
+
+    Kept per Content and model: a history's Contents are priced once, not on every later turn
+    (each image's size is read from its header)."""
+    memo = _token_memos.get(spec, _new_memo)
+    return memo.get(content, lambda c: sum(_part_tokens(p, spec) for p in c.parts))
+
+
+def _new_memo(_spec: ModelSpec) -> Memo[Content, int]:
+    return Memo()
+
+
+_token_memos: Memo[ModelSpec, Memo[Content, int]] = Memo()
 
 
 def _reports_output(usage: Usage) -> bool:
@@ -251,14 +263,23 @@ class _Sizer:
     bytes, and no full request is encoded (the provider does that once, for real).
     """
 
-    def __init__(self, encode_size: Callable[[list[Content]], int]) -> None:
+    def __init__(
+        self,
+        encode_size: Callable[[list[Content]], int],
+        content_size: Callable[[Content], int] | None = None,
+    ) -> None:
         self._encode = encode_size
+        self._content_size = content_size
         self.empty = encode_size([])
         one = encode_size([Content()])
         self.sep = encode_size([Content(), Content()]) - 2 * one + self.empty
 
     def run(self, contents: Sequence[Content]) -> int:
         """Bytes `contents` add to an array, without the separator after the last one."""
+        if self._content_size is not None:
+            # The provider knows (and keeps) each Content's encoded size.
+            size = self._content_size
+            return sum(size(c) for c in contents) + self.sep * max(len(contents) - 1, 0)
         removed = 0
         skeletons: list[Content] = []
         for c in contents:
@@ -355,6 +376,7 @@ def plan_request(
     turns: Sequence[TurnRecord],
     draft: Content,
     encode_size: Callable[[list[Content]], int],
+    content_size: Callable[[Content], int] | None = None,
     provider: str,
     image_size: str | None,
     spent_usd: float,
@@ -363,7 +385,8 @@ def plan_request(
 
     `turns` is the history, oldest first; `encode_size(contents)` the encoded request size in
     bytes for those contents (called once per turn with images emptied, plus 4 times; see
-    `_Sizer`); `spent_usd` what the session has spent and reserved so far. The token limit is
+    `_Sizer`), unless `content_size(content)` gives each Content's encoded size; `spent_usd`
+    what the session has spent and reserved so far. The token limit is
     `budget.max_context_tokens or spec.context_window`, the byte limit
     `budget.max_request_bytes or engine_max_request_bytes`. Over a limit, "reject" raises,
     "drop_oldest" leaves out the oldest whole turns (never the newest), "rebase" sends one user
@@ -377,7 +400,7 @@ def plan_request(
 
     costs = turn_tokens(turns, spec)
     draft_tokens = content_tokens(draft, spec)
-    sizer = _Sizer(encode_size)
+    sizer = _Sizer(encode_size, content_size)
     # A turn adds its two Contents and the separators after them; dropping it takes exactly
     # that away.
     sizes = [sizer.run((t.user, t.model)) + sizer.sep for t in turns]

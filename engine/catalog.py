@@ -97,7 +97,7 @@ class Prices(msgspec.Struct, frozen=True, kw_only=True):
         return self.input_per_million / 10
 
 
-class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, weakref=True):
     """What one image model accepts and costs."""
 
     id: str

@@ -317,6 +317,11 @@ class Engine:
         return lock
 
 
+async def _settled(task: asyncio.Future[Any]) -> None:
+    """Wait for `task` to end, whatever its outcome."""
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def _image_config_dict(config: ImageConfig | None) -> dict[str, str] | None:
     if config is None:
         return None
@@ -620,7 +625,7 @@ class Session:
                 ) from None
             if not task.done():
                 task.cancel()
-            await finish(asyncio.gather(task, return_exceptions=True), reraise=False)
+            await finish(_settled(task), reraise=False)
             if not task.cancelled() and task.exception() is None:
                 # The commit had begun and finished: the turn exists, so say so.
                 return task.result()

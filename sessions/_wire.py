@@ -80,7 +80,7 @@ class Part(msgspec.Struct, omit_defaults=True, rename="camel", kw_only=True, gc=
         return self.inline_data is not None and self.inline_data.mime_type.startswith("image/")
 
 
-class Content(msgspec.Struct, omit_defaults=True, kw_only=True, gc=False):
+class Content(msgspec.Struct, omit_defaults=True, kw_only=True, weakref=True):
     """One turn's message: `role` ("user" or "model") and its ordered parts."""
 
     role: str | None = None

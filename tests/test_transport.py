@@ -421,6 +421,20 @@ async def test_silence_between_chunks_is_an_idle_timeout(server: LoopbackServer)
     assert received == [b"first"]
 
 
+async def test_a_slow_reader_is_not_an_idle_server(server: LoopbackServer) -> None:
+    """Idle time is counted while waiting for data only: a consumer that takes longer than
+    `idle` between reads, with the data already there, is not timed out; a later silence is."""
+    server.script(Reply(chunks=[b"a", 0.02, b"b", 0.02, b"c", 1.5, b"never"]))
+    received = []
+    async with Transport(timeouts=Timeouts(connect=1, first_byte=1, idle=0.15, total=5)) as tr:
+        with pytest.raises(IdleTimeout):
+            async with tr.stream("GET", server.url + "/") as resp:
+                async for chunk in resp.chunks():
+                    received.append(chunk)
+                    await asyncio.sleep(0.2)  # longer than idle, on our side
+    assert b"".join(received) == b"abc"
+
+
 async def test_a_steady_trickle_hits_the_total_timeout(server: LoopbackServer) -> None:
     """Chunks arriving within `idle` but beyond `total` overall raise TotalTimeout."""
     server.script(Reply(chunks=[x for _ in range(40) for x in (b"x", 0.01)]))

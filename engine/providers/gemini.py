@@ -20,6 +20,7 @@ import msgspec
 
 from engine import sse
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
+from engine._memo import Memo
 from engine._merge import ContentMerger, Delta, ImageDelta, TextDelta
 from engine._protocol import (
     GenerateContentRequest,
@@ -251,24 +252,6 @@ def _envelope(request: GenerateRequest, contents: list[Any]) -> GenerateContentR
     )
 
 
-def _encoded_size(content: Content | _WireContent) -> int:
-    """The encoded length of a Content without encoding its inline bytes: JSON of the Content
-    with every payload emptied, plus the base64 length of each payload (base64 needs no JSON
-    escaping)."""
-    if not isinstance(content, Content) or not any(p.inline_data for p in content.parts):
-        return len(_encoder.encode(content))
-    extra = 0
-    parts = []
-    for p in content.parts:
-        if p.inline_data is not None:
-            extra += 4 * ((len(p.inline_data.data) + 2) // 3)
-            p = msgspec.structs.replace(
-                p, inline_data=msgspec.structs.replace(p.inline_data, data=b"")
-            )
-        parts.append(p)
-    return len(_encoder.encode(Content(role=content.role, parts=parts))) + extra
-
-
 # Stands in for an image's bytes in a Content encoded without them; its base64 marks where the
 # image's own base64 goes. No image data starts with a NUL and this text.
 _SENTINEL = b"\x00nanoedit-image-payload\x00"
@@ -311,20 +294,40 @@ def _signed(request: GenerateRequest) -> Sequence[Content]:
     came through an OpenAI-compatible gateway): on the first answer text and on every image."""
     if not request.signatures:
         return request.contents
-    out: list[Content] = []
-    for content in request.contents:
-        if content.role != "model" or any(p.thought_signature for p in content.parts):
-            out.append(content)
-            continue
-        parts, text_signed = [], False
-        for part in content.parts:
-            needs = part.is_image or (bool(part.text) and not part.thought and not text_signed)
-            if needs and not part.thought:
-                text_signed = text_signed or not part.is_image
-                part = msgspec.structs.replace(part, thought_signature=PLACEHOLDER_SIGNATURE)
-            parts.append(part)
-        out.append(Content(role=content.role, parts=parts))
-    return out
+    return [_signed_content(c) for c in request.contents]
+
+
+def _signed_content(content: Content) -> Content:
+    if content.role != "model" or any(p.thought_signature for p in content.parts):
+        return content
+    parts, text_signed = [], False
+    for part in content.parts:
+        needs = part.is_image or (bool(part.text) and not part.thought and not text_signed)
+        if needs and not part.thought:
+            text_signed = text_signed or not part.is_image
+            part = msgspec.structs.replace(part, thought_signature=PLACEHOLDER_SIGNATURE)
+        parts.append(part)
+    return Content(role=content.role, parts=parts)
+
+
+# A Content's encoded form: the JSON pieces around its images with the image Blobs in their
+# places, and its encoded length.
+_Template = tuple[tuple["bytes | Blob", ...], int]
+
+
+def _template(content: Content, *, signatures: bool) -> _Template:
+    wire = wire_contents([_signed_content(content) if signatures else content])[0]
+    pieces = tuple(_content_pieces(wire))
+    size = sum(len(p) if isinstance(p, bytes) else 4 * ((len(p.data) + 2) // 3) for p in pieces)
+    return pieces, size
+
+
+def _signed_template(content: Content) -> _Template:
+    return _template(content, signatures=True)
+
+
+def _plain_template(content: Content) -> _Template:
+    return _template(content, signatures=False)
 
 
 class GeminiProvider(HttpProvider):
@@ -336,6 +339,11 @@ class GeminiProvider(HttpProvider):
     supports_streaming = True
     default_auth = "goog"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._signed_memo: Memo[Content, _Template] = Memo()
+        self._plain_memo: Memo[Content, _Template] = Memo()
+
     def _url(self, model: str, method: str) -> str:
         name = quote(model.removeprefix("models/"), safe="-._~")
         return f"{self._base_url}/v1beta/models/{name}:{method}"
@@ -344,16 +352,35 @@ class GeminiProvider(HttpProvider):
         """The generateContent body: history verbatim plus the session's settings."""
         return _encoder.encode(_envelope(request, wire_contents(_signed(request))))
 
+    def _templates(self, request: GenerateRequest) -> list[_Template]:
+        # History Contents are the same objects turn after turn: each is encoded (without its
+        # images' bytes) once, not once per later turn (at turn 6 of a small-image session that
+        # re-encoding was a fifth of the client's CPU).
+        if request.signatures:
+            memo, compute = self._signed_memo, _signed_template
+        else:
+            memo, compute = self._plain_memo, _plain_template
+        return [memo.get(c, compute) for c in request.contents]
+
+    def content_size(self, content: Content, *, signatures: bool) -> int:
+        """Bytes `content` takes in a request body (its images' base64 included)."""
+        memo, compute = (
+            (self._signed_memo, _signed_template)
+            if signatures
+            else (self._plain_memo, _plain_template)
+        )
+        return memo.get(content, compute)[1]
+
     def encode_body(self, request: GenerateRequest) -> LazyBody:
         """The same bytes as `encode`, produced one Content at a time while being written."""
-        wire = wire_contents(_signed(request))
+        templates = self._templates(request)
         skeleton = _encoder.encode(_envelope(request, []))
         # `contents` is the first field, so the skeleton starts with an empty contents array
         # that the history is written into.
         head, tail = skeleton[: len(_CONTENTS_OPEN)], skeleton[len(_CONTENTS_OPEN) :]
         if head != _CONTENTS_OPEN:  # pragma: no cover - guards the field order assumption
             return LazyBody(len(body := self.encode(request)), lambda: (body,))
-        size = len(skeleton) + sum(_encoded_size(c) for c in wire) + max(len(wire) - 1, 0)
+        size = len(skeleton) + sum(t[1] for t in templates) + max(len(templates) - 1, 0)
 
         def pieces() -> Iterator[bytes]:
             # Small pieces (commas, text turns, the JSON around images) are gathered into one
@@ -361,10 +388,10 @@ class GeminiProvider(HttpProvider):
             # msgspec's scalar one) only after everything before it went out, so the writer has
             # let go of the previous image's base64 and its memory is reused.
             pending = bytearray(head)
-            for i, content in enumerate(wire):
+            for i, (template, _) in enumerate(templates):
                 if i:
                     pending += b","
-                for piece in _content_pieces(content):
+                for piece in template:
                     if isinstance(piece, bytes):
                         pending += piece
                         continue
