@@ -46,7 +46,7 @@ from _common import (
     markdown_table,
     max_rss_bytes,
 )
-from _peers import CLIENTS, Outcome, PeerClient
+from _peers import CLIENTS, MAX_REQUEST_BYTES, Outcome, PeerClient
 
 PROMPTS = (
     "A ceramic mug on an oak table, morning light, photographed from the side",
@@ -59,6 +59,7 @@ PROMPTS = (
 TARGET_CPU_VS_GENAI = 0.5
 TARGET_CPU_VS_FLOOR = 1.5
 TARGET_RSS_VS_GENAI = 0.5
+TARGET_CPU_VS_SIMD_FLOOR = 1.3
 MiB = 1024 * 1024
 
 
@@ -114,14 +115,21 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.0005, async_mode="disabled")
+        by_turn: list[float] = []
         with RssSampler() as rss:
             cpu0 = cpu_seconds()
             t0 = time.perf_counter()
             if profiler is not None:
                 profiler.start()
-            await asyncio.gather(
-                *(client.run_session(_prompts(args.turns, i), out) for i in range(args.sessions))
-            )
+            if args.lockstep:
+                by_turn = await _lockstep(client, args, out)
+            else:
+                await asyncio.gather(
+                    *(
+                        client.run_session(_prompts(args.turns, i), out)
+                        for i in range(args.sessions)
+                    )
+                )
             if profiler is not None:
                 profiler.stop()
             wall = time.perf_counter() - t0
@@ -149,7 +157,30 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
         "rss_peak": rss.peak,
         "rss_delta": rss.delta,
         "rss_samples": rss.samples,
+        "cpu_ms_by_turn": by_turn,
     }
+
+
+async def _lockstep(client: PeerClient, args: argparse.Namespace, out: Outcome) -> list[float]:
+    """Every session's turn 1 at once, then every turn 2, ...: CPU ms per turn at each index."""
+    scripts = [_prompts(args.turns, i) for i in range(args.sessions)]
+    handles = await asyncio.gather(*(client.open() for _ in scripts))
+    alive = [True] * len(handles)
+    by_turn = []
+
+    async def one(i: int, t: int) -> None:
+        try:
+            await client.turn(handles[i], scripts[i][t], out)
+        except Exception as exc:  # counted like run_session does; the session stops
+            alive[i] = False
+            out.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    for t in range(args.turns):
+        gc.collect()
+        cpu0 = cpu_seconds()
+        await asyncio.gather(*(one(i, t) for i in range(len(handles)) if alive[i]))
+        by_turn.append(1000 * (cpu_seconds() - cpu0) / len(handles))
+    return by_turn
 
 
 def child_main(args: argparse.Namespace) -> int:
@@ -190,6 +221,8 @@ def _run_child(args: argparse.Namespace, client: str, mode: str, base_url: str, 
     ]
     for key, value in kw.items():
         cmd += [f"--{key}", value]
+    if args.lockstep:
+        cmd.append("--lockstep")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -220,6 +253,28 @@ def _verdict(value: float | None, target: float) -> str:
     if value is None:
         return fmt(None)
     return f"{value:.3f} ({'ok' if value <= target else 'MISSED'} ≤ {target:g})"
+
+
+def _by_turn_table(results: list[dict[str, Any]], ratios: dict[str, Any]) -> str:
+    """With --lockstep: CPU ms per turn at each turn index, and nanoedit over the SIMD floor."""
+    stepped = [r for r in results if r.get("cpu_ms_by_turn")]
+    if not stepped:
+        return ""
+    turns = max(len(r["cpu_ms_by_turn"]) for r in stepped)
+    rows = []
+    for r in stepped:
+        rows.append([r["mode"], r["client"], *(fmt(v, 1) for v in r["cpu_ms_by_turn"])])
+    for mode in sorted({r["mode"] for r in stepped}, reverse=True):
+        by = {r["client"]: r["cpu_ms_by_turn"] for r in stepped if r["mode"] == mode}
+        ne, fl = by.get("nanoedit"), by.get("floor-simd")
+        if ne and fl and len(ne) == len(fl):
+            per = [_ratio(a, b) for a, b in zip(ne, fl, strict=True)]
+            rows.append([mode, "nanoedit / floor-simd", *(fmt(v, 2) for v in per)])
+            ratios.setdefault(mode, {})["last_turn_vs_simd_floor"] = per[-1]
+            ratios[mode]["last_turn_cpu_ms"] = ne[-1]
+    head = ["mode", "client (CPU ms per turn, by turn index)"]
+    head += [str(i) for i in range(1, turns + 1)]
+    return "\n" + markdown_table(head, rows, right=2)
 
 
 def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -263,6 +318,7 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     for mode in sorted({r["mode"] for r in results}, reverse=True):
         by = {r["client"]: r for r in results if r["mode"] == mode}
         ne, ga, fl = by.get("nanoedit"), by.get("google-genai"), by.get("floor")
+        fs = by.get("floor-simd")
         nc, oa = by.get("nanoedit-chat"), by.get("openai-sdk")
         if nc is not None and oa is not None:
             ratios[f"{mode}-chat"] = {
@@ -275,7 +331,10 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         cpu_fl = _ratio(_per_turn_ms(ne), _per_turn_ms(fl)) if fl else None
         rss_ga = _ratio(ne["max_rss"], ga["max_rss"]) if ga else None
         dlt_ga = _ratio(ne["rss_delta"], ga["rss_delta"]) if ga else None
+        cpu_fs = _ratio(_per_turn_ms(ne), _per_turn_ms(fs)) if fs else None
         ratios[mode] = {
+            **ratios.get(mode, {}),
+            "cpu_per_turn_vs_simd_floor": cpu_fs,
             "cpu_per_turn_vs_genai": cpu_ga,
             "cpu_per_turn_vs_floor": cpu_fl,
             "peak_rss_vs_genai": rss_ga,
@@ -286,6 +345,7 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 mode,
                 _verdict(cpu_ga, TARGET_CPU_VS_GENAI),
                 _verdict(cpu_fl, TARGET_CPU_VS_FLOOR),
+                _verdict(cpu_fs, TARGET_CPU_VS_SIMD_FLOOR),
                 _verdict(rss_ga, TARGET_RSS_VS_GENAI),
                 fmt(dlt_ga, 2),
             ]
@@ -304,6 +364,7 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             ["mode", "nanoedit-chat/openai-sdk CPU per turn", "nanoedit-chat/openai-sdk peak RSS"],
             chat_rows,
         )
+    table += _by_turn_table(results, ratios)
     if not ratio_rows:
         return table, ratios
     table += "\n" + markdown_table(
@@ -311,6 +372,7 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             "mode",
             "nanoedit/genai CPU per turn",
             "nanoedit/floor CPU per turn",
+            "nanoedit/floor-simd CPU per turn",
             "nanoedit/genai peak RSS",
             "nanoedit/genai RSS Δ",
         ],
@@ -330,7 +392,8 @@ def parent_main(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown client or mode: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    emulator_args = ["--flat"] if args.flat else []
+    emulator_args = ["--max-request-bytes", str(MAX_REQUEST_BYTES)]
+    emulator_args += ["--flat"] if args.flat else []
     results: list[dict[str, Any]] = []
     with emulator_process(*emulator_args) as (_proc, base_url):
         print(f"emulator at {base_url}", file=sys.stderr)
@@ -392,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="stream,plain", help="stream, plain or both")
     p.add_argument("--repeat", type=int, default=3, help="runs per client and mode (median)")
     p.add_argument("--flat", action="store_true", help="flat emulator images (default: grain)")
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="run turn 1 of every session, then turn 2, ...; report CPU per turn at each index",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per child")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")

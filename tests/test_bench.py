@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -53,9 +54,13 @@ def sample(session: int, turn: int, **kw: Any) -> TurnSample:
 
 
 def run_bench(tmp_path: Path, *argv: str) -> tuple[int, dict[str, Any]]:
-    """Run `nanoedit bench ARGV --json FILE` and return the exit code and the JSON document."""
+    """Run `nanoedit bench ARGV --json FILE` and return the exit code and the JSON document.
+
+    The emulator runs inline unless ARGV says otherwise: starting a process per test would cost
+    the suite a second each; the process mode has tests of its own."""
     out = tmp_path / "bench.json"
-    code = _bench.run(parse(*argv, "--json", str(out), "--no-progress"))
+    where = () if "--emulator" in argv else ("--emulator", "inline")
+    code = _bench.run(parse(*argv, *where, "--json", str(out), "--no-progress"))
     doc = json.loads(out.read_text()) if out.exists() else {}
     return code, doc
 
@@ -401,3 +406,65 @@ def test_cli_exposes_bench() -> None:
     args = build_parser().parse_args(["bench", "--sessions", "3", "--rate", "2"])
     assert args.sessions == 3
     assert args.rate == 2.0
+
+
+# --- the emulator's own process, several client processes -----------------------------------------
+
+
+def test_split_plan_shares_the_load_among_workers() -> None:
+    """Sessions, concurrency and warm-up sessions are divided as whole numbers; the rate
+    evenly; every worker gets its own seed; workers with no sessions are left out."""
+    base = _load._Plan(
+        sessions=10, turns=2, scripts=[["a"]], concurrency=5, rate=3.0, duration=0.0,
+        warmup_s=0.0, warmup_sessions=3, seed=7, model="m", image_config=None, stream=True,
+        progress=True,
+    )  # fmt: skip
+    plans = _load.split_plan(base, 4)
+    assert [p.sessions for p in plans] == [3, 3, 2, 2]
+    assert [p.concurrency for p in plans] == [2, 1, 1, 1]
+    assert [p.warmup_sessions for p in plans] == [1, 1, 1, 0]
+    assert [p.seed for p in plans] == [7, 8, 9, 10]
+    assert all(p.rate == 0.75 and not p.progress for p in plans)
+    few = _load.split_plan(dataclasses.replace(base, sessions=2), 4)
+    assert [p.sessions for p in few] == [1, 1]
+
+
+def test_the_emulator_runs_in_its_own_process_by_default(tmp_path: Path) -> None:
+    """By default the bench talks to an emulator process and reports its CPU apart from the
+    client's; the table says both."""
+    code, doc = run_bench(
+        tmp_path, "--emulator", "process", "--sessions", "3", "--turns", "2", "--flat"
+    )
+    assert code == 0
+    summary = doc["summary"]
+    assert summary["turns"]["ok"] == 6
+    assert summary["config"]["emulator"] == "process"
+    assert summary["emulator_cpu_s"] > 0
+    assert summary["process_cpu_s"] > 0
+    line = format_table(summary)
+    assert "emulator" in line and "its own process" in line
+
+
+def test_workers_split_the_sessions_and_merge_their_samples(tmp_path: Path) -> None:
+    """--workers 2: two client processes run 5 sessions x 2 turns between them against one
+    emulator process; every session appears once, on one clock, with both workers' CPU."""
+    code, doc = run_bench(
+        tmp_path, "--emulator", "process", "--workers", "2", "--sessions", "5", "--turns", "2",
+        "--concurrency", "4", "--flat",
+    )  # fmt: skip
+    assert code == 0
+    records, summary = doc["records"], doc["summary"]
+    assert summary["workers"] == 2 and len(summary["worker_cpu_s"]) == 2
+    assert summary["process_cpu_s"] == pytest.approx(sum(summary["worker_cpu_s"]))
+    assert len({r["session"] for r in records}) == 5
+    assert len({r["session_id"] for r in records}) == 5
+    assert all(r["ok"] for r in records) and len(records) == 10
+    assert summary["sessions"]["started"] == 5
+    assert 0 < summary["window_s"] <= summary["wall_s"]
+    assert "2 worker processes" in format_table(summary)
+
+
+def test_workers_need_the_emulator_process(tmp_path: Path) -> None:
+    """Several workers cannot share an emulator that lives inside one of them."""
+    assert run_bench(tmp_path, "--workers", "2", "--emulator", "inline")[0] == 2
+    assert run_bench(tmp_path, "--workers", "0")[0] == 2

@@ -446,6 +446,7 @@ async def _bench(cfg: EngineConfig, plan: _Plan) -> tuple[list[TurnSample], dict
         run = _Run(engine, plan)
         ticker = asyncio.create_task(run.progress()) if plan.progress else None
         run.t0 = time.perf_counter()
+        t0_epoch = time.time()
         cpu0 = _cpu()
         try:
             if plan.rate:
@@ -461,7 +462,84 @@ async def _bench(cfg: EngineConfig, plan: _Plan) -> tuple[list[TurnSample], dict
     samples = sorted(run.samples, key=lambda s: (s.session, s.turn))
     summary = summarize(samples, wall_s=wall, sessions_started=run.started)
     summary["process_cpu_s"] = cpu
+    summary["t0_epoch"] = t0_epoch
     return samples, summary
+
+
+# --- several client processes -------------------------------------------------------------------
+
+
+def split_plan(plan: _Plan, workers: int) -> list[_Plan]:
+    """`plan` shared among `workers` processes: sessions, concurrency, rate and warm-up
+    sessions divided as evenly as whole numbers allow; each its own seed."""
+
+    def share(total: int, i: int) -> int:
+        return total // workers + (1 if i < total % workers else 0)
+
+    return [
+        dataclasses.replace(
+            plan,
+            sessions=share(plan.sessions, i),
+            concurrency=max(1, share(plan.concurrency, i)),
+            rate=plan.rate / workers,
+            warmup_sessions=share(plan.warmup_sessions, i),
+            seed=plan.seed + i,
+            progress=False,
+        )
+        for i in range(workers)
+        if not plan.sessions or share(plan.sessions, i)
+    ]
+
+
+def _worker(
+    cfg: EngineConfig, plan: _Plan, start_at: float, verbose: int
+) -> tuple[list[TurnSample], dict[str, Any]]:
+    # A fresh interpreter (spawn): logging as the parent's command line set it.
+    from engine.cli._common import configure_logging
+
+    configure_logging(verbose)
+    # Every worker starts together, once all have imported what they need.
+    time.sleep(max(0.0, start_at - time.time()))
+    return asyncio.run(_bench(cfg, plan))
+
+
+def run_workers(
+    cfg: EngineConfig, plan: _Plan, workers: int, verbose: int
+) -> tuple[list[TurnSample], dict[str, Any]]:
+    """Run `plan` in `workers` processes (each its own Engine); merge their samples onto one
+    clock (the earliest worker's start) and sum their CPU."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    plans = split_plan(plan, workers)
+    start_at = time.time() + 1.5 + 0.25 * len(plans)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(plans), mp_context=context) as pool:
+        futures = [pool.submit(_worker, cfg, p, start_at, verbose) for p in plans]
+        results = [f.result() for f in futures]
+    t0 = min(summary["t0_epoch"] for _, summary in results)
+    merged: list[TurnSample] = []
+    wall = 0.0
+    for w, (samples, summary) in enumerate(results):
+        shift = summary["t0_epoch"] - t0
+        wall = max(wall, shift + summary["wall_s"])
+        for s in samples:
+            merged.append(
+                msgspec.structs.replace(
+                    s,
+                    session=s.session * len(results) + w,
+                    started_s=s.started_s + shift,
+                    ended_s=s.ended_s + shift,
+                )
+            )
+    merged.sort(key=lambda s: (s.session, s.turn))
+    started = sum(summary["sessions"]["started"] for _, summary in results)
+    out = summarize(merged, wall_s=wall, sessions_started=started)
+    cpus = [summary["process_cpu_s"] for _, summary in results]
+    out["process_cpu_s"] = sum(cpus)
+    out["worker_cpu_s"] = cpus
+    out["workers"] = len(results)
+    return merged, out
 
 
 def _cpu() -> float:

@@ -62,8 +62,10 @@ from engine.cli._load import (
     estimate_cost,
     load_prompts,
     percentile,
+    run_workers,
     summarize,
 )
+from engine.cli._procs import emulator_cpu, emulator_process
 
 __all__ = [
     "DEFAULT_SCRIPT",
@@ -161,9 +163,9 @@ def format_table(summary: dict[str, Any]) -> str:
     )
     lines.append(
         f"throughput: {_num(tp['turns_per_s'], 2)} turns/s, {_num(tp['images_per_s'], 2)} "
-        f"images/s over {summary['window_s']:.2f} s (wall {summary['wall_s']:.2f} s, "
-        f"bench process CPU {summary.get('process_cpu_s', 0.0):.2f} s)"
+        f"images/s over {summary['window_s']:.2f} s (wall {summary['wall_s']:.2f} s)"
     )
+    lines.append(_cpu_line(summary))
     lines.append(f"cost: ${summary['cost_usd']:.4f} settled (measured turns)")
     if e["by_type"]:
         kinds = ", ".join(f"{k} x{v}" for k, v in e["by_type"].items())
@@ -171,6 +173,25 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"errors: {kinds}" + (f" (HTTP {statuses})" if statuses else ""))
         lines.extend(f"  e.g. {sample}" for sample in e["samples"][:1])
     return "\n".join(lines) + "\n"
+
+
+def _cpu_line(summary: dict[str, Any]) -> str:
+    """Client CPU (every worker) and emulator CPU, in total and per successful turn."""
+    ok = summary["turns"]["ok"]
+    workers = summary.get("workers", 1)
+
+    def per_turn(cpu: float) -> str:
+        return f"{1000 * cpu / ok:.2f} ms/turn" if ok else NO_DATA
+
+    client = summary.get("process_cpu_s", 0.0)
+    who = f"{workers} worker processes" if workers > 1 else "the bench process"
+    line = f"CPU: client {client:.2f} s ({per_turn(client)}, {who})"
+    emulator = summary.get("emulator_cpu_s")
+    if emulator is not None:
+        line += f"; emulator {emulator:.2f} s ({per_turn(emulator)}, its own process)"
+    elif summary.get("config", {}).get("emulator") == "inline":
+        line += " (the emulator's included: it runs in the same process)"
+    return line
 
 
 def _plot(path: str, samples: Sequence[TurnSample], summary: dict[str, Any]) -> None:
@@ -358,7 +379,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--yes", action="store_true", help="accept the estimated cost of a non-local run"
     )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="client processes, each its own engine, sharing the load (default 1)",
+    )
     g = parser.add_argument_group("embedded emulator")
+    g.add_argument(
+        "--emulator",
+        choices=("process", "inline"),
+        default="process",
+        help="run the emulator in its own process (default), so that the figures are the "
+        "client's, or inside the bench process",
+    )
     g.add_argument("--latency", type=float, default=0.0, help="seconds per generation")
     g.add_argument(
         "--faults",
@@ -396,6 +431,31 @@ def _engine_config(args: argparse.Namespace, max_in_flight: int) -> EngineConfig
     )
 
 
+def _measure(
+    args: argparse.Namespace, cfg: EngineConfig, plan: _Plan
+) -> tuple[list[TurnSample], dict[str, Any]]:
+    """Run the load: in this process or in `--workers` processes, against the emulator in its
+    own process unless `--emulator inline` or a real target; the CPU of each side."""
+    if cfg.provider != "local" or args.emulator == "inline":
+        if args.workers > 1:
+            return run_workers(cfg, plan, args.workers, args.verbose)
+        return asyncio.run(_bench(cfg, plan))
+    options = ["--latency", str(args.latency), "--seed", str(args.seed)]
+    options += ["--faults", args.faults] if args.faults else []
+    options += ["--flat"] if args.flat else []
+    with emulator_process(options) as base_url:
+        target = dataclasses.replace(cfg, provider="custom", base_url=base_url)
+        before = emulator_cpu(base_url)
+        if args.workers > 1:
+            samples, summary = run_workers(target, plan, args.workers, args.verbose)
+        else:
+            samples, summary = asyncio.run(_bench(target, plan))
+        after = emulator_cpu(base_url)
+    if before is not None and after is not None:
+        summary["emulator_cpu_s"] = after - before
+    return samples, summary
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed `args`; the exit code (2: refused or bad options)."""
     if args.sessions < 0 or (args.turns is not None and args.turns < 1):
@@ -408,6 +468,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--rate, --duration and --warmup must not be negative")
     if args.sessions == 0 and not args.duration:
         return _fail("--sessions 0 (no cap) needs --duration")
+    if args.workers < 1:
+        return _fail("--workers must be at least 1")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         return _fail("--plot needs matplotlib: pip install matplotlib")
     try:
@@ -486,7 +548,12 @@ def run(args: argparse.Namespace) -> int:
         stream=not args.no_stream,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
-    samples, summary = asyncio.run(_bench(cfg, plan))
+    if args.workers > 1 and cfg.provider == "local" and args.emulator == "inline":
+        return _fail("--workers needs the emulator in its own process (--emulator process)")
+    try:
+        samples, summary = _measure(args, cfg, plan)
+    except ConfigError as exc:
+        return _fail(str(exc))
     summary = {
         "config": {
             "load": load,
@@ -507,6 +574,8 @@ def run(args: argparse.Namespace) -> int:
             "max_in_flight": cfg.max_in_flight,
             "max_connections": cfg.max_connections,
             "max_attempts": cfg.retry.max_attempts,
+            "workers": args.workers,
+            "emulator": args.emulator if cfg.provider == "local" else None,
             "percentiles": "linear interpolation between closest ranks (type 7)",
         },
         **summary,

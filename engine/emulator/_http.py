@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import math
 import random
+import resource
 import socket
 import struct
 from collections import Counter
@@ -118,6 +119,9 @@ class ServerState:
             "requests": {name: self.requests.get(name, 0) for name in ENDPOINTS},
             "faults": dict(sorted(self.faults.items())),
             "render": {"renders": self.pool.renders, "cache_hits": self.pool.hits},
+            # The whole process (render threads included): benchmarks report the emulator's
+            # CPU apart from the client's.
+            "cpu_s": _process_cpu(),
         }
 
     def reset(self) -> None:
@@ -464,3 +468,8 @@ def json_body(value: Any) -> bytes:
 def frame_json_array(payloads: list[bytes]) -> bytes:
     """Google's non-SSE streamGenerateContent body: a JSON array of the chunks."""
     return b"[" + b",\r\n".join(payloads) + b"]"
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,139 @@
+"""Client CPU to receive one streamed image answer, side by side in one run.
+
+    python benchmarks/receive.py [--image-mb 9] [--repeat 15]
+
+One `streamGenerateContent?alt=sse` answer as the emulator sends it (thought text, answer text,
+the image part with its signature, the finish event), CRLF line ends, fed in 64 KiB chunks as a
+socket delivers them. The image is random bytes of the given size (a 2K grain PNG from the
+emulator is about 9 MB; decode and hash costs depend on the size only). Two receivers:
+
+- nanoedit: `GeminiProvider._read_events` (SSE decoder, wire decoding, merging) with the
+  pipeline's image handling (`Image.from_blob`: dimensions and sha256, once);
+- SIMD floor: pybase64 decoding of the image's base64 (already cut out) and sha256 only: the
+  physical limit, which the ratio is taken against (what nanoedit adds is finding the event
+  and parsing the JSON around the image).
+
+CPU is `time.process_time()` per answer, the median of `--repeat`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import pybase64
+from _common import append_results, fmt, machine_info, markdown_table
+
+from engine import Secret
+from engine._merge import ContentMerger, ImageDelta
+from engine._transport import Transport
+from engine._types import Image
+from engine.providers import GeminiProvider
+from engine.providers.gemini import _Answer
+
+CHUNK = 64 * 1024
+
+
+def _stream(image: bytes) -> bytes:
+    def event(obj: object) -> bytes:
+        return b"data: " + msgspec.json.encode(obj) + b"\r\n\r\n"
+
+    def parts(*p: object) -> dict[str, object]:
+        return {"candidates": [{"content": {"role": "model", "parts": list(p)}, "index": 0}]}
+
+    return b"".join(
+        [
+            event(parts({"text": "Planning the edit.", "thought": True})),
+            event(parts({"text": "Here is the edited image.", "thoughtSignature": "c2ln"})),
+            event(
+                parts(
+                    {
+                        "inlineData": {
+                            "mimeType": "image/png",
+                            "data": pybase64.b64encode(image).decode(),
+                        },
+                        "thoughtSignature": "c2lnLWltYWdl",
+                    }
+                )
+            ),
+            event(
+                {
+                    "candidates": [{"finishReason": "STOP", "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 10, "totalTokenCount": 20},
+                }
+            ),
+        ]
+    )
+
+
+class _Chunks:
+    def __init__(self, data: bytes) -> None:
+        self._chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+def main() -> int:
+    """Measure both receivers; print and append the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-mb", type=float, default=9.0)
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    image = os.urandom(int(args.image_mb * 1e6))
+    stream = _Chunks(_stream(image))
+    provider = GeminiProvider(Transport(), base_url="http://127.0.0.1:1", api_key=Secret(""))
+    expected = hashlib.sha256(image).hexdigest()
+
+    async def nanoedit() -> str:
+        digests: list[str] = []
+
+        async def on_delta(delta: object) -> None:
+            if isinstance(delta, ImageDelta) and delta.part.inline_data is not None:
+                digests.append(Image.from_blob(delta.part.inline_data).sha256)
+
+        answer = _Answer(200, ())
+        merger = ContentMerger()
+        await provider._read_events(stream, answer, merger, on_delta, {}, 0.0)  # type: ignore[arg-type]
+        merger.content()
+        return digests[0]
+
+    encoded = pybase64.b64encode(image)
+
+    async def decode_and_hash() -> str:
+        return hashlib.sha256(pybase64.b64decode(encoded, validate=True)).hexdigest()
+
+    receivers = (("nanoedit", nanoedit), ("SIMD floor", decode_and_hash))
+
+    async def measure() -> dict[str, float]:
+        out: dict[str, list[float]] = {name: [] for name, _ in receivers}
+        for _ in range(args.repeat):
+            for name, fn in receivers:
+                start = time.process_time()
+                digest = await fn()
+                out[name].append((time.process_time() - start) * 1000)
+                assert digest == expected, name
+        return {name: statistics.median(v) for name, v in out.items()}
+
+    results = asyncio.run(measure())
+    rows = [[name, fmt(ms, 2), fmt(ms / results["SIMD floor"], 2)] for name, ms in results.items()]
+    table = markdown_table(["receiver", "CPU ms per answer", "x SIMD floor"], rows)
+    mb = len(image) / 1e6
+    print(f"answer: one {mb:.1f} MB image, streamed in {CHUNK // 1024} KiB chunks\n")
+    print(table)
+    append_results(
+        f"receive: a streamed answer with a {mb:.1f} MB image (2K)", machine_info(), table
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
