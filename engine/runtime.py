@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio.lowlevel
 import msgspec
 import structlog
 
@@ -124,6 +125,9 @@ class Engine:
             return
         self._started = True
         cfg = self.config
+        # anyio imports its event-loop backend on first use (the SQLite store's threads, the
+        # limiter's sleeps): ~30 ms that would otherwise land on the first turn.
+        await anyio.lowlevel.checkpoint()
         if self._provider is None:
             base_url = cfg.resolved_base_url
             if cfg.provider == "local" and not base_url:

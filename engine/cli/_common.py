@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import structlog
 
@@ -29,12 +31,16 @@ __all__ = [
     "config_from_args",
     "configure_logging",
     "err",
+    "event_loop_name",
     "image_config_from_args",
     "non_negative",
     "open_store",
     "resolve_session_id",
     "retry_from_args",
+    "run_loop",
 ]
+
+T = TypeVar("T")
 
 PROVIDERS = tuple(PRESETS)
 
@@ -258,3 +264,25 @@ class EventWriter:
         """Close the file (stdout stays open)."""
         if self._own:
             self._fh.close()
+
+
+def event_loop_name() -> str:
+    """The loop the command line runs on: "uvloop" when installed (the `uvloop` extra) unless
+    NANOEDIT_LOOP=asyncio, else "asyncio"."""
+    if os.environ.get("NANOEDIT_LOOP", "").strip().lower() == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, on uvloop when `event_loop_name()` says so (same Ctrl-C rules)."""
+    if event_loop_name() == "uvloop":
+        import uvloop
+
+        result: T = uvloop.run(main)
+        return result
+    return asyncio.run(main)

@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,17 @@ class _Plan:
     progress: bool
 
 
+async def _sleep_until(when: float, now: Callable[[], float]) -> None:
+    """Sleep until `now()` reaches `when`. uvloop's timers have millisecond resolution and may
+    fire a little early, so one more short sleep may follow."""
+    delay = when - now()
+    for _ in range(100):
+        if delay <= 0:
+            return
+        await asyncio.sleep(delay)
+        delay = when - now()
+
+
 class _Run:
     """State shared by the session tasks of one benchmark run."""
 
@@ -404,9 +415,7 @@ class _Run:
                 break
             if self.plan.sessions and self.started >= self.plan.sessions:
                 break
-            delay = offset - self.now()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await _sleep_until(offset, self.now)
             number = self.started
             self.started += 1
             tasks.append(asyncio.create_task(self.session(number)))
@@ -498,9 +507,11 @@ def _worker(
     from engine.cli._common import configure_logging
 
     configure_logging(verbose)
+    from engine.cli._common import run_loop
+
     # Every worker starts together, once all have imported what they need.
     time.sleep(max(0.0, start_at - time.time()))
-    return asyncio.run(_bench(cfg, plan))
+    return run_loop(_bench(cfg, plan))
 
 
 def run_workers(

@@ -35,7 +35,6 @@ Definitions used in the report:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import importlib.util
 import math
@@ -49,7 +48,7 @@ import msgspec
 from engine._config import EngineConfig
 from engine._exceptions import ConfigError
 from engine.catalog import ImageConfig, resolve_model
-from engine.cli._common import config_from_args, retry_from_args
+from engine.cli._common import config_from_args, retry_from_args, run_loop
 from engine.cli._load import (
     DEFAULT_SCRIPT,
     NO_DATA,
@@ -439,7 +438,7 @@ def _measure(
     if cfg.provider != "local" or args.emulator == "inline":
         if args.workers > 1:
             return run_workers(cfg, plan, args.workers, args.verbose)
-        return asyncio.run(_bench(cfg, plan))
+        return run_loop(_bench(cfg, plan))
     options = ["--latency", str(args.latency), "--seed", str(args.seed)]
     options += ["--faults", args.faults] if args.faults else []
     options += ["--flat"] if args.flat else []
@@ -449,7 +448,7 @@ def _measure(
         if args.workers > 1:
             samples, summary = run_workers(target, plan, args.workers, args.verbose)
         else:
-            samples, summary = asyncio.run(_bench(target, plan))
+            samples, summary = run_loop(_bench(target, plan))
         after = emulator_cpu(base_url)
     if before is not None and after is not None:
         summary["emulator_cpu_s"] = after - before

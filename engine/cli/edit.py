@@ -30,6 +30,7 @@ from engine.cli._common import (
     image_config_from_args,
     open_store,
     resolve_session_id,
+    run_loop,
 )
 from engine.events import Event, TurnImage, TurnRetrying, TurnStarted, TurnTextDelta
 from engine.runtime import Engine, Session, Turn
@@ -384,4 +385,4 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ConfigError(f"--image {image}: no such file")
     _prepare_out(Path(args.out), force=args.force)
-    return asyncio.run(_edit(args, cfg))
+    return run_loop(_edit(args, cfg))

@@ -13,7 +13,7 @@ import structlog
 
 from engine._exceptions import ConfigError
 from engine.catalog import Catalog
-from engine.cli._common import non_negative
+from engine.cli._common import non_negative, run_loop
 from engine.emulator import Emulator, EmulatorSettings, parse_faults
 from engine.emulator._faults import FAULT_GRAMMAR
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nanoedit emulator: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(settings, args.host, args.port))
+        run_loop(_serve(settings, args.host, args.port))
     except OSError as exc:
         print(
             f"nanoedit emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr

@@ -19,7 +19,7 @@ import anyio.to_thread
 
 from engine._config import EngineConfig
 from engine._lease import Lease, describe_holder, holder_is_dead, new_owner
-from engine.cli._common import open_store, resolve_session_id
+from engine.cli._common import event_loop_name, open_store, resolve_session_id
 from sessions import (
     Blob,
     Content,
@@ -138,7 +138,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed `sessions` command; print errors as one line; return the exit code."""
     try:
-        return anyio.run(_run, args)
+        uvloop = event_loop_name() == "uvloop"
+        return anyio.run(_run, args, backend_options={"use_uvloop": uvloop})
     except (NanoeditError, OSError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
