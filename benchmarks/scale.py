@@ -44,6 +44,8 @@ from _common import (
     rss_bytes,
 )
 
+from engine.cli._common import event_loop_name, run_loop
+
 TARGET_RATIO = 1.15
 TARGET_IDLE_BYTES = 20 * 1000  # 20 KB
 MODEL = "gemini-3.1-flash-image"
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_logs()
         with emulator_process("--flat", "--latency", str(args.latency)) as (proc, url):
             print(f"emulator at {url}", file=sys.stderr)
-            conc = asyncio.run(concurrent(url, args, proc.pid))
+            conc = run_loop(concurrent(url, args, proc.pid))
     table = build_table(conc, idle)
     sys.stdout.write(table)
     if args.json:
@@ -324,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "one Engine (max_in_flight = max_connections = sessions), emulator in its own "
             "process with --flat and the stated latency; ideal = turns x latency",
             f"open files soft limit {soft}",
+            f"client event loop: {event_loop_name()} (NANOEDIT_LOOP=asyncio for the standard one)",
         ]
         if conc and conc["error_samples"]:
             notes.append(f"errors: {conc['error_samples'][0]}")
