@@ -23,6 +23,8 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.cli._procs import stop_process
+
 __all__ = [
     "RESULTS_PATH",
     "RssSampler",
@@ -192,15 +194,7 @@ def emulator_process(
         yield proc, base_url
     finally:
         # Only the process started here is stopped, by its own handle.
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def _read_base_url(proc: subprocess.Popen[str], timeout: float) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from engine._exceptions import ConfigError
 
-__all__ = ["emulator_cpu", "emulator_process"]
+__all__ = ["cpu_count", "emulator_cpu", "emulator_process", "stop_process"]
 
 _START_TIMEOUT = 60.0
 
@@ -39,15 +39,20 @@ def emulator_process(options: Sequence[str]) -> Iterator[str]:
         try:
             yield _base_url(proc, log)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; close its stdout pipe."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _base_url(proc: subprocess.Popen[str], log: Any) -> str:
