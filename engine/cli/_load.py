@@ -285,13 +285,14 @@ class _Plan:
 
 
 async def _sleep_until(when: float, now: Callable[[], float]) -> None:
-    """Sleep until `now()` reaches `when`. uvloop's timers have millisecond resolution and may
-    fire a little early, so one more short sleep may follow."""
+    """Sleep until `now()` reaches `when`. uvloop's timers have millisecond resolution: they
+    may fire a little early, and a sub-millisecond sleep returns at once; so a short sleep of
+    at least a millisecond may follow (the bound only guards against a clock that stands)."""
     delay = when - now()
-    for _ in range(100):
+    for _ in range(1000):
         if delay <= 0:
             return
-        await asyncio.sleep(delay)
+        await asyncio.sleep(max(delay, 0.001))
         delay = when - now()
 
 
