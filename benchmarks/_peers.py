@@ -18,9 +18,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    from engine._config import ApiName
 
 __all__ = [
     "CLIENTS",
@@ -110,6 +113,8 @@ class NanoeditClient(PeerClient):
     """nanoedit's Engine pointed at the emulator as a custom provider."""
 
     name = "nanoedit"
+    api: ApiName | Literal[""] = ""  # the provider's own wire protocol (Gemini REST)
+    path = ""  # appended to the emulator's base URL
 
     async def start(self) -> None:
         from engine._config import EngineConfig
@@ -119,7 +124,8 @@ class NanoeditClient(PeerClient):
         self._engine = Engine(
             EngineConfig(
                 provider="custom",
-                base_url=self.base_url,
+                base_url=self.base_url + self.path,
+                api=self.api,
                 stream=self.stream,
                 max_in_flight=cap,
                 max_connections=cap,
@@ -585,24 +591,8 @@ class NanoeditChatClient(NanoeditClient):
     """nanoedit's Engine speaking OpenAI-compatible chat completions to the emulator."""
 
     name = "nanoedit-chat"
-
-    async def start(self) -> None:
-        from engine._config import EngineConfig
-        from engine.runtime import Engine
-
-        cap = max(64, self.sessions)
-        self._engine = Engine(
-            EngineConfig(
-                provider="custom",
-                base_url=self.base_url + "/v1",
-                api="openai-chat",
-                stream=self.stream,
-                max_in_flight=cap,
-                max_connections=cap,
-                max_request_bytes=MAX_REQUEST_BYTES,
-            )
-        )
-        await self._engine.start()
+    api: ApiName | Literal[""] = "openai-chat"
+    path = "/v1"
 
 
 class OpenAIChatClient(PeerClient):

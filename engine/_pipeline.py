@@ -11,7 +11,6 @@ reported as `NanoeditError`, so a turn always ends with exactly one terminal eve
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,7 @@ from engine.events import (
     TurnStarted,
     TurnTextDelta,
 )
-from engine.providers._base import GenerateRequest, OnDelta, Provider, ProviderResult
+from engine.providers._base import GenerateRequest, OnDelta, ProviderResult
 from sessions import Content, SessionState, TurnRecord, intern_turn, new_id
 
 if TYPE_CHECKING:
@@ -154,7 +153,7 @@ class TurnRun:
                         )
                     )
                 ),
-                content_size=_content_size(provider, session.spec.thinking),
+                content_size=provider.content_sizer(signatures=session.spec.thinking),
                 provider=provider.name,
                 image_size=self.image_size,
                 spent_usd=spent + self.engine.ledger.reserved_for(session.id),
@@ -341,11 +340,3 @@ def _turn_metadata(result: ProviderResult) -> dict[str, Any]:
     if result.response_id:
         meta["responseId"] = result.response_id
     return meta
-
-
-def _content_size(provider: Provider, signatures: bool) -> Callable[[Content], int] | None:
-    """The provider's own per-Content encoded size, where it keeps one (Gemini)."""
-    size = getattr(provider, "content_size", None)
-    if size is None:
-        return None
-    return functools.partial(size, signatures=signatures)

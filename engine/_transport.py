@@ -305,6 +305,11 @@ class _Attempt:
     reading_since: float | None = None
     watchdog: asyncio.TimerHandle | None = None
 
+    @property
+    def where(self) -> str:
+        """`POST /path`, for messages (built only when one is)."""
+        return f"{self.method} {self.path}"
+
     def end(self) -> None:
         """Stop the read watchdog: the attempt is over."""
         if self.watchdog is not None:
@@ -603,7 +608,7 @@ class Transport:
         first_byte, total = self.timeouts.first_byte, self.timeouts.total
         wait = min(first_byte, total)
         kind: type[Timeout] = FirstByteTimeout if first_byte < total else TotalTimeout
-        where = f"{attempt.method} {attempt.path}"
+        where = attempt.where
         deadline = asyncio.timeout(wait)
         try:
             async with deadline:
@@ -637,9 +642,8 @@ class Transport:
         # setting an exception on the stream, or checks again later.
         loop = asyncio.get_running_loop()
         now = loop.time()
-        where = f"{attempt.method} {attempt.path}"
         if now >= attempt.deadline:
-            raise TotalTimeout(f"{where}: attempt exceeded {self.timeouts.total:g}s")
+            raise TotalTimeout(f"{attempt.where}: attempt exceeded {self.timeouts.total:g}s")
         content = resp.content
         try:
             data = content.read_nowait()
@@ -655,20 +659,21 @@ class Transport:
             finally:
                 attempt.reading_since = None
         except _ReadExpired as exc:
+            where = attempt.where
             if loop.time() >= attempt.deadline:
                 raise TotalTimeout(
                     f"{where}: attempt exceeded {self.timeouts.total:g}s"
                 ) from _bare(exc)
             raise IdleTimeout(f"{where}: no data for {self.timeouts.idle:g}s") from _bare(exc)
         except TimeoutError as exc:
-            raise StreamBroken(f"{where}: {self._describe(exc, attempt)}") from _bare(exc)
+            raise StreamBroken(f"{attempt.where}: {self._describe(exc, attempt)}") from _bare(exc)
         except aiohttp.ClientPayloadError as exc:
             raise StreamBroken(
-                f"{where}: body incomplete: {self._describe(exc, attempt)}"
+                f"{attempt.where}: body incomplete: {self._describe(exc, attempt)}"
             ) from _bare(exc)
         except (aiohttp.ClientError, OSError) as exc:
             raise StreamBroken(
-                f"{where}: connection lost: {self._describe(exc, attempt)}"
+                f"{attempt.where}: connection lost: {self._describe(exc, attempt)}"
             ) from _bare(exc)
 
     def _watch(self, resp: aiohttp.ClientResponse, attempt: _Attempt) -> None:

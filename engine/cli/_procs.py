@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 from engine._exceptions import ConfigError
 
-__all__ = ["cpu_count", "emulator_cpu", "emulator_process", "stop_process"]
+__all__ = ["emulator_cpu", "emulator_process", "stop_process"]
 
 _START_TIMEOUT = 60.0
 
@@ -79,11 +78,3 @@ def emulator_cpu(base_url: str) -> float | None:
     except (OSError, ValueError):
         return None
     return float(value) if isinstance(value, int | float) else None
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

@@ -109,6 +109,11 @@ class Provider(abc.ABC):
         """The body to send: by default `encode`; a provider may encode it as it is written."""
         return self.encode(request)
 
+    def content_sizer(self, *, signatures: bool) -> Callable[[Content], int] | None:
+        """Bytes one Content takes in a request body, if the provider keeps that per Content
+        (the budget planner then sums them); None: the planner measures with `encode`."""
+        return None
+
     @abc.abstractmethod
     async def generate(
         self,

@@ -12,7 +12,8 @@ parts are merged into one model Content (`engine._merge`). Decisions worth knowi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -352,28 +353,25 @@ class GeminiProvider(HttpProvider):
         """The generateContent body: history verbatim plus the session's settings."""
         return _encoder.encode(_envelope(request, wire_contents(_signed(request))))
 
-    def _templates(self, request: GenerateRequest) -> list[_Template]:
+    def _template_of(self, signatures: bool) -> Callable[[Content], _Template]:
         # History Contents are the same objects turn after turn: each is encoded (without its
         # images' bytes) once, not once per later turn (at turn 6 of a small-image session that
         # re-encoding was a fifth of the client's CPU).
-        if request.signatures:
+        if signatures:
             memo, compute = self._signed_memo, _signed_template
         else:
             memo, compute = self._plain_memo, _plain_template
-        return [memo.get(c, compute) for c in request.contents]
+        return functools.partial(memo.get, compute=compute)
 
-    def content_size(self, content: Content, *, signatures: bool) -> int:
-        """Bytes `content` takes in a request body (its images' base64 included)."""
-        memo, compute = (
-            (self._signed_memo, _signed_template)
-            if signatures
-            else (self._plain_memo, _plain_template)
-        )
-        return memo.get(content, compute)[1]
+    def content_sizer(self, *, signatures: bool) -> Callable[[Content], int]:
+        """Bytes a Content takes in a request body (its images' base64 included), kept."""
+        template = self._template_of(signatures)
+        return lambda content: template(content)[1]
 
     def encode_body(self, request: GenerateRequest) -> LazyBody:
         """The same bytes as `encode`, produced one Content at a time while being written."""
-        templates = self._templates(request)
+        template = self._template_of(request.signatures)
+        templates = [template(c) for c in request.contents]
         skeleton = _encoder.encode(_envelope(request, []))
         # `contents` is the first field, so the skeleton starts with an empty contents array
         # that the history is written into.
