@@ -1,5 +1,6 @@
 """nanoedit: an asyncio engine for multi-turn image editing with Gemini image models."""
 
+from engine._batch import BatchItem, BatchJobFailed, BatchResult
 from engine._config import EmulatorOptions, EngineConfig, RetryPolicy, Secret, Timeouts
 from engine._exceptions import (
     ApiError,
@@ -37,6 +38,9 @@ from engine.runtime import Engine, Image, Session, Turn, TurnStream
 
 __all__ = [
     "ApiError",
+    "BatchItem",
+    "BatchJobFailed",
+    "BatchResult",
     "Budget",
     "BudgetExceeded",
     "Closed",

@@ -22,6 +22,7 @@ __all__ = [
     "AuthScheme",
     "EmulatorOptions",
     "EngineConfig",
+    "HistoryImages",
     "Preset",
     "RetryPolicy",
     "Secret",
@@ -63,6 +64,15 @@ ProviderName = Literal[
 ]
 _KEYED = ("google", "wisdom-gate", "wisdom-gate-openai", "openrouter", "openai")
 OnBusy = Literal["raise", "wait"]
+HistoryImages = Literal["inline", "files", "auto"]
+HISTORY_IMAGES = ("inline", "files", "auto")
+# Where "auto" means files: the Gemini-native presets, whose endpoints have the Files API.
+FILES_PRESETS = frozenset({"local", "google", "wisdom-gate"})
+MiB = 1024 * 1024
+# The largest request body each provider accepts when the config does not say: Google's
+# documented inline limit (100 MB since January 2026), 20 MB for gateways and the rest.
+DEFAULT_REQUEST_LIMITS: Mapping[str, int] = {"google": 100 * MiB}
+DEFAULT_REQUEST_BYTES = 20 * MiB
 
 
 class Secret:
@@ -141,7 +151,11 @@ class EngineConfig:
     max_connections: int = 100
     max_in_flight: int = 64
     requests_per_minute: float = 0.0  # 0: no per-model rate limit
-    max_request_bytes: int = 20 * 1024 * 1024
+    max_request_bytes: int = 0  # 0: the provider's own limit (`request_byte_limit`)
+    # History images in requests: "inline" (base64 every time), "files" (uploaded once, then
+    # referred to by URI), "auto" (files where the provider has the Files API). A session may
+    # set its own.
+    history_images: HistoryImages = "auto"
     emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
     home: Path | None = None  # session store directory; see `store_dir()`
     # A TOML file of models to add or override (see engine.catalog.Catalog); None: built-in.
@@ -173,6 +187,19 @@ class EngineConfig:
             raise ConfigError(f"on_busy must be 'raise' or 'wait', not {self.on_busy!r}")
         if not self.lease_ttl > 0 or not self.lease_wait >= 0:
             raise ConfigError("lease_ttl must be positive and lease_wait at least 0")
+        if self.history_images not in HISTORY_IMAGES:
+            raise ConfigError(
+                f"history_images must be inline, files or auto, not {self.history_images!r}"
+            )
+        if self.max_request_bytes < 0:
+            raise ConfigError("max_request_bytes must be at least 0 (0: the provider's limit)")
+
+    @property
+    def request_byte_limit(self) -> int:
+        """The largest request body budgeted for: `max_request_bytes`, else the provider's."""
+        return self.max_request_bytes or DEFAULT_REQUEST_LIMITS.get(
+            self.provider, DEFAULT_REQUEST_BYTES
+        )
 
     @property
     def preset(self) -> Preset:

@@ -37,6 +37,12 @@ class Memo(Generic[K, T]):
         if hit is not None and hit[0]() is obj:
             return hit[1]
         value = compute(obj)
+        self.put(obj, value)
+        return value
+
+    def put(self, obj: K, value: T) -> None:
+        """Keep `value` for `obj` (replacing what was kept)."""
+        key = id(obj)
         memo = weakref.ref(self)
 
         def drop(_ref: object, key: int = key) -> None:
@@ -46,4 +52,3 @@ class Memo(Generic[K, T]):
                 owner._values.pop(key, None)
 
         self._values[key] = (weakref.ref(obj, drop), value)
-        return value

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from engine._exceptions import ApiError, BudgetExceeded, NanoeditError, TransportError
+from engine._files import missing_file_names
 from engine._merge import ImageDelta, PartialImageDelta, TextDelta
 from engine._retry import retry_delay, should_retry
 from engine._shield import finish
@@ -66,9 +67,12 @@ class TurnRun:
         self.gate = gate
         self.started = time.monotonic()
         self.attempts = 0
+        self._uploaded_again = False
         self.reservation: Reservation | None = None
         self.image_size: str | None = (self.settings.image_config or {}).get("imageSize")
         self._log = session._log
+        # Set when the session's history images go by reference (the Files API).
+        self.files = engine.history_files(self.settings.history_images)
 
     async def _publish(self, event: Event) -> None:
         await self.session._publish(event)
@@ -89,16 +93,14 @@ class TurnRun:
                 )
             )
             plan = await self._plan()
-            body = self.provider.encode_body(
-                GenerateRequest(
-                    self.session.spec.id,
-                    plan.contents,
-                    self.settings,
-                    signatures=self.session.spec.thinking,
-                )
-            )
+            body = self._encode(plan)
             self.reservation = self.engine.ledger.reserve(plan.reserved_usd, session_id=sid)
-            result, digests = await self._send(body)
+            try:
+                result, digests = await self._send(body)
+            except ApiError as exc:
+                # A referenced file expired or was deleted: upload again, retry once.
+                body = await self._upload_again(plan, exc)
+                result, digests = await self._send(body)
             if self.gate is not None:
                 await self.gate()
             # From here on the turn lands, whatever is cancelled meanwhile.
@@ -118,6 +120,44 @@ class TurnRun:
             if self.reservation is not None:
                 self.engine.ledger.release(self.reservation)
                 self.reservation = None
+
+    def _encode(self, plan: Plan) -> RequestBody:
+        contents = plan.contents
+        if self.files is not None:
+            contents = [self.files.view(c) for c in contents]
+        return self.provider.encode_body(
+            GenerateRequest(
+                self.session.spec.id,
+                contents,
+                self.settings,
+                signatures=self.session.spec.thinking,
+            )
+        )
+
+    async def _upload_again(self, plan: Plan, exc: ApiError) -> RequestBody:
+        """The body to retry with after `exc` said a referenced file is gone; re-raises `exc`
+        when it is about something else (or the files were already uploaded again once)."""
+        files = self.files
+        names = missing_file_names(exc)
+        used = files.referenced(plan.contents) if files is not None else []
+        if files is None or names is None or not used or self._uploaded_again:
+            raise exc
+        self._uploaded_again = True
+        gone = await files.forget(used, names)
+        self._log.info("turn.files_missing", turn=self.index, files=len(gone))
+        await self._publish(
+            TurnRetrying(
+                session_id=self.session.id,
+                turn=self.index,
+                attempt=self.attempts,
+                delay_s=0.0,
+                error=f"{len(gone)} history image file(s) expired or missing "
+                f"({type(exc).__name__} {exc.status}): uploading them again",
+                status=exc.status,
+            )
+        )
+        await files.prepare(plan.contents)
+        return self._encode(plan)
 
     async def _failed(self, exc: NanoeditError) -> None:
         # _send() stamps the attempt count on the error it gives up with.
@@ -139,11 +179,14 @@ class TurnRun:
         # Money already spent on this session, by any engine (persisted turn costs), plus what
         # is reserved for calls in flight.
         spent = sum(t.cost_usd for t in self.state.turns.values())
+        files = self.files
+        if files is not None and self.history:
+            await files.prepare([c for t in self.history for c in (t.user, t.model)])
         try:
             plan = plan_request(
                 spec=session.spec,
                 budget=session.budget,
-                engine_max_request_bytes=self.engine.config.max_request_bytes,
+                engine_max_request_bytes=self.engine.config.request_byte_limit,
                 turns=self.history,
                 draft=self.draft,
                 encode_size=lambda contents: len(
@@ -154,6 +197,7 @@ class TurnRun:
                     )
                 ),
                 content_size=provider.content_sizer(signatures=session.spec.thinking),
+                request_form=files.view if files is not None else None,
                 provider=provider.name,
                 image_size=self.image_size,
                 spent_usd=spent + self.engine.ledger.reserved_for(session.id),
@@ -311,6 +355,9 @@ class TurnRun:
             session.id, record, expected_version=state.record.version
         )
         session._state = SessionState(rec, {**state.turns, record.id: record})
+        if self.files is not None:
+            # Upload this turn's images now, so the next turn finds them uploaded.
+            self.files.schedule((record.user, record.model))
         turn = Turn.from_record(record, engine.store.blobs)
         await self._publish(
             TurnCompleted(

@@ -368,6 +368,10 @@ def exceeded_event(error: BudgetExceeded, policy: str) -> BudgetExceededEvent:
     )
 
 
+def _same(content: Content) -> Content:
+    return content
+
+
 def plan_request(
     *,
     spec: ModelSpec,
@@ -377,6 +381,7 @@ def plan_request(
     draft: Content,
     encode_size: Callable[[list[Content]], int],
     content_size: Callable[[Content], int] | None = None,
+    request_form: Callable[[Content], Content] | None = None,
     provider: str,
     image_size: str | None,
     spent_usd: float,
@@ -392,7 +397,11 @@ def plan_request(
     "drop_oldest" leaves out the oldest whole turns (never the newest), "rebase" sends one user
     Content with the latest image and the draft. Money is never compacted: if spent plus this
     request's priced cost exceeds `max_cost_usd`, BudgetExceeded whatever the policy.
+    `request_form(content)` is a Content as the request will carry it (history images as file
+    references): bytes are measured on it, tokens on the Content itself (a referenced image
+    costs the model as many tokens as an inline one). The plan's contents are the originals.
     """
+    form = request_form or _same
     token_limit = budget.max_context_tokens or spec.context_window
     byte_limit = budget.max_request_bytes or engine_max_request_bytes
     policy = budget.policy
@@ -403,8 +412,8 @@ def plan_request(
     sizer = _Sizer(encode_size, content_size)
     # A turn adds its two Contents and the separators after them; dropping it takes exactly
     # that away.
-    sizes = [sizer.run((t.user, t.model)) + sizer.sep for t in turns]
-    draft_bytes = sizer.run((draft,))
+    sizes = [sizer.run((form(t.user), form(t.model))) + sizer.sep for t in turns]
+    draft_bytes = sizer.run((form(draft),))
 
     contents = [c for t in turns for c in (t.user, t.model)]
     contents.append(draft)
@@ -460,7 +469,7 @@ def plan_request(
             carried = []
             rebased = True
             tokens = content_tokens(content, spec)
-            nbytes = sizer.empty + sizer.run((content,))
+            nbytes = sizer.empty + sizer.run((form(content),))
             again = _over(tokens, nbytes, token_limit, byte_limit)
             if again is not None:
                 raise _exceeded(*again, "even rebased on the latest image")
@@ -540,7 +549,13 @@ def estimate_cost(
 
 
 def settle_cost(
-    spec: ModelSpec, provider: str, usage: Usage, image_size: str | None, images_out: int
+    spec: ModelSpec,
+    provider: str,
+    usage: Usage,
+    image_size: str | None,
+    images_out: int,
+    *,
+    batch: bool = False,
 ) -> CostBreakdown:
     """USD of a finished request from its reported usage (a pure function: streamed or not).
 
@@ -549,8 +564,18 @@ def settle_cost(
     `images_out` output images at the size's price, output text and thinking tokens at the text
     output rate. When the server gave no output breakdown, output text is `output_tokens` minus
     the catalog's tokens for the images. A flat per-request provider (``"wisdom-gate"``) costs
-    its price, all of it as image.
+    its price, all of it as image. `batch`: a Batch API request, at the catalog's batch share of
+    all that (Google: half).
     """
+    if batch:
+        full = settle_cost(spec, provider, usage, image_size, images_out)
+        share = spec.prices.batch_share
+        return CostBreakdown(
+            text_usd=full.text_usd * share,
+            image_usd=full.image_usd * share,
+            thinking_usd=full.thinking_usd * share,
+            total_usd=full.total_usd * share,
+        )
     flat = _flat_price(spec, provider)
     if flat is not None:
         return CostBreakdown(image_usd=flat, total_usd=flat)

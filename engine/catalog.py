@@ -89,6 +89,8 @@ class Prices(msgspec.Struct, frozen=True, kw_only=True):
     # Implicitly cached input (a repeated prefix: every multi-turn request) at a tenth of the
     # input rate, Google's discount for cached tokens.
     cached_input_per_million: float = -1.0
+    # Batch API requests cost this share of the interactive price (Google: half).
+    batch_share: float = 0.5
 
     def cached_rate(self) -> float:
         """USD per 1M cached input tokens (a tenth of the input rate unless the catalog says)."""
@@ -270,6 +272,7 @@ _ENTRY_KEYS = frozenset(
         "output_per_million_usd",
         "cached_input_per_million_usd",
         "per_request_usd",
+        "batch_share",
     }
 )
 
@@ -364,6 +367,11 @@ def _entry(model_id: str, entry: object, models: Mapping[str, ModelSpec], path: 
         ):
             if key in entry:
                 price_changes[field_name] = _usd(entry[key])
+        if "batch_share" in entry:
+            share = float(entry["batch_share"])
+            if not 0 <= share <= 1:
+                raise ValueError(f"batch_share must be within 0..1, not {share}")
+            price_changes["batch_share"] = share
         if "per_request_usd" in entry:
             flat = {str(k): _usd(v) for k, v in entry["per_request_usd"].items()}
             price_changes["per_request"] = {**prices.per_request, **flat}

@@ -17,8 +17,10 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
-from engine._config import EngineConfig
+from engine._batch import Batches, BatchItem, BatchResult, Progress
+from engine._config import FILES_PRESETS, EngineConfig, HistoryImages
 from engine._exceptions import Closed, ConfigError
+from engine._files import HistoryFiles
 from engine._lease import Lease, new_owner
 from engine._pipeline import TurnRun
 from engine._shield import finish
@@ -39,6 +41,7 @@ from engine.events import (
 )
 from engine.limits import Limiter
 from engine.providers._base import Provider
+from engine.providers._google_files import FilesAndBatches
 from engine.providers.gemini import GeminiProvider
 from engine.providers.openai_chat import OpenAIChatProvider
 from engine.providers.openai_images import OpenAIImagesProvider
@@ -53,6 +56,7 @@ from sessions import (
     new_id,
 )
 from sessions import _ops as ops
+from sessions._files import BatchRecord
 
 __all__ = [
     "Engine",
@@ -100,6 +104,8 @@ class Engine:
         # Names this engine in the store's session leases; unique per engine, not per process.
         self.lease_owner = new_owner()
         self._turn_tasks: set[asyncio.Task[Any]] = set()
+        self._files: HistoryFiles | None = None
+        self.batches = Batches(self)  # Batch API jobs (Gemini-native providers)
         self._warned_models: set[str] = set()
         self._closed = False
         self._started = False
@@ -136,7 +142,7 @@ class Engine:
                 # The emulator enforces the same body limit the engine budgets for.
                 emu = Emulator(
                     EmulatorSettings.from_options(
-                        cfg.emulator, max_request_bytes=cfg.max_request_bytes, catalog=self.catalog
+                        cfg.emulator, max_request_bytes=cfg.request_byte_limit, catalog=self.catalog
                     )
                 )
                 base_url = await emu.start()
@@ -170,7 +176,30 @@ class Engine:
                     auth=preset.auth,
                 )
         self._stack.push_async_callback(self.bus.aclose)
+        if isinstance(self.provider, FilesAndBatches):
+            files = HistoryFiles(self.provider, self.store, self.store.blobs)
+            self._files = files
+            self._stack.push_async_callback(files.aclose)
+        elif cfg.history_images == "files":
+            raise ConfigError(
+                f"history_images='files': provider {self.provider.name!r} has no Files API"
+            )
         log.debug("engine.started", provider=self.provider.name)
+
+    @property
+    def files(self) -> HistoryFiles | None:
+        """The engine's uploads of history images (None: the provider has no Files API)."""
+        return self._files
+
+    def history_files(self, mode: str | None) -> HistoryFiles | None:
+        """Where a session whose setting is `mode` (None: the engine's) sends history images:
+        through the Files API (the uploads), or inline (None)."""
+        mode = mode or self.config.history_images
+        if mode == "inline" or self._files is None:
+            return None
+        if mode == "auto" and self.provider.name not in FILES_PRESETS:
+            return None
+        return self._files
 
     @property
     def provider(self) -> Provider:
@@ -205,6 +234,27 @@ class Engine:
         await self.limiter.aclose()
         await self._stack.aclose()
 
+    async def batch(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        model: str | None = None,
+        image_config: ImageConfig | None = None,
+        display_name: str = "",
+        wait: bool = True,
+        on_progress: Progress | None = None,
+    ) -> list[BatchResult] | BatchRecord:
+        """Run `items` through the Batch API at the batch price: the results in input order
+        (per-item errors kept in them), or with `wait=False` the submitted job's record (follow
+        it with `engine.batches`). BatchJobFailed if the job fails, is cancelled or expires."""
+        record = await self.batches.submit(
+            items, model=model, image_config=image_config, display_name=display_name
+        )
+        if not wait:
+            return record
+        op = await self.batches.wait(record.name, on_progress=on_progress)
+        return await self.batches.results(record.name, op)
+
     def _check_open(self) -> None:
         if self._closed:
             raise Closed("engine is closed")
@@ -230,9 +280,21 @@ class Engine:
         budget: Budget | None = None,
         title: str = "",
         session_id: str | None = None,
+        history_images: HistoryImages | None = None,
     ) -> Session:
-        """A new session; the model and image config are validated before anything is sent."""
+        """A new session; the model and image config are validated before anything is sent.
+
+        `history_images` ("inline", "files", "auto"; None: the engine's setting) is how later
+        requests carry this session's earlier images (see `EngineConfig.history_images`)."""
         self._check_open()
+        if history_images is not None and history_images not in ("inline", "files", "auto"):
+            raise ConfigError(
+                f"history_images must be inline, files or auto, not {history_images!r}"
+            )
+        if history_images == "files" and self._files is None:
+            raise ConfigError(
+                f"history_images='files': provider {self.provider.name!r} has no Files API"
+            )
         spec = self._usable(model or self.config.model)
         if image_config is not None:
             spec.validate(image_config)
@@ -252,6 +314,7 @@ class Engine:
             safety_settings=safety_settings,
             generation_config=generation_config,
             budget=budget.to_builtins() if budget is not None else None,
+            history_images=history_images,
         )
         if not isinstance(title, str):
             raise ConfigError(f"title must be a str, not {type(title).__name__}")

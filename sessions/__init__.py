@@ -10,6 +10,7 @@ from sessions._errors import (
     TurnNotFound,
 )
 from sessions._export import export_session, import_session
+from sessions._files import BatchRecord, FileRef
 from sessions._ops import checkout, delete, fork, redo, undo
 from sessions._records import (
     SessionRecord,
@@ -44,10 +45,12 @@ from sessions._wire import (
 )
 
 __all__ = [
+    "BatchRecord",
     "Blob",
     "BlobStore",
     "Content",
     "FileData",
+    "FileRef",
     "LeaseHolder",
     "MemoryBlobStore",
     "MemoryStore",

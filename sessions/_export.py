@@ -13,17 +13,27 @@ replays it. Bytes go out as standard base64. Nothing in an export is a key: sess
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from sessions._check import check_session
+from sessions._files import FileRef
 from sessions._records import SessionRecord, SessionSettings, SessionState, TurnRecord, Usage
 from sessions._records import new_id as _new_id
 from sessions._store import SessionStore
-from sessions._wire import Content, WireError, decode_content, decode_contents, wire_contents
+from sessions._wire import (
+    Content,
+    FileData,
+    WireError,
+    decode_content,
+    decode_contents,
+    wire_contents,
+)
 
 __all__ = ["EXPORT_VERSION", "export_session", "import_session"]
 
@@ -117,13 +127,19 @@ def _turn_meta(turn: TurnRecord, *, with_contents: bool) -> _TurnMeta:
 
 
 def export_session(
-    state: SessionState, *, include_all_branches: bool = False, request_only: bool = False
+    state: SessionState,
+    *,
+    include_all_branches: bool = False,
+    request_only: bool = False,
+    file_refs: Mapping[str, FileRef] | None = None,
 ) -> bytes:
     """The session as a Gemini REST request body (JSON) with a `nanoedit` metadata block.
 
     `contents` is always the current branch. `include_all_branches` puts every turn of the
     tree, with its Contents, in the metadata; `request_only` leaves the metadata out so the
-    file is a request a real server accepts.
+    file is a request a real server accepts. Images go inline (the file is self-contained)
+    unless `file_refs` (sha256 -> a live upload) has them: those become `fileData` references,
+    signatures kept.
     """
     if request_only and include_all_branches:
         raise ValueError("request_only exports hold the current branch only")
@@ -148,8 +164,11 @@ def export_session(
             turns=[_turn_meta(t, with_contents=include_all_branches) for t in turns],
             all_branches=include_all_branches,
         )
+    contents = state.contents()
+    if file_refs:
+        contents = [_referenced(c, file_refs) for c in contents]
     body = _Export(
-        contents=list(wire_contents(state.contents())),
+        contents=list(wire_contents(contents)),
         system_instruction=(
             _raw_content(settings.system_instruction) if settings.system_instruction else None
         ),
@@ -160,6 +179,18 @@ def export_session(
         nanoedit=block,
     )
     return _encoder.encode(body)
+
+
+def _referenced(content: Content, refs: Mapping[str, FileRef]) -> Content:
+    parts = []
+    for part in content.parts:
+        blob = part.inline_data
+        ref = refs.get(hashlib.sha256(blob.data).hexdigest()) if blob is not None else None
+        if ref is not None and ref.live():
+            data = FileData(file_uri=ref.uri, mime_type=ref.mime_type)
+            part = msgspec.structs.replace(part, inline_data=None, file_data=data)
+        parts.append(part)
+    return Content(role=content.role, parts=parts)
 
 
 def _field(top: dict[str, msgspec.Raw], *names: str) -> msgspec.Raw | None:

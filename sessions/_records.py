@@ -58,6 +58,7 @@ class SessionSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     safety_settings: list[dict[str, Any]] | None = None
     generation_config: dict[str, Any] | None = None  # extra generationConfig fields (sampling...)
     budget: dict[str, Any] | None = None  # the engine's Budget, as builtins
+    history_images: str | None = None  # "inline", "files", "auto"; None: the engine's setting
 
 
 class TurnRecord(msgspec.Struct, kw_only=True):

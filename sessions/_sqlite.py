@@ -16,7 +16,7 @@ transaction, so taking a lease is atomic across processes. `lease_until` is wall
 (`time.time()`), the one clock every process on the machine shares; a clock step can shorten or
 stretch a lease, which the version check still covers. An expired lease is simply overwritten.
 
-Schema (``PRAGMA user_version`` = 2; a version-1 file gains the lease columns on first open)::
+Schema (``PRAGMA user_version`` = 3; an older file is migrated on first open)::
 
     sessions(id PK, model, settings JSON, head, tip, version, created_at, updated_at,
              parent_id, forked_at, title,
@@ -28,6 +28,8 @@ Schema (``PRAGMA user_version`` = 2; a version-1 file gains the lease columns on
           UNIQUE(session_id, id))
     blobs(sha256 PK, size, data)  -- each distinct payload once, shared by every session
     turn_blobs(session_id, turn_id, sha256 -> blobs)  -- which turns use a blob (for deletion)
+    file_refs(scope, sha256, ref, expires_at)  -- since version 3: Files API uploads (FileRef)
+    batches(name PK, created_at, job)          -- since version 3: Batch API jobs (BatchRecord)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -48,6 +50,7 @@ import msgspec
 import platformdirs
 
 from sessions._errors import SessionBusy, SessionNotFound, StoreError, TurnNotFound
+from sessions._files import BatchRecord, FileRef
 from sessions._records import (
     SessionRecord,
     SessionSettings,
@@ -111,6 +114,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE sessions ADD COLUMN lease_owner TEXT",
         "ALTER TABLE sessions ADD COLUMN lease_until REAL",
     ),
+    # Version 3: Files API uploads and Batch API jobs, so another process reuses and follows them.
+    (
+        """CREATE TABLE file_refs (
+            scope       TEXT NOT NULL,
+            sha256      TEXT NOT NULL,
+            ref         BLOB NOT NULL,
+            expires_at  REAL NOT NULL,
+            PRIMARY KEY (scope, sha256)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE batches (
+            name        TEXT PRIMARY KEY,
+            created_at  REAL NOT NULL,
+            job         BLOB NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
@@ -124,6 +142,8 @@ _encoder = msgspec.json.Encoder()
 _settings_dec = msgspec.json.Decoder(SessionSettings)
 _turn_dec = msgspec.json.Decoder(TurnRecord)
 _shas_dec = msgspec.json.Decoder(list[str])
+_file_ref_dec = msgspec.json.Decoder(FileRef)
+_batch_dec = msgspec.json.Decoder(BatchRecord)
 _EMPTY = Content()
 
 
@@ -563,6 +583,83 @@ class SqliteStore(SessionStore):
                 ):
                     problems.append(f"session {sid} turn {tid}: blob {sha[:12]} is missing")
             return problems
+
+        return await self._run(work)
+
+    async def file_refs(self, scope: str, digests: Iterable[str]) -> dict[str, FileRef]:
+        """The recorded uploads of these images at `scope`."""
+        wanted = list(digests)
+
+        def work(db: sqlite3.Connection) -> dict[str, FileRef]:
+            found: dict[str, FileRef] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for (raw,) in db.execute(
+                    f"SELECT ref FROM file_refs WHERE scope = ? AND sha256 IN ({marks})",
+                    (scope, *chunk),
+                ):
+                    ref = _file_ref_dec.decode(raw)
+                    found[ref.sha256] = ref
+            return found
+
+        return await self._run(work) if wanted else {}
+
+    async def save_file_ref(self, ref: FileRef) -> None:
+        """Record an upload."""
+
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db, write=True):
+                db.execute(
+                    "INSERT OR REPLACE INTO file_refs (scope, sha256, ref, expires_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (ref.scope, ref.sha256, _encoder.encode(ref), ref.expires_at),
+                )
+                # Expired records are of no use to anyone: drop them as new ones come.
+                db.execute("DELETE FROM file_refs WHERE expires_at < ?", (time.time(),))
+
+        await self._run(work)
+
+    async def drop_file_refs(self, scope: str, digests: Iterable[str]) -> None:
+        """Forget uploads."""
+        gone = [(scope, d) for d in digests]
+
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db, write=True):
+                db.executemany("DELETE FROM file_refs WHERE scope = ? AND sha256 = ?", gone)
+
+        if gone:
+            await self._run(work)
+
+    async def save_batch(self, job: BatchRecord) -> None:
+        """Record a batch job (or its new state)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db, write=True):
+                db.execute(
+                    "INSERT OR REPLACE INTO batches (name, created_at, job) VALUES (?, ?, ?)",
+                    (job.name, job.created_at, _encoder.encode(job)),
+                )
+
+        await self._run(work)
+
+    async def load_batch(self, name: str) -> BatchRecord:
+        """A recorded batch job; StoreError if there is none."""
+
+        def work(db: sqlite3.Connection) -> BatchRecord:
+            row = db.execute("SELECT job FROM batches WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"no batch job {name!r} in {self.path}")
+            return _batch_dec.decode(row[0])
+
+        return await self._run(work)
+
+    async def list_batches(self) -> Sequence[BatchRecord]:
+        """Every batch job, newest first."""
+
+        def work(db: sqlite3.Connection) -> list[BatchRecord]:
+            rows = db.execute("SELECT job FROM batches ORDER BY created_at DESC").fetchall()
+            return [_batch_dec.decode(row[0]) for row in rows]
 
         return await self._run(work)
 

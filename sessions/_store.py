@@ -16,11 +16,12 @@ from __future__ import annotations
 import abc
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from sessions._errors import SessionBusy, SessionNotFound
+from sessions._errors import SessionBusy, SessionNotFound, StoreError
+from sessions._files import BatchRecord, FileRef
 from sessions._records import SessionRecord, SessionState, SessionSummary, TurnRecord
 from sessions._wire import Blob, Content, Part
 
@@ -205,6 +206,32 @@ class SessionStore(abc.ABC):
         """Problems of the stored blobs: bytes that do not hash to their sha256 (none: [])."""
         return []
 
+    # --- work held by the provider (Files API uploads, Batch API jobs) ---------------------
+
+    @abc.abstractmethod
+    async def file_refs(self, scope: str, digests: Iterable[str]) -> dict[str, FileRef]:
+        """The recorded uploads of these images (by sha256) at one provider scope."""
+
+    @abc.abstractmethod
+    async def save_file_ref(self, ref: FileRef) -> None:
+        """Record an upload (replacing an earlier one of the same image and scope)."""
+
+    @abc.abstractmethod
+    async def drop_file_refs(self, scope: str, digests: Iterable[str]) -> None:
+        """Forget uploads that are gone (expired, deleted)."""
+
+    @abc.abstractmethod
+    async def save_batch(self, job: BatchRecord) -> None:
+        """Record a batch job, or its new state."""
+
+    @abc.abstractmethod
+    async def load_batch(self, name: str) -> BatchRecord:
+        """A recorded batch job; StoreError if there is none by that name."""
+
+    @abc.abstractmethod
+    async def list_batches(self) -> Sequence[BatchRecord]:
+        """Every recorded batch job, newest first."""
+
     async def aclose(self) -> None:
         """Release files and threads."""
         return None
@@ -228,6 +255,8 @@ class MemoryStore(SessionStore):
         self.blobs: MemoryBlobStore = MemoryBlobStore()
         self._states: dict[str, SessionState] = {}
         self._leases: dict[str, LeaseHolder] = {}
+        self._files: dict[tuple[str, str], FileRef] = {}
+        self._batches: dict[str, BatchRecord] = {}
 
     def _get(self, session_id: str) -> SessionState:
         try:
@@ -331,3 +360,32 @@ class MemoryStore(SessionStore):
         self._get(session_id)
         del self._states[session_id]
         self._leases.pop(session_id, None)
+
+    async def file_refs(self, scope: str, digests: Iterable[str]) -> dict[str, FileRef]:
+        """The recorded uploads of these images at `scope`."""
+        found = (self._files.get((scope, d)) for d in digests)
+        return {ref.sha256: ref for ref in found if ref is not None}
+
+    async def save_file_ref(self, ref: FileRef) -> None:
+        """Record an upload."""
+        self._files[ref.scope, ref.sha256] = ref
+
+    async def drop_file_refs(self, scope: str, digests: Iterable[str]) -> None:
+        """Forget uploads."""
+        for digest in digests:
+            self._files.pop((scope, digest), None)
+
+    async def save_batch(self, job: BatchRecord) -> None:
+        """Record a batch job."""
+        self._batches[job.name] = msgspec.structs.replace(job)
+
+    async def load_batch(self, name: str) -> BatchRecord:
+        """A recorded batch job."""
+        try:
+            return msgspec.structs.replace(self._batches[name])
+        except KeyError:
+            raise StoreError(f"no batch job {name!r} in this store") from None
+
+    async def list_batches(self) -> Sequence[BatchRecord]:
+        """Every batch job, newest first."""
+        return sorted(self._batches.values(), key=lambda j: j.created_at, reverse=True)

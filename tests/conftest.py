@@ -12,10 +12,12 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from PIL import Image as PILImage
 
 from engine import EngineConfig, RetryPolicy
@@ -38,6 +40,20 @@ ENV_VARS = (
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 """Retries without waiting: three attempts, millisecond back-off."""
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """For command-line tests: no key or provider in the environment, NANOEDIT_HOME in a
+    temporary directory. `main()` configures structlog for the command line; the previous
+    configuration comes back afterwards so other tests log as before."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "home"
+    monkeypatch.setenv("NANOEDIT_HOME", str(path))
+    saved = structlog.get_config()
+    yield path
+    structlog.configure(**saved)
 
 
 def config_for(base_url: str, **kw: Any) -> EngineConfig:

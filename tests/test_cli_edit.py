@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 import pytest
-import structlog
 from PIL import Image
 
 from engine.catalog import resolve_model
@@ -38,22 +37,6 @@ TURN_KEYS = {
     "images",
 }
 IMAGE_KEYS = {"path", "mime_type", "width", "height", "sha256", "bytes"}
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """No key or provider in the environment; NANOEDIT_HOME in a temporary directory.
-
-    `main()` configures structlog for the command line; the previous configuration comes back
-    afterwards so other tests log as before.
-    """
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "home"
-    monkeypatch.setenv("NANOEDIT_HOME", str(path))
-    saved = structlog.get_config()
-    yield path
-    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")

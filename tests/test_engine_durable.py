@@ -12,6 +12,7 @@ import random
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ from engine import (
 from engine.emulator import Emulator
 from engine.events import Event, TurnFailed
 from sessions import (
+    BatchRecord,
     Blob,
     Content,
+    FileRef,
     MemoryStore,
     Part,
     SessionNotFound,
@@ -208,8 +211,9 @@ def _schema_of(path: Path) -> tuple[int, list[str]]:
 
 
 async def test_version_1_file_migrates_to_leases(tmp_path: Path) -> None:
-    """A schema-1 file opens as version 2: its sessions and turns intact, leases working."""
-    assert SCHEMA_VERSION == 2
+    """A schema-1 file opens at the current version: its sessions and turns intact, leases,
+    file references and batch jobs working."""
+    assert SCHEMA_VERSION == 3
     new, old = tmp_path / "new.db", tmp_path / "old.db"
     sid = new_id()
     async with SqliteStore(new) as s:
@@ -229,8 +233,21 @@ async def test_version_1_file_migrates_to_leases(tmp_path: Path) -> None:
         assert not await s.acquire_lease(sid, "b", 60)
         t3 = _turn(t2, "make it gray")
         assert (await s.commit_turn(sid, t3, expected_version=3)).head == t3.id
+        ref = FileRef(
+            scope="s",
+            sha256="ab",
+            name="files/x",
+            uri="u",
+            mime_type="image/png",
+            size=1,
+            expires_at=time.time() + 60,
+        )
+        await s.save_file_ref(ref)
+        assert await s.file_refs("s", ["ab", "cd"]) == {"ab": ref}
+        await s.save_batch(BatchRecord(name="batches/1", scope="s", model="m", keys=["k"]))
+        assert (await s.load_batch("batches/1")).keys == ["k"]
     version, columns = await anyio.to_thread.run_sync(_schema_of, old)
-    assert version == 2 and {"lease_owner", "lease_until"} <= set(columns)
+    assert version == 3 and {"lease_owner", "lease_until"} <= set(columns)
 
 
 # --- the lease in the turn pipeline -------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "EventWriter",
     "add_budget_options",
     "add_emulator_options",
+    "add_history_option",
     "add_provider_options",
     "budget_from_args",
     "config_from_args",
@@ -121,11 +122,28 @@ def add_budget_options(parser: argparse.ArgumentParser) -> None:
     """--max-context-tokens, --max-request-mb, --max-cost, --budget-policy."""
     g = parser.add_argument_group("budget")
     g.add_argument("--max-context-tokens", type=int, default=0, help="0: the model's window")
-    g.add_argument("--max-request-mb", type=non_negative, default=0.0, help="0: 20 MB")
+    g.add_argument(
+        "--max-request-mb",
+        type=non_negative,
+        default=0.0,
+        help="0: the provider's limit (Google 100 MB, gateways and the emulator 20 MB)",
+    )
+    add_history_option(g)
     g.add_argument(
         "--max-cost", type=non_negative, default=0.0, help="USD per session; 0: no limit"
     )
     g.add_argument("--budget-policy", choices=("reject", "drop_oldest", "rebase"), default="reject")
+
+
+def add_history_option(group: Any) -> None:
+    """--history-images inline|files|auto."""
+    group.add_argument(
+        "--history-images",
+        choices=("inline", "files", "auto"),
+        help="earlier turns' images in requests: inline base64 every time, or uploaded once "
+        "with the Files API and referred to (auto, the default: files where the provider "
+        "has the Files API)",
+    )
 
 
 def config_from_args(
@@ -167,6 +185,8 @@ def config_from_args(
         changes["stream"] = False
     if getattr(args, "on_busy", None):
         changes["on_busy"] = args.on_busy
+    if getattr(args, "history_images", None):
+        changes["history_images"] = args.history_images
     if getattr(args, "max_request_mb", 0):
         changes["max_request_bytes"] = int(args.max_request_mb * 1024 * 1024)
     if hasattr(args, "latency"):

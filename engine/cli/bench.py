@@ -48,7 +48,7 @@ import msgspec
 from engine._config import EngineConfig
 from engine._exceptions import ConfigError
 from engine.catalog import ImageConfig, resolve_model
-from engine.cli._common import config_from_args, retry_from_args, run_loop
+from engine.cli._common import add_history_option, config_from_args, retry_from_args, run_loop
 from engine.cli._load import (
     DEFAULT_SCRIPT,
     NO_DATA,
@@ -335,6 +335,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", help="512 (3.1 Flash), 1K, 2K, 4K")
     g.add_argument("--aspect-ratio", help="e.g. 1:1, 16:9")
     g.add_argument("--no-stream", action="store_true", help="plain generateContent instead of SSE")
+    add_history_option(g)
     g = parser.add_argument_group("target (default: the embedded emulator)")
     g.add_argument(
         "--provider", choices=("local", "google", "wisdom-gate", "custom"), help="where requests go"

@@ -84,9 +84,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=20 * 1024 * 1024,
         help="largest accepted request body (default 20 MiB)",
     )
+    g = parser.add_argument_group("Files and Batch APIs")
+    g.add_argument(
+        "--file-ttl",
+        type=_positive,
+        default=48 * 3600.0,
+        metavar="SECONDS",
+        help="uploaded files expire after this long (default 48 h, as Google's)",
+    )
+    g.add_argument(
+        "--upload-mbps",
+        type=non_negative,
+        default=0.0,
+        help="read request bodies and uploads no faster than this many Mbit/s, like a "
+        "client's uplink (default: unlimited)",
+    )
+    g.add_argument(
+        "--batch-seconds",
+        type=non_negative,
+        default=2.0,
+        help="how long a batch job takes from PENDING to SUCCEEDED (default 2)",
+    )
+    g.add_argument(
+        "--batch-expiry",
+        type=_positive,
+        default=48 * 3600.0,
+        metavar="SECONDS",
+        help="a batch job still unfinished after this long ends EXPIRED (default 48 h)",
+    )
     if parser.epilog is None:
         parser.epilog = FAULT_GRAMMAR
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _positive(value: str) -> float:
+    number = non_negative(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value!r}")
+    return number
 
 
 def _settings(args: argparse.Namespace) -> EmulatorSettings:
@@ -100,6 +135,10 @@ def _settings(args: argparse.Namespace) -> EmulatorSettings:
         max_request_bytes=args.max_request_bytes,
         catalog=Catalog.load(args.catalog),
         openai_dialect=args.openai_dialect,
+        file_ttl=args.file_ttl,
+        upload_mbps=args.upload_mbps,
+        batch_seconds=args.batch_seconds,
+        batch_expiry=args.batch_expiry,
     )
 
 

@@ -8,6 +8,7 @@ the current branch, matching the image files `turn-01.png`, `turn-02.png`, ...
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import anyio.to_thread
 from engine._config import EngineConfig
 from engine._lease import Lease, describe_holder, holder_is_dead, new_owner
 from engine.cli._common import event_loop_name, open_store, resolve_session_id
+from engine.providers._base import scope_of
 from sessions import (
     Blob,
     Content,
@@ -104,6 +106,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--request-only",
         action="store_true",
         help="only the request fields, so a real server accepts the file",
+    )
+    c.add_argument(
+        "--keep-file-refs",
+        action="store_true",
+        help="images uploaded with the Files API (to the configured provider, with its key) "
+        "stay fileData references instead of inline bytes; the file is then not "
+        "self-contained and only works there for the uploads' 48 hours",
     )
     c = command("import", 'store a session from an export or a {"contents": [...]} file')
     c.add_argument("file", metavar="FILE", help="the JSON file, or - for stdin")
@@ -412,8 +421,17 @@ def _show_json(state: SessionState) -> dict[str, Any]:
 
 async def _export(store: SessionStore, args: argparse.Namespace) -> None:
     state = await store.load(await resolve_session_id(store, args.id))
+    refs = None
+    if args.keep_file_refs:
+        cfg = EngineConfig.from_env(warn=False)
+        scope = scope_of(cfg.resolved_base_url, cfg.api_key.reveal())
+        digests = {hashlib.sha256(b.data).hexdigest() for c in state.contents() for b in c.images()}
+        refs = await store.file_refs(scope, digests)
     data = export_session(
-        state, include_all_branches=args.all_branches, request_only=args.request_only
+        state,
+        include_all_branches=args.all_branches,
+        request_only=args.request_only,
+        file_refs=refs,
     )
     if args.output and args.output != "-":
         await anyio.Path(args.output).write_bytes(data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +45,18 @@ from engine.emulator._http import (
     send_stream,
 )
 from engine.emulator._signatures import check_history
+from engine.emulator._vault import resolve_file_parts
 from engine.emulator.render import RenderResult
 from sessions import Blob, Content, Part, WireError, decode_part
 
-__all__ = ["handle_get_model", "handle_list_models", "handle_model_call"]
+__all__ = [
+    "METHODS",
+    "admit",
+    "answer_request",
+    "handle_get_model",
+    "handle_list_models",
+    "model_call_handler",
+]
 
 log = structlog.get_logger("nanoedit.emulator")
 
@@ -514,11 +522,13 @@ def stream_chunks(answer: Answer, *, text_chunks: int, sig_last: bool) -> list[l
 # --- handlers -----------------------------------------------------------------------------
 
 
-async def _admit(request: web.Request, state: ServerState, endpoint: str, model: str) -> bytes:
+async def admit(request: web.Request, state: ServerState, endpoint: str, model: str) -> bytes:
     """Auth, then the capped body read; records the request either way."""
     try:
         check_gemini_key(request, state.settings.api_key)
-        body = await read_body(request, state.settings.max_request_bytes)
+        body = await read_body(
+            request, state.settings.max_request_bytes, mbps=state.settings.upload_mbps
+        )
     except ApiFailure:
         state.record(request, endpoint, model, b"")
         raise
@@ -529,7 +539,7 @@ async def _admit(request: web.Request, state: ServerState, endpoint: str, model:
 def _parse_and_prepare(state: ServerState, spec: ModelSpec, body: bytes) -> Job:
     """Decode and validate a generateContent body (pure; safe in a worker thread)."""
     incoming = _decode_request(body)
-    contents = _contents(incoming.contents)
+    contents = resolve_file_parts(_contents(incoming.contents), state.files)
     if not contents:
         raise invalid("* GenerateContentRequest.contents: contents is not specified\n")
     system = _system(incoming.systemInstruction)
@@ -552,6 +562,23 @@ def _parse_and_prepare(state: ServerState, spec: ModelSpec, body: bytes) -> Job:
     )
 
 
+async def answer_request(
+    state: ServerState, spec: ModelSpec, body: bytes, decision: Decision
+) -> bytes:
+    """One generateContent request answered whole, as a batch runs each of its items; an error
+    answer (a bad request, a missing file, a fault) raises ApiFailure."""
+    if len(body) > _OFFLOAD_BYTES:
+        job = await state.pool.run(_parse_and_prepare, state, spec, body)
+    else:
+        job = _parse_and_prepare(state, spec, body)
+    outcome = decision.outcome
+    if outcome is not None and (outcome.status or outcome.kind in ("reset", "html502")):
+        raise failure_for(outcome) if outcome.status else ApiFailure(500, "Internal error.")
+    blocked = outcome is not None and outcome.kind in ("block", "image_safety", "no_image")
+    image, thought_image = (None, None) if blocked else await _render_all(state, job)
+    return whole_response(build_answer(state, job, image, thought_image, decision))
+
+
 async def _error_outcome(request: web.Request, decision: Decision) -> web.StreamResponse | None:
     """Answer an error-kind fault (status, reset, html502), or None to carry on."""
     outcome = decision.outcome
@@ -571,7 +598,7 @@ async def _error_outcome(request: web.Request, decision: Decision) -> web.Stream
 async def _generate(request: web.Request, state: ServerState, model: str) -> web.StreamResponse:
     stream = request.match_info["name"].endswith(":streamGenerateContent")
     endpoint = "streamGenerateContent" if stream else "generateContent"
-    body = await _admit(request, state, endpoint, model)
+    body = await admit(request, state, endpoint, model)
     spec = _spec(model, request)
     if len(body) > _OFFLOAD_BYTES:
         # Decoding, hashing and measuring megabytes of history images would stall the loop.
@@ -671,7 +698,7 @@ async def _events(
 
 
 async def _count_tokens(request: web.Request, state: ServerState, model: str) -> web.Response:
-    body = await _admit(request, state, "countTokens", model)
+    body = await admit(request, state, "countTokens", model)
     spec = _spec(model, request)
     incoming = _decode_request(body)
     if incoming.generateContentRequest is not None:
@@ -684,23 +711,31 @@ async def _count_tokens(request: web.Request, state: ServerState, model: str) ->
     return web.Response(body=json_body(answer), content_type="application/json")
 
 
-_METHODS: dict[str, Callable[[web.Request, ServerState, str], Any]] = {
+ModelMethod = Callable[[web.Request, ServerState, str], Any]
+METHODS: dict[str, ModelMethod] = {
     "generateContent": _generate,
     "streamGenerateContent": _generate,
     "countTokens": _count_tokens,
 }
+"""The model methods answered here; the server adds batchGenerateContent (`_batches`)."""
 
 
-async def handle_model_call(request: web.Request) -> web.StreamResponse:
-    """POST /v1beta/models/{model}:{method}."""
-    state = request.app[STATE]
-    model, sep, method = request.match_info["name"].rpartition(":")
-    handler = _METHODS.get(method) if sep else None
-    if handler is None:
-        return gemini_error(ApiFailure(404, f"Method not found: {method or '(none)'}."))
-    state.requests[method] += 1
-    try:
-        response: web.StreamResponse = await handler(request, state, model)
-    except ApiFailure as failure:
-        return gemini_error(failure)
-    return response
+def model_call_handler(
+    methods: Mapping[str, ModelMethod],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of POST /v1beta/models/{model}:{method} for these methods."""
+
+    async def handle_model_call(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        model, sep, method = request.match_info["name"].rpartition(":")
+        handler = methods.get(method) if sep else None
+        if handler is None:
+            return gemini_error(ApiFailure(404, f"Method not found: {method or '(none)'}."))
+        state.requests[method] += 1
+        try:
+            response: web.StreamResponse = await handler(request, state, model)
+        except ApiFailure as failure:
+            return gemini_error(failure)
+        return response
+
+    return handle_model_call

@@ -11,6 +11,7 @@ import random
 import resource
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from engine.emulator._faults import (
 from engine.emulator._generate import ApiFailure, RenderPool
 from engine.emulator._settings import EmulatorSettings
 from engine.emulator._signatures import Signer
+from engine.emulator._vault import BatchJob, FileVault
 
 _log = structlog.get_logger("nanoedit.emulator")
 
@@ -52,6 +54,7 @@ log = structlog.get_logger("nanoedit.emulator")
 
 ENDPOINTS = (
     "generateContent",
+    "batchGenerateContent",
     "streamGenerateContent",
     "countTokens",
     "chat.completions",
@@ -96,6 +99,8 @@ class ServerState:
     requests: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     recorded: list[RecordedRequest] = field(default_factory=list)
+    files: FileVault = field(default_factory=lambda: FileVault(ttl=48 * 3600.0))
+    batches: dict[str, BatchJob] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: EmulatorSettings) -> ServerState:
@@ -111,6 +116,7 @@ class ServerState:
                 max_bytes=settings.render_cache_bytes,
             ),
             rng=random.Random(settings.seed),
+            files=FileVault(ttl=settings.file_ttl),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -122,6 +128,8 @@ class ServerState:
             # The whole process (render threads included): benchmarks report the emulator's
             # CPU apart from the client's.
             "cpu_s": _process_cpu(),
+            "files": {"uploaded": self.files.uploaded, "stored": len(self.files.files)},
+            "batches": len(self.batches),
         }
 
     def reset(self) -> None:
@@ -227,17 +235,24 @@ def too_large(limit: int) -> ApiFailure:
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with Google's 400 as soon as it exceeds `limit` bytes."""
+async def read_body(request: web.Request, limit: int, *, mbps: float = 0.0) -> bytes:
+    """The request body, refused with Google's 400 as soon as it exceeds `limit` bytes.
+
+    `mbps` > 0 reads it no faster than that many megabits per second (a client's uplink)."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     total = 0
+    started = time.monotonic()
     while chunk := await request.content.readany():
         total += len(chunk)
         if total > limit:
             raise too_large(limit)
         chunks.append(chunk)
+        if mbps > 0:
+            ahead = total * 8 / (mbps * 1e6) - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
     return b"".join(chunks)
 
 

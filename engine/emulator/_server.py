@@ -10,8 +10,26 @@ import structlog
 from aiohttp import web
 
 from engine._config import EmulatorOptions
+from engine.emulator._batches import (
+    cancel_batches,
+    handle_batch,
+    handle_batch_create,
+    handle_list_batches,
+)
 from engine.emulator._faults import parse_faults
-from engine.emulator._gemini import handle_get_model, handle_list_models, handle_model_call
+from engine.emulator._files import (
+    handle_delete_file,
+    handle_download,
+    handle_get_file,
+    handle_list_files,
+    handle_upload,
+)
+from engine.emulator._gemini import (
+    METHODS,
+    handle_get_model,
+    handle_list_models,
+    model_call_handler,
+)
 from engine.emulator._generate import ApiFailure
 from engine.emulator._http import (
     STATE,
@@ -68,6 +86,12 @@ async def _reset(request: web.Request) -> web.Response:
     return web.Response(body=json_body(state.stats()), content_type="application/json")
 
 
+async def _expire_files(request: web.Request) -> web.Response:
+    # Tests and demos of re-upload: every stored file is past its expiry from now on.
+    request.app[STATE].files.expire_all()
+    return web.Response(body=b"{}", content_type="application/json")
+
+
 async def _v1_models(request: web.Request) -> web.StreamResponse:
     # /v1/models is both Google's (v1) and OpenAI's listing: a Bearer key means OpenAI.
     google = "x-goog-api-key" in request.headers or "key" in request.query
@@ -92,17 +116,27 @@ def create_app(settings: EmulatorSettings = EmulatorSettings()) -> web.Applicati
     )
     app[STATE] = ServerState.create(settings)
     routes = app.router
+    handle_model_call = model_call_handler({**METHODS, "batchGenerateContent": handle_batch_create})
     for prefix in _GEMINI_PREFIXES:
         routes.add_post(prefix + "/models/{name}", handle_model_call)
         routes.add_get(prefix + "/models/{name}", handle_get_model)
         if prefix != "/v1":
             routes.add_get(prefix + "/models", handle_list_models)
+    routes.add_post("/upload/v1beta/files", handle_upload)
+    routes.add_get("/v1beta/files", handle_list_files)
+    routes.add_get("/v1beta/files/{file_id}", handle_get_file)
+    routes.add_delete("/v1beta/files/{file_id}", handle_delete_file)
+    routes.add_get("/download/v1beta/files/{name}", handle_download)
+    routes.add_get("/v1beta/batches", handle_list_batches)
+    routes.add_route("*", "/v1beta/batches/{name}", handle_batch)
     routes.add_get("/v1/models", _v1_models)
     routes.add_post("/v1/chat/completions", handle_chat_completions)
     routes.add_post("/v1/images/generations", handle_image_generations)
     routes.add_post("/v1/images/edits", handle_image_edits)
     routes.add_get("/emulator/stats", _stats)
     routes.add_post("/emulator/reset", _reset)
+    routes.add_post("/emulator/expire-files", _expire_files)
+    app.on_shutdown.append(cancel_batches)
     app.on_cleanup.append(_close_pool)
     return app
 
@@ -144,6 +178,10 @@ class Emulator:
         state = self._state
         state.plan = parse_faults(spec)
         state.injector.reset()
+
+    def expire_files(self) -> None:
+        """Make every uploaded file expire now (references then answer Google's 403)."""
+        self._state.files.expire_all()
 
     def reset_stats(self) -> None:
         """Zero the counters, fault state, recorded requests and render cache."""

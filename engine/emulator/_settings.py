@@ -39,6 +39,12 @@ class EmulatorSettings:
     # How chat completions carry images: "images" (message.images[]), "parts" (image_url parts
     # in content), "markdown" (a data URL in the text), "json" (a JSON object in the text).
     openai_dialect: str = "images"
+    file_ttl: float = 48 * 3600.0  # seconds an uploaded file lives (Google: 48 hours)
+    max_file_bytes: int = 2 * 1024**3  # Google: 2 GB per file
+    # > 0: request bodies and uploads are read no faster than this (a client's uplink).
+    upload_mbps: float = 0.0
+    batch_seconds: float = 2.0  # how long a batch job takes from PENDING to its end
+    batch_expiry: float = 48 * 3600.0  # a job still unfinished after this long EXPIRES
 
     def __post_init__(self) -> None:
         if not (0 <= self.latency <= MAX_SECONDS and 0 <= self.latency_jitter <= MAX_SECONDS):
@@ -53,6 +59,10 @@ class EmulatorSettings:
             raise ConfigError("openai_dialect must be images, parts, markdown or json")
         if self.render_cache_entries < 0 or self.render_cache_bytes < 0:
             raise ConfigError("render cache limits must be >= 0")
+        if not (self.file_ttl > 0 and self.batch_expiry > 0 and self.max_file_bytes > 0):
+            raise ConfigError("file_ttl, batch_expiry and max_file_bytes must be positive")
+        if self.upload_mbps < 0 or self.batch_seconds < 0:
+            raise ConfigError("upload_mbps and batch_seconds must be >= 0")
 
     @classmethod
     def from_options(

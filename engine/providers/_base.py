@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "ProviderResult",
     "auth_headers",
     "loop_time",
+    "scope_of",
 ]
 
 
@@ -100,6 +102,9 @@ class Provider(abc.ABC):
 
     name: str  # "google", "wisdom-gate", "custom", "local"
     supports_streaming: bool
+    # Where uploads are valid: a fingerprint of the endpoint and the key (never the key). A
+    # provider with the Files and Batch APIs is a `FilesAndBatches` (engine.providers.gemini).
+    scope: str = ""
 
     @abc.abstractmethod
     def encode(self, request: GenerateRequest) -> bytes:
@@ -138,6 +143,13 @@ class Provider(abc.ABC):
         """Release what the provider owns (not the shared transport)."""
 
 
+def scope_of(base_url: str, key: str) -> str:
+    """A fingerprint of an endpoint and a key: what a stored upload is valid for. One-way, so
+    the store never holds anything a key could be recovered from."""
+    digest = hashlib.sha256(b"nanoedit-scope\0" + base_url.encode() + b"\0" + key.encode())
+    return digest.hexdigest()[:32]
+
+
 def loop_time() -> float:
     """The running loop's clock: the transport's timestamps are on it."""
     return asyncio.get_running_loop().time()
@@ -167,6 +179,7 @@ class HttpProvider(Provider):
         self._headers = auth_headers(api_key, auth or self.default_auth)
         key = api_key.reveal()
         self._secrets: tuple[str, ...] = (key,) if key else ()
+        self.scope = scope_of(self._base_url, key)
         self._prefix = model_prefix
         self._max_event_bytes = max_event_bytes
 

@@ -45,6 +45,7 @@ from engine.providers._base import (
     loop_time,
 )
 from engine.providers._errors import google_error, json_http_error
+from engine.providers._google_files import FilesAndBatches
 from sessions._b64 import b64encode
 from sessions._records import Usage
 from sessions._wire import (
@@ -331,7 +332,7 @@ def _plain_template(content: Content) -> _Template:
     return _template(content, signatures=False)
 
 
-class GeminiProvider(HttpProvider):
+class GeminiProvider(FilesAndBatches, HttpProvider):
     """Gemini REST: `:generateContent` and `:streamGenerateContent?alt=sse`.
 
     The transport is shared and owned by the engine; `aclose()` leaves it open.
@@ -425,24 +426,46 @@ class GeminiProvider(HttpProvider):
             headers=self._headers,
             errors=json_http_error,
         )
-        answer = _Answer(resp.status, self._secrets)
-        parts: list[Part] = []
-        for response in self._decode_body(resp.body, resp.content_type, answer):
-            parts.extend(answer.observe(response))
-        content = Content(role=answer.role or "model", parts=parts)
-        answer.check(content, images_only=images_only, streamed=False)
-        if on_delta is not None:
-            for delta in _deltas(parts):
-                await on_delta(delta)
         timings = {
             "headers_s": resp.headers_at - resp.started_at,
             "done_s": resp.done_at - resp.started_at,
         }
+        result = self.read_answer(
+            resp.body,
+            status=resp.status,
+            content_type=resp.content_type,
+            images_only=images_only,
+            request_bytes=resp.request_bytes,
+            timings=timings,
+        )
+        if on_delta is not None:
+            for delta in _deltas(result.content.parts):
+                await on_delta(delta)
+        return result
+
+    def read_answer(
+        self,
+        body: bytes,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        images_only: bool = False,
+        request_bytes: int = 0,
+        timings: dict[str, float] | None = None,
+    ) -> ProviderResult:
+        """One whole GenerateContentResponse (a plain call's body, a batch item's response)
+        as a result; raises what `generate` raises for a bad or blocked answer."""
+        answer = _Answer(status, self._secrets)
+        parts: list[Part] = []
+        for response in self._decode_body(body, content_type, answer):
+            parts.extend(answer.observe(response))
+        content = Content(role=answer.role or "model", parts=parts)
+        answer.check(content, images_only=images_only, streamed=False)
         return answer.result(
             content,
-            request_bytes=resp.request_bytes,
-            response_bytes=resp.response_bytes,
-            timings=timings,
+            request_bytes=request_bytes,
+            response_bytes=len(body),
+            timings=timings or {},
         )
 
     def _decode_body(

@@ -1,0 +1,207 @@
+"""History images inline or by reference (the Files API): request bytes, client CPU and time to
+image per turn, side by side in one run.
+
+    python benchmarks/history.py [--sizes 1K,2K,4K] [--turns 10] [--mbps 20] [--rate-turns 10]
+
+Part 1, for each image size: one session of `--turns` turns per mode (`inline`, `files`)
+against the emulator in its own process (grain images, as large as real ones: 1K ~1.3 MB,
+4K ~20 MB). Per turn: the request body's bytes, the bytes uploaded through the Files API since
+the previous turn (counted apart), and the client's CPU for the turn (process time around
+`send`, background uploads included). A session that cannot go on (the request over the
+20 MB inline limit) says at which turn.
+
+Part 2: time to image at a client uplink of `--mbps` Mbit/s (the emulator reads request bodies
+and uploads no faster: `nanoedit emulator --upload-mbps`), 1K, per turn and mode: from `send`
+until the image event. The next turn starts at once after the previous one, so `files` also
+waits for the previous image's upload (in real use a person looks at the image first).
+
+Targets (issue 11): with files the turn-10 request <= 1.1x the turn-2 request; a 10-turn 4K
+session completes; at 20 Mbit/s the turn-10 time to image with files <= 0.3x inline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from _common import append_results, emulator_process, fmt, machine_info, markdown_table
+
+from engine import Engine, EngineConfig, NanoeditError
+from engine._config import HistoryImages
+from engine.catalog import ImageConfig
+from engine.cli._common import configure_logging
+from engine.events import Event
+
+PROMPTS = [
+    "A ceramic mug on an oak table, morning light",
+    "Add a eucalyptus sprig to the left",
+    "Make the light warmer",
+    "Add a red circle on the right",
+    "Make it grayscale",
+    "Add a blue square at the top",
+    "Change the table to marble",
+    "Add a small cat at the bottom",
+    "Make it brighter",
+    "Add a green triangle on the left",
+    "Make the mug yellow",
+    "Add a lamp in the corner",
+]
+
+
+async def _session(
+    base_url: str, mode: HistoryImages, size: str, turns: int, *, timed: bool
+) -> list[dict[str, Any]]:
+    cfg = EngineConfig(provider="custom", base_url=base_url, history_images=mode)
+    rows: list[dict[str, Any]] = []
+    async with Engine(cfg) as engine:
+        session = await engine.create_session(image_config=ImageConfig(image_size=size))
+        image_at: list[float] = []
+
+        def on_image(event: Event) -> None:
+            image_at.append(time.monotonic())
+
+        engine.bus.on("turn.image", on_image, session_id=session.id)
+        uploaded = 0
+        for n in range(turns):
+            cpu, start = time.process_time(), time.monotonic()
+            try:
+                turn = await session.send(PROMPTS[n % len(PROMPTS)])
+            except NanoeditError as exc:
+                rows.append({"turn": n + 1, "error": f"{type(exc).__name__}: {exc}"[:90]})
+                break
+            files = engine.files
+            now_uploaded = files.uploaded_bytes if files is not None else 0
+            rows.append(
+                {
+                    "turn": n + 1,
+                    "request_bytes": turn.record.request_bytes,
+                    "uploaded_bytes": now_uploaded - uploaded,
+                    "cpu_ms": (time.process_time() - cpu) * 1000,
+                    "to_image_s": (image_at[-1] - start) if timed and image_at else None,
+                }
+            )
+            uploaded = now_uploaded
+    return rows
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1e3:,.1f}"
+
+
+def _mb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1K,2K,4K")
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--mbps", type=float, default=20.0)
+    parser.add_argument("--rate-turns", type=int, default=10, help="turns in part 2 (0: skip)")
+    args = parser.parse_args()
+    configure_logging(0)  # errors only: the tables are the output
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    info = machine_info()
+    tables: list[str] = []
+    notes: list[str] = []
+
+    with emulator_process() as (_, base_url):
+        for size in sizes:
+            modes: tuple[HistoryImages, ...] = ("inline", "files")
+            runs = {
+                mode: asyncio.run(_session(base_url, mode, size, args.turns, timed=False))
+                for mode in modes
+            }
+            rows = []
+            for n in range(args.turns):
+                row = [str(n + 1)]
+                for mode in ("inline", "files"):
+                    r = runs[mode][n] if n < len(runs[mode]) else None
+                    if r is None:
+                        row += ["", "", ""]
+                    elif "error" in r:
+                        row += ["stopped", r["error"][:40], ""]
+                    else:
+                        row += [_kb(r["request_bytes"]), fmt(r["cpu_ms"], 1)]
+                        row += [_mb(r["uploaded_bytes"])] if mode == "files" else []
+                        if mode == "inline":
+                            row.append("")
+                rows.append(row[:1] + row[1:3] + row[4:7])
+            table = markdown_table(
+                [
+                    "turn",
+                    "inline request KB",
+                    "inline CPU ms",
+                    "files request KB",
+                    "files CPU ms",
+                    "files uploaded MB",
+                ],
+                rows,
+                right=range(1, 6),
+            )
+            files = [r for r in runs["files"] if "error" not in r]
+            completed = {m: sum("error" not in r for r in runs[m]) for m in runs}
+            print(
+                f"\n{size}: turns completed inline {completed['inline']}, files "
+                f"{completed['files']} of {args.turns}"
+            )
+            print(table)
+            tables.append(f"**{size}**\n\n{table}")
+            if len(files) >= args.turns and args.turns >= 2:
+                ratio = files[-1]["request_bytes"] / files[1]["request_bytes"]
+                inline = [r for r in runs["inline"] if "error" not in r]
+                growth = (files[-1]["request_bytes"] - files[1]["request_bytes"]) / (args.turns - 2)
+                note = (
+                    f"{size}: files turn-{args.turns} request {files[-1]['request_bytes']:,} B "
+                    f"= {ratio:.2f}x turn 2 ({files[1]['request_bytes']:,} B; the text and "
+                    f"signatures of the history still grow, about "
+                    f"{growth:,.0f} B a turn); inline's last request "
+                    f"{inline[-1]['request_bytes']:,} B at turn "
+                    f"{len(inline)}; turns completed inline {completed['inline']}/{args.turns}, "
+                    f"files {completed['files']}/{args.turns}"
+                )
+            else:
+                note = f"{size}: files completed {completed['files']}/{args.turns} turns"
+            print(note)
+            notes.append(note)
+
+    if args.rate_turns:
+        with emulator_process("--upload-mbps", str(args.mbps)) as (_, base_url):
+            both: tuple[HistoryImages, ...] = ("inline", "files")
+            timed = {
+                mode: asyncio.run(_session(base_url, mode, "1K", args.rate_turns, timed=True))
+                for mode in both
+            }
+        rows = []
+        for n in range(args.rate_turns):
+            a, b = timed["inline"][n], timed["files"][n]
+            ta, tb = a.get("to_image_s"), b.get("to_image_s")
+            ratio = tb / ta if ta and tb else None
+            rows.append([str(n + 1), fmt(ta, 2), fmt(tb, 2), fmt(ratio, 2)])
+        table = markdown_table(
+            ["turn", "inline s to image", "files s to image", "files / inline"],
+            rows,
+            right=range(1, 4),
+        )
+        print(f"\ntime to image at {args.mbps:g} Mbit/s (1K)")
+        print(table)
+        tables.append(f"**time to image at {args.mbps:g} Mbit/s, 1K**\n\n{table}")
+        last = rows[-1][3]
+        note = (
+            f"turn {args.rate_turns} time to image, files / inline at {args.mbps:g} Mbit/s: "
+            f"{last} (target <= 0.3)"
+        )
+        print(note)
+        notes.append(note)
+
+    append_results(
+        "history images inline vs Files API references", info, "\n\n".join(tables), notes
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
