@@ -281,11 +281,13 @@ class Engine:
         title: str = "",
         session_id: str | None = None,
         history_images: HistoryImages | None = None,
+        owner: str = "",
     ) -> Session:
         """A new session; the model and image config are validated before anything is sent.
 
         `history_images` ("inline", "files", "auto"; None: the engine's setting) is how later
-        requests carry this session's earlier images (see `EngineConfig.history_images`)."""
+        requests carry this session's earlier images (see `EngineConfig.history_images`);
+        `owner` the tenant it belongs to (`nanoedit serve`)."""
         self._check_open()
         if history_images is not None and history_images not in ("inline", "files", "auto"):
             raise ConfigError(
@@ -315,6 +317,7 @@ class Engine:
             generation_config=generation_config,
             budget=budget.to_builtins() if budget is not None else None,
             history_images=history_images,
+            owner=owner,
         )
         if not isinstance(title, str):
             raise ConfigError(f"title must be a str, not {type(title).__name__}")

@@ -59,6 +59,7 @@ class SessionSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     generation_config: dict[str, Any] | None = None  # extra generationConfig fields (sampling...)
     budget: dict[str, Any] | None = None  # the engine's Budget, as builtins
     history_images: str | None = None  # "inline", "files", "auto"; None: the engine's setting
+    owner: str = ""  # the tenant the session belongs to (`nanoedit serve`); "" for none
 
 
 class TurnRecord(msgspec.Struct, kw_only=True):
@@ -111,6 +112,7 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     updated: float
     created: float
     title: str = ""
+    owner: str = ""
 
 
 class SessionState:
@@ -220,4 +222,5 @@ class SessionState:
             updated=self.record.updated_at,
             created=self.record.created_at,
             title=self.record.title,
+            owner=self.record.settings.owner,
         )

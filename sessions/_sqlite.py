@@ -16,11 +16,12 @@ transaction, so taking a lease is atomic across processes. `lease_until` is wall
 (`time.time()`), the one clock every process on the machine shares; a clock step can shorten or
 stretch a lease, which the version check still covers. An expired lease is simply overwritten.
 
-Schema (``PRAGMA user_version`` = 3; an older file is migrated on first open)::
+Schema (``PRAGMA user_version`` = 4; an older file is migrated on first open)::
 
     sessions(id PK, model, settings JSON, head, tip, version, created_at, updated_at,
              parent_id, forked_at, title,
-             lease_owner, lease_until)   -- since version 2; NULL: nobody holds the lease
+             lease_owner, lease_until,   -- since version 2; NULL: nobody holds the lease
+             owner)                      -- since version 4: the tenant (settings.owner)
     turns(seq PK, session_id -> sessions ON DELETE CASCADE, id, parent, idx,
           user, model,            -- Gemini REST Content JSON with every inlineData.data emptied
           meta,                   -- the rest of the TurnRecord (msgspec JSON)
@@ -128,6 +129,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at  REAL NOT NULL,
             job         BLOB NOT NULL
         )""",
+    ),
+    # Version 4: the tenant a session belongs to (`nanoedit serve`), for listing by owner.
+    (
+        "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX sessions_owner ON sessions(owner, updated_at)",
     ),
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
@@ -358,7 +364,8 @@ class SqliteStore(SessionStore):
                 if db.execute("SELECT 1 FROM sessions WHERE id = ?", (record.id,)).fetchone():
                     raise SessionBusy(f"session {record.id} already exists")
                 db.execute(
-                    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO sessions ({_SESSION_COLS}, owner) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         record.id,
                         record.model,
@@ -371,6 +378,7 @@ class SqliteStore(SessionStore):
                         record.parent_id,
                         record.forked_at,
                         record.title,
+                        record.settings.owner,
                     ),
                 )
                 for row in rows:
@@ -513,16 +521,18 @@ class SqliteStore(SessionStore):
 
         await self._run(work)
 
-    async def list(self) -> list[SessionSummary]:
-        """Every stored session, most recently updated first."""
+    async def list(self, *, owner: str | None = None) -> list[SessionSummary]:
+        """Every stored session (of `owner`, if given), most recently updated first."""
 
         def work(db: sqlite3.Connection) -> list[SessionSummary]:
             rows = db.execute(
-                """SELECT s.id, s.model, s.title, s.created_at, s.updated_at,
+                f"""SELECT s.id, s.model, s.title, s.created_at, s.updated_at,
                        COALESCE((SELECT idx FROM turns t
                                  WHERE t.session_id = s.id AND t.id = s.head), 0),
-                       (SELECT count(*) FROM turns t WHERE t.session_id = s.id)
-                   FROM sessions s ORDER BY s.updated_at DESC, s.id"""
+                       (SELECT count(*) FROM turns t WHERE t.session_id = s.id), s.owner
+                   FROM sessions s {"WHERE s.owner = ?" if owner is not None else ""}
+                   ORDER BY s.updated_at DESC, s.id""",
+                (owner,) if owner is not None else (),
             ).fetchall()
             return [
                 SessionSummary(
@@ -533,8 +543,9 @@ class SqliteStore(SessionStore):
                     updated=updated,
                     turns=turns,
                     total_turns=total,
+                    owner=who,
                 )
-                for sid, model, title, created, updated, turns, total in rows
+                for sid, model, title, created, updated, turns, total, who in rows
             ]
 
         return await self._run(work)

@@ -88,6 +88,13 @@ class MemoryBlobStore(BlobStore):
         """The bytes for a digest, or None."""
         return self._blobs.get(sha256)
 
+    def discard(self, digests: Iterable[str]) -> None:
+        """Let go of these blobs (nothing refers to them any more)."""
+        for digest in digests:
+            data = self._blobs.pop(digest, None)
+            if data is not None:
+                self._digests.pop(id(data), None)
+
     def __len__(self) -> int:
         return len(self._blobs)
 
@@ -195,8 +202,8 @@ class SessionStore(abc.ABC):
         """Give up the lease if `owner` holds it; otherwise (or without a session) do nothing."""
 
     @abc.abstractmethod
-    async def list(self) -> list[SessionSummary]:
-        """Every stored session, most recently updated first."""
+    async def list(self, *, owner: str | None = None) -> list[SessionSummary]:
+        """Every stored session (of `owner`, if given), most recently updated first."""
 
     @abc.abstractmethod
     async def delete(self, session_id: str) -> None:
@@ -205,6 +212,13 @@ class SessionStore(abc.ABC):
     async def check_blobs(self) -> Sequence[str]:
         """Problems of the stored blobs: bytes that do not hash to their sha256 (none: [])."""
         return []
+
+    async def load_blob(self, sha256: str) -> bytes:
+        """The bytes stored for a digest; StoreError if there are none."""
+        data = self.blobs.get(sha256)
+        if data is None:
+            raise StoreError(f"no blob {sha256}")
+        return data
 
     # --- work held by the provider (Files API uploads, Batch API jobs) ---------------------
 
@@ -341,11 +355,11 @@ class MemoryStore(SessionStore):
         if held is not None and held.owner == owner:
             del self._leases[session_id]
 
-    async def list(self) -> list[SessionSummary]:
-        """Every session, most recently updated first."""
-        return sorted(
-            (s.summary() for s in self._states.values()), key=lambda s: s.updated, reverse=True
-        )
+    async def list(self, *, owner: str | None = None) -> list[SessionSummary]:
+        """Every session (of `owner`, if given), most recently updated first."""
+        found = (s.summary() for s in self._states.values())
+        mine = [s for s in found if owner is None or s.owner == owner]
+        return sorted(mine, key=lambda s: s.updated, reverse=True)
 
     async def check_blobs(self) -> Sequence[str]:
         """Blobs whose bytes do not hash to their digest."""
@@ -356,10 +370,27 @@ class MemoryStore(SessionStore):
         ]
 
     async def delete(self, session_id: str) -> None:
-        """Remove a session and its turns."""
-        self._get(session_id)
+        """Remove a session and its turns, and the blobs no other session uses."""
+        state = self._get(session_id)
         del self._states[session_id]
         self._leases.pop(session_id, None)
+        # A long-running server deletes sessions all day: their images must go with them.
+        gone = self._digests_of(state)
+        for other in self._states.values():
+            if not gone:
+                break
+            gone -= self._digests_of(other)
+        self.blobs.discard(gone)
+
+    def _digests_of(self, state: SessionState) -> set[str]:
+        found = set()
+        for turn in state.turns.values():
+            for content in (turn.user, turn.model):
+                for blob in blob_refs(content):
+                    digest = self.blobs.digest(blob.data)
+                    if digest is not None:
+                        found.add(digest)
+        return found
 
     async def file_refs(self, scope: str, digests: Iterable[str]) -> dict[str, FileRef]:
         """The recorded uploads of these images at `scope`."""

@@ -109,7 +109,10 @@ def _b64(raw: msgspec.Raw) -> bytes:
     try:
         return _bytes_dec.decode(raw)
     except msgspec.ValidationError:
-        text = _str_dec.decode(raw)
+        try:
+            text = _str_dec.decode(raw)
+        except msgspec.ValidationError as exc:  # null, a number, an object...
+            raise WireError(f"a bytes field must be a base64 string: {exc}") from None
         try:
             return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:

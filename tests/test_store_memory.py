@@ -125,3 +125,21 @@ def test_canonical_bytes_are_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -
     d2, c2 = blobs.intern(fresh, real(fresh).hexdigest())
     assert c2 is fresh and blobs.digest(fresh) == d2
     assert calls == []
+
+
+async def test_delete_lets_go_of_blobs_no_other_session_uses() -> None:
+    """A deleted session's images go with it; ones another session (a fork) holds stay."""
+    from sessions import fork
+
+    store = MemoryStore()
+    sid, _ = await fill(store, 3)
+    assert len(store.blobs) == 4  # the shared reference and three model images
+    child = await fork(store, sid, at_index=2)
+    other, _ = await fill(store, 1)  # the same reference image, one more model image
+    await store.delete(sid)
+    # Turn 3's model image was only in the deleted session; the rest are still held.
+    assert len(store.blobs) == 3
+    assert (await store.load(child.id)).path()[-1].model.images()[0].data
+    await store.delete(child.id)
+    await store.delete(other)
+    assert len(store.blobs) == 0 and store.blobs.total_bytes == 0

@@ -241,3 +241,12 @@ def test_image_payloads_decode_in_every_spelling(spell: Any) -> None:
     assert decode_part(raw).inline_data == Blob(mime_type="image/png", data=data)
     with pytest.raises(WireError):
         decode_part(b'{"inlineData": {"mimeType": "image/png", "data": "@@@@"}}')
+
+
+@pytest.mark.parametrize("value", ["null", "5", "{}", "[1]", "true"])
+def test_inline_data_that_is_not_a_string_is_a_wire_error(value: str) -> None:
+    """Found by the import fuzzer: `data: null` went through the strict fast path and came out
+    as msgspec's ValidationError instead of a WireError."""
+    raw = b'{"inlineData": {"mimeType": "image/png", "data": ' + value.encode() + b"}}"
+    with pytest.raises(WireError, match="base64"):
+        decode_part(raw)

@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from engine._exceptions import NanoeditError
-from engine.cli import batch, bench, edit, emulator, models, sessions
+from engine.cli import batch, bench, edit, emulator, models, serve, sessions
 from engine.cli._common import configure_logging, err
 
 __all__ = ["build_parser", "main"]
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_parser(sub)
     bench.add_parser(sub)
     batch.add_parser(sub)
+    serve.add_parser(sub)
     sessions.add_parser(sub)
     models.add_parser(sub)
     return parser

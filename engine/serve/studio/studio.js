@@ -1,0 +1,358 @@
+// nanoedit studio: one page on the gateway's own API. No framework, no build step, no CDN;
+// the Content-Security-Policy allows only this script and its stylesheet. The key (when the
+// server wants one) stays in this browser's local storage and goes only to this server, in the
+// Authorization header: images are fetched with it and shown from blob: URLs.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY = "nanoedit.key";
+const state = {
+  key: localStorage.getItem(KEY) || "",
+  current: null, // the open session (as GET /v1/sessions/{id}?tree=1 answers it)
+  attachments: [], // {name, mime, data (base64)}
+  images: new Map(), // sha256 -> blob: URL
+  running: false,
+};
+
+function setStatus(text, isError) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+function headers(json) {
+  const h = {};
+  if (state.key) h.Authorization = "Bearer " + state.key;
+  if (json) h["Content-Type"] = "application/json";
+  return h;
+}
+
+async function failure(resp) {
+  let message = resp.status + " " + resp.statusText;
+  try {
+    const body = await resp.json();
+    if (body && body.error) message = body.error.type + ": " + body.error.message;
+  } catch (_) { /* not JSON */ }
+  if (resp.status === 401) askKey();
+  return new Error(message);
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: headers(body !== undefined) };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const resp = await fetch(path, init);
+  if (!resp.ok) throw await failure(resp);
+  return resp.status === 204 ? null : resp.json();
+}
+
+async function imageUrl(sha) {
+  if (state.images.has(sha)) return state.images.get(sha);
+  const resp = await fetch("/v1/images/" + sha, { headers: headers(false) });
+  if (!resp.ok) throw await failure(resp);
+  const url = URL.createObjectURL(await resp.blob());
+  state.images.set(sha, url);
+  return url;
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function money(usd) {
+  return "$" + Number(usd || 0).toFixed(4);
+}
+
+// --- key -------------------------------------------------------------------------------------
+
+function askKey() {
+  $("app").hidden = true;
+  $("key-panel").hidden = false;
+  $("key-input").focus();
+}
+
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.key = $("key-input").value.trim();
+  localStorage.setItem(KEY, state.key);
+  $("key-input").value = "";
+  start();
+});
+
+$("forget-key").addEventListener("click", () => {
+  localStorage.removeItem(KEY);
+  state.key = "";
+  askKey();
+});
+
+// --- sessions --------------------------------------------------------------------------------
+
+async function loadSessions() {
+  const { sessions } = await api("GET", "/v1/sessions");
+  const list = $("sessions");
+  list.replaceChildren();
+  for (const s of sessions) {
+    const label = (s.title || s.id.slice(0, 8)) + " · " + s.turns + " turn" + (s.turns === 1 ? "" : "s");
+    const button = el("button", { type: "button", "data-id": s.id, text: label, onclick: () => openSession(s.id) });
+    if (state.current && state.current.id === s.id) button.classList.add("current");
+    list.append(el("li", {}, button));
+  }
+}
+
+$("new-session").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = { model: $("new-model").value, title: $("new-title").value };
+  const ratio = $("new-ratio").value, size = $("new-size").value;
+  if (ratio || size) body.image_config = { aspect_ratio: ratio || null, image_size: size || null };
+  try {
+    const session = await api("POST", "/v1/sessions", body);
+    $("new-title").value = "";
+    await openSession(session.id);
+    setStatus("session created");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+});
+
+async function openSession(id) {
+  state.current = await api("GET", "/v1/sessions/" + id + "?tree=1");
+  $("session").hidden = false;
+  await render();
+  await loadSessions();
+}
+
+async function render() {
+  const s = state.current;
+  $("session-title").textContent = s.title || "session " + s.id.slice(0, 8);
+  $("session-cost").textContent = "total " + money(s.cost_usd) + " · " + s.turns.length + " turns";
+  $("undo").disabled = !s.head;
+  $("regenerate").disabled = !s.head;
+  const timeline = $("timeline");
+  timeline.replaceChildren();
+  for (const t of s.turns) {
+    const item = el("li", { class: "turn" + (t.id === s.head ? " head" : ""), "data-index": String(t.index) });
+    item.append(el("div", { class: "prompt", text: t.index + ". " + t.prompt }));
+    for (const img of t.input_images) item.append(await imageNode(img, "input image"));
+    if (t.text) item.append(el("div", { class: "text", text: t.text }));
+    for (const img of t.images) item.append(await imageNode(img, "turn " + t.index));
+    const u = t.usage || {};
+    item.append(el("div", {
+      class: "meta",
+      text: money(t.cost_usd) + " · " + (u.prompt_tokens || 0) + " in / " + (u.output_tokens || 0) +
+        " out tokens · " + t.latency_s.toFixed(1) + " s" + (t.attempts > 1 ? " · " + t.attempts + " attempts" : ""),
+    }));
+    timeline.append(item);
+  }
+  renderTree();
+  renderCompare();
+}
+
+async function imageNode(img, alt) {
+  const url = await imageUrl(img.sha256);
+  const link = el("a", { href: url, download: img.sha256.slice(0, 12) + ".png" });
+  link.append(el("img", { src: url, alt, width: String(img.width), height: String(img.height) }));
+  return link;
+}
+
+function renderTree() {
+  const tree = $("tree");
+  tree.replaceChildren();
+  const s = state.current;
+  (s.branches || []).forEach((branch, n) => {
+    const row = el("li", { text: "branch " + (n + 1) + ": " });
+    for (const t of branch) {
+      const b = el("button", { type: "button", text: String(t.index), title: t.prompt, "data-turn": t.id,
+        onclick: () => move("checkout", { turn: t.id }) });
+      if (t.id === s.head) b.classList.add("head");
+      row.append(b);
+    }
+    tree.append(row);
+  });
+}
+
+function renderCompare() {
+  const withImages = state.current.turns.filter((t) => t.images.length);
+  for (const [id, pick] of [["compare-a", 0], ["compare-b", withImages.length - 1]]) {
+    const select = $(id);
+    select.replaceChildren();
+    withImages.forEach((t, n) => {
+      const option = el("option", { value: t.images[0].sha256, text: "turn " + t.index });
+      if (n === pick) option.selected = true;
+      select.append(option);
+    });
+  }
+  showCompare();
+}
+
+async function showCompare() {
+  const a = $("compare-a").value, b = $("compare-b").value;
+  if (!a || !b) return;
+  $("compare-img-a").src = await imageUrl(a);
+  $("compare-img-b").src = await imageUrl(b);
+  clipCompare();
+}
+
+function clipCompare() {
+  const pct = Number($("compare-slider").value);
+  $("compare-clip").style.width = pct + "%";
+  $("compare-img-b").style.width = $("compare-img-a").clientWidth + "px";
+}
+
+$("compare-a").addEventListener("change", showCompare);
+$("compare-b").addEventListener("change", showCompare);
+$("compare-slider").addEventListener("input", clipCompare);
+
+async function move(op, body) {
+  try {
+    state.current = await api("POST", "/v1/sessions/" + state.current.id + "/" + op, body || {});
+    state.current = await api("GET", "/v1/sessions/" + state.current.id + "?tree=1");
+    await render();
+    await loadSessions();
+    setStatus(op + " done");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+$("undo").addEventListener("click", () => move("undo"));
+$("redo").addEventListener("click", () => move("redo"));
+$("fork").addEventListener("click", async () => {
+  try {
+    const child = await api("POST", "/v1/sessions/" + state.current.id + "/fork", {});
+    await openSession(child.id);
+    setStatus("forked into " + child.id.slice(0, 8));
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+});
+$("cancel").addEventListener("click", () =>
+  api("POST", "/v1/sessions/" + state.current.id + "/cancel", {}).catch((e) => setStatus(e.message, true)));
+$("export").addEventListener("click", async (e) => {
+  e.preventDefault();
+  const resp = await fetch("/v1/sessions/" + state.current.id + "/export", { headers: headers(false) });
+  if (!resp.ok) return setStatus((await failure(resp)).message, true);
+  const link = el("a", { href: URL.createObjectURL(await resp.blob()), download: state.current.id + ".json" });
+  link.click();
+});
+
+// --- turns -----------------------------------------------------------------------------------
+
+function readFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1]);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function attach(files) {
+  for (const file of files) {
+    if (!file.type.startsWith("image/")) continue;
+    const data = await readFile(file);
+    state.attachments.push({ name: file.name, mime: file.type, data });
+    $("attachments").append(el("img", { src: "data:" + file.type + ";base64," + data, alt: file.name }));
+  }
+}
+
+$("files").addEventListener("change", (e) => attach(e.target.files));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  attach(e.dataTransfer.files);
+});
+
+function progress(text) {
+  const p = $("progress");
+  p.hidden = !text;
+  p.textContent = text || "";
+}
+
+async function streamTurn(path, body) {
+  state.running = true;
+  $("send").disabled = true;
+  $("cancel").hidden = false;
+  let thinking = "", answer = "", line = "starting…", ended = null;
+  progress(line);
+  try {
+    const resp = await fetch(path, { method: "POST", headers: headers(true), body: JSON.stringify(body) });
+    if (!resp.ok) throw await failure(resp);
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (!data) continue;
+        const event = JSON.parse(data);
+        switch (event.type) {
+          case "turn.started": line = "turn " + event.turn + " started"; break;
+          case "turn.text_delta":
+            if (event.thought) thinking += event.text; else answer += event.text;
+            break;
+          case "turn.retrying": line = "retrying: " + event.error; break;
+          case "turn.image": if (!event.thought) line = "image received (" + event.image.width + "×" + event.image.height + ")"; break;
+          case "turn.completed": ended = "completed"; break;
+          case "turn.failed": ended = "failed: " + event.error_type + ": " + event.error; break;
+          case "turn.cancelled": ended = "cancelled"; break;
+        }
+        progress([line, thinking && "thinking: " + thinking.slice(-300), answer].filter(Boolean).join("\n"));
+      }
+    }
+    setStatus("turn " + (ended || "ended"), ended && ended !== "completed");
+  } catch (err) {
+    setStatus(err.message, true);
+  } finally {
+    state.running = false;
+    $("send").disabled = false;
+    $("cancel").hidden = true;
+    progress("");
+    if (state.current) await openSession(state.current.id);
+  }
+}
+
+$("prompt-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (state.running) return;
+  const text = $("prompt").value.trim();
+  const images = state.attachments.map((a) => ({ data: a.data, mime_type: a.mime }));
+  $("prompt").value = "";
+  state.attachments = [];
+  $("attachments").replaceChildren();
+  await streamTurn("/v1/sessions/" + state.current.id + "/turns", { text, images, stream: true });
+});
+
+$("regenerate").addEventListener("click", () =>
+  streamTurn("/v1/sessions/" + state.current.id + "/regenerate", { stream: true }));
+
+// --- start -----------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    await loadSessions();
+  } catch (err) {
+    setStatus(err.message, true);
+    return;
+  }
+  $("key-panel").hidden = true;
+  $("app").hidden = false;
+  $("forget-key").hidden = !state.key;
+  setStatus("ready");
+}
+
+start();

@@ -1,0 +1,152 @@
+"""The studio in a real browser: Playwright driving Debian's chromium (never a downloaded
+browser) against a gateway on 127.0.0.1. Creates a session, runs two turns, undoes, forks, and
+checks what the page shows; a screenshot is saved under the test's tmp dir."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from engine import Engine
+from engine.serve import ServeOptions, create_app
+from tests.conftest import EmulatorFactory, config_for
+
+pytestmark = [pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def _gateway(
+    make_emulator: EmulatorFactory, options: ServeOptions | None = None
+) -> tuple[TestServer, Engine]:
+    emu = await make_emulator(latency=0.2)
+    engine = Engine(config_for(emu.base_url))
+    await engine.start()
+    server = TestServer(create_app(engine, options), host="127.0.0.1")
+    await server.start_server()
+    return server, engine
+
+
+async def _page(browser: Browser, errors: list[str]) -> Page:
+    page = await browser.new_page()
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page
+
+
+async def _send(page: Page, prompt: str, turns: int) -> None:
+    await page.fill("#prompt", prompt)
+    await page.click("#send")
+    await expect(page.locator("#timeline > li")).to_have_count(turns, timeout=20_000)
+    await expect(page.locator("#timeline > li").last.locator("img")).to_have_count(1)
+    await expect(page.locator("#send")).to_be_enabled()
+
+
+async def test_studio_session_turns_undo_fork(
+    browser: Browser, make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    server, engine = await _gateway(make_emulator)
+    errors: list[str] = []
+    try:
+        page = await _page(browser, errors)
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.fill("#new-title", "mug")
+        await page.select_option("#new-ratio", "16:9")
+        await page.click("#new-session button[type=submit]")
+        await expect(page.locator("#session-title")).to_have_text("mug")
+        await _send(page, "a ceramic mug on an oak table", 1)
+        await _send(page, "add a eucalyptus sprig", 2)
+        first = page.locator("#timeline > li").first
+        await expect(first.locator(".prompt")).to_have_text("1. a ceramic mug on an oak table")
+        assert "$0.0" in (await first.locator(".meta").inner_text())
+        image = page.locator("#timeline > li").last.locator("img")
+        width = await image.evaluate("img => img.naturalWidth")
+        height = await image.evaluate("img => img.naturalHeight")
+        assert width > height > 0  # a 16:9 image, really loaded from /v1/images
+        await expect(page.locator("#session-cost")).to_contain_text("2 turns")
+        # Undo: the timeline shows one turn; the branch tree still has both.
+        await page.click("#undo")
+        await expect(page.locator("#timeline > li")).to_have_count(1)
+        await expect(page.locator("#tree button")).to_have_count(2)
+        # Jump back to turn 2 through the tree, then compare turn 1 with turn 2.
+        await page.click("#tree-panel summary")
+        await page.locator("#tree button").nth(1).click()
+        await expect(page.locator("#timeline > li")).to_have_count(2)
+        await page.click("#compare-panel summary")
+        await expect(page.locator("#compare-img-b")).to_have_attribute("src", _blob_url())
+        # Fork: a second session in the list, open, with the same turns.
+        await page.click("#fork")
+        await expect(page.locator("#sessions li")).to_have_count(2)
+        await expect(page.locator("#sessions button.current")).to_have_count(1)
+        await expect(page.locator("#timeline > li")).to_have_count(2)
+        await page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+        assert (tmp_path / "studio.png").stat().st_size > 10_000
+        sessions = await engine.store.list()
+        assert len(sessions) == 2 and {s.turns for s in sessions} == {2}
+        assert errors == []
+    finally:
+        await server.close()
+        await engine.aclose()
+
+
+async def test_studio_asks_for_a_key_and_keeps_it(
+    browser: Browser, make_emulator: EmulatorFactory
+) -> None:
+    server, engine = await _gateway(make_emulator, ServeOptions(keys={"t": ["studio-key-123"]}))
+    errors: list[str] = []
+    try:
+        page = await _page(browser, errors)
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#key-panel")).to_be_visible()
+        await page.fill("#key-input", "wrong-key-456")
+        await page.click("#key-form button")
+        await expect(page.locator("#key-panel")).to_be_visible()
+        await page.fill("#key-input", "studio-key-123")
+        await page.click("#key-form button")
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.reload()  # the key was kept in local storage
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.click("#new-session button[type=submit]")
+        await _send(page, "a mug", 1)
+        stored: Any = await page.evaluate("localStorage.getItem('nanoedit.key')")
+        assert stored == "studio-key-123"
+        # Only the 401s of the wrong key may show in the console.
+        assert all("401" in e for e in errors), errors
+    finally:
+        await server.close()
+        await engine.aclose()
+
+
+def _blob_url() -> re.Pattern[str]:
+    return re.compile(r"^blob:")
