@@ -158,6 +158,9 @@ class EngineConfig:
     history_images: HistoryImages = "auto"
     emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
     home: Path | None = None  # session store directory; see `store_dir()`
+    # Where the command line keeps sessions: "memory", a SQLite path, or a PostgreSQL DSN
+    # (postgresql://USER@HOST:PORT/DB); "": the SQLite file under `home` (NANOEDIT_STORE).
+    store: str = ""
     # A TOML file of models to add or override (see engine.catalog.Catalog); None: built-in.
     catalog: Path | None = None
     user_agent: str = "nanoedit/0.1"
@@ -255,6 +258,7 @@ class EngineConfig:
         home = env.get("NANOEDIT_HOME")
         catalog = env.get("NANOEDIT_CATALOG")
         return cls(
+            store=env.get("NANOEDIT_STORE", ""),
             catalog=Path(catalog) if catalog else None,
             api=api,  # type: ignore[arg-type]  # validated in __post_init__
             provider=provider,  # type: ignore[arg-type]  # validated in __post_init__

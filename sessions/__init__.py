@@ -12,6 +12,7 @@ from sessions._errors import (
 from sessions._export import export_session, import_session
 from sessions._files import BatchRecord, FileRef
 from sessions._ops import checkout, delete, fork, redo, undo
+from sessions._postgres import PostgresStore
 from sessions._records import (
     SessionRecord,
     SessionSettings,
@@ -56,6 +57,7 @@ __all__ = [
     "MemoryStore",
     "NanoeditError",
     "Part",
+    "PostgresStore",
     "SessionBusy",
     "SessionError",
     "SessionNotFound",

@@ -707,11 +707,28 @@ class SqliteStore(SessionStore):
     # --- rows ----------------------------------------------------------------------------
 
     def _turn_row(self, turn: TurnRecord) -> _TurnRow:
-        payloads: list[tuple[str, bytes]] = []
-        user = _strip(turn.user, self.blobs, payloads)
-        model = _strip(turn.model, self.blobs, payloads)
-        meta = _encoder.encode(msgspec.structs.replace(turn, user=_EMPTY, model=_EMPTY))
-        return _TurnRow(turn, user, model, meta, payloads)
+        return turn_row(turn, self.blobs)
+
+
+def turn_row(turn: TurnRecord, blobs: MemoryBlobStore) -> _TurnRow:
+    """A turn as stored: Contents with payloads emptied, the rest as JSON, the payloads."""
+    payloads: list[tuple[str, bytes]] = []
+    user = _strip(turn.user, blobs, payloads)
+    model = _strip(turn.model, blobs, payloads)
+    meta = _encoder.encode(msgspec.structs.replace(turn, user=_EMPTY, model=_EMPTY))
+    return _TurnRow(turn, user, model, meta, payloads)
+
+
+def stored_turn(
+    user: bytes, model: bytes, meta: bytes, shas: list[str], held: dict[str, bytes]
+) -> TurnRecord:
+    """The TurnRecord of a stored row, its payloads filled from `held` (sha256 -> bytes)."""
+    it = iter(shas)
+    return msgspec.structs.replace(
+        _turn_dec.decode(meta),
+        user=_fill(decode_content(user), it, held),
+        model=_fill(decode_content(model), it, held),
+    )
 
 
 class _TurnRow(NamedTuple):

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from sessions._errors import SessionBusy, SessionNotFound, StoreError
+from sessions._errors import SessionBusy, SessionNotFound, StoreError, TurnNotFound
 from sessions._files import BatchRecord, FileRef
 from sessions._records import SessionRecord, SessionState, SessionSummary, TurnRecord
 from sessions._wire import Blob, Content, Part
@@ -257,6 +257,13 @@ class SessionStore(abc.ABC):
         await self.aclose()
 
 
+def _require_turns(state: SessionState, *turn_ids: str | None) -> None:
+    # A dangling head or parent would make the session unloadable: refused, as every store does.
+    for turn_id in turn_ids:
+        if turn_id is not None and turn_id not in state.turns:
+            raise TurnNotFound(f"no turn {turn_id!r} in session {state.id}")
+
+
 def blob_refs(content: Content) -> list[Blob]:
     """Inline blobs of a Content, in part order."""
     return [p.inline_data for p in content.parts if p.inline_data is not None]
@@ -303,6 +310,7 @@ class MemoryStore(SessionStore):
         """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash."""
         state = self._get(session_id)
         self._check(state, expected_version)
+        _require_turns(state, turn.parent)
         turns = dict(state.turns)
         turns[turn.id] = intern_turn(turn, self.blobs)
         rec = msgspec.structs.replace(
@@ -321,6 +329,7 @@ class MemoryStore(SessionStore):
         """Move the head and tip (undo, redo, checkout); SessionBusy on a version clash."""
         state = self._get(session_id)
         self._check(state, expected_version)
+        _require_turns(state, head, tip)
         rec = msgspec.structs.replace(
             state.record, head=head, tip=tip, version=expected_version + 1, updated_at=time.time()
         )

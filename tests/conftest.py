@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,38 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     saved = structlog.get_config()
     yield path
     structlog.configure(**saved)
+
+
+PG_ADMIN = os.environ.get("NANOEDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+"""Where the test databases are created (each test its own, dropped afterwards)."""
+
+
+@contextlib.asynccontextmanager
+async def pg_database() -> AsyncIterator[str]:
+    """The DSN of a fresh PostgreSQL database, dropped afterwards."""
+    import asyncpg
+
+    name = f"nanoedit_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    """The DSN of a fresh PostgreSQL database, dropped after the test."""
+    async with pg_database() as dsn:
+        yield dsn
 
 
 def config_for(base_url: str, **kw: Any) -> EngineConfig:

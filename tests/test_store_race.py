@@ -3,6 +3,7 @@ nothing — across processes, across connections, and within one event loop."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from sessions import (
     Content,
     MemoryStore,
     Part,
+    PostgresStore,
     SessionBusy,
     SessionRecord,
     SessionStore,
@@ -23,6 +25,7 @@ from sessions import (
     new_id,
     undo,
 )
+from tests.conftest import pg_database
 
 CHILD = Path(__file__).parent / "_proc" / "store_child.py"
 
@@ -47,9 +50,13 @@ async def seed(store: SessionStore) -> tuple[str, TurnRecord]:
     return sid, first
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
     """Each store implementation, closed afterwards."""
+    if request.param == "postgres":
+        async with pg_database() as dsn, PostgresStore(dsn) as pg:
+            yield pg
+        return
     s: SessionStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
     async with s:
         yield s
@@ -125,11 +132,22 @@ async def _line(stream: BufferedByteReceiveStream) -> str:
     return (await stream.receive_until(b"\n", 4096)).decode()
 
 
-async def test_two_processes_race(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_two_processes_race(tmp_path: Path, kind: str) -> None:
     """Two processes load the same version and commit: one ok, one SessionBusy, one new turn."""
-    path = tmp_path / "s.db"
-    async with SqliteStore(path) as store:
-        sid, _ = await seed(store)
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "postgres":
+            path = await stack.enter_async_context(pg_database())
+            opened: SessionStore = PostgresStore(path)
+        else:
+            path = str(tmp_path / "s.db")
+            opened = SqliteStore(path)
+        async with opened as store:
+            sid, _ = await seed(store)
+        await _race_processes(path, sid, kind)
+
+
+async def _race_processes(path: str, sid: str, kind: str) -> None:
     cmd = [sys.executable, str(CHILD), "race", str(path), sid]
     with anyio.fail_after(60):
         async with await anyio.open_process(cmd) as p1, await anyio.open_process(cmd) as p2:
@@ -143,6 +161,6 @@ async def test_two_processes_race(tmp_path: Path) -> None:
             assert [await p.wait() for p in procs] == [0, 0]
     assert sorted(r.split()[0] for r in results) == ["busy", "ok"]
     winner = next(r.split()[1] for r in results if r.startswith("ok"))
-    async with SqliteStore(path) as store:
+    async with PostgresStore(path) if kind == "postgres" else SqliteStore(path) as store:
         state = await store.load(sid)
     assert len(state.turns) == 2 and state.record.head == winner and state.record.version == 3

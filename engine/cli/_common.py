@@ -234,10 +234,16 @@ def image_config_from_args(args: argparse.Namespace) -> ImageConfig | None:
 
 
 def open_store(spec: str | None, cfg: EngineConfig, *, read_only: bool = False) -> SessionStore:
-    """`memory`, a SQLite path, or the default store file; read-only opens of a missing file
-    answer from an empty MemoryStore instead of creating the file."""
+    """`memory`, a PostgreSQL DSN (`postgresql://...`), a SQLite path, or (none given) the
+    config's store (`NANOEDIT_STORE`), else the default store file; read-only opens of a
+    missing file answer from an empty MemoryStore instead of creating the file."""
+    spec = spec or cfg.store
     if spec == "memory":
         return MemoryStore()
+    if spec and spec.startswith(("postgresql://", "postgres://")):
+        from sessions import PostgresStore
+
+        return PostgresStore(spec)
     from sessions import SqliteStore, default_store_path
 
     path = Path(spec) if spec else default_store_path(cfg.home)

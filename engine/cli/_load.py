@@ -450,9 +450,10 @@ class _Run:
 
 
 async def _bench(cfg: EngineConfig, plan: _Plan) -> tuple[list[TurnSample], dict[str, Any]]:
+    from engine.cli._common import open_store
     from engine.runtime import Engine
 
-    async with Engine(cfg) as engine:
+    async with open_store(cfg.store or "memory", cfg) as store, Engine(cfg, store=store) as engine:
         run = _Run(engine, plan)
         ticker = asyncio.create_task(run.progress()) if plan.progress else None
         run.t0 = time.perf_counter()

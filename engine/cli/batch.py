@@ -64,7 +64,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--no-wait", action="store_true", help="submit, print the job id, exit")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--poll", type=float, default=2.0, help="first poll after this many seconds")
-    p.add_argument("--store", help="SQLite store that records the job (default: NANOEDIT_HOME's)")
+    p.add_argument(
+        "--store",
+        help="store that records the job: a SQLite PATH or a postgresql:// DSN "
+        "(default: NANOEDIT_STORE, else NANOEDIT_HOME's file)",
+    )
     add_provider_options(p, model_default=None)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
     p.set_defaults(run=run)

@@ -336,6 +336,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--aspect-ratio", help="e.g. 1:1, 16:9")
     g.add_argument("--no-stream", action="store_true", help="plain generateContent instead of SSE")
     add_history_option(g)
+    g.add_argument(
+        "--store",
+        help="where the sessions go: 'memory' (default), a SQLite path, or a postgresql:// DSN "
+        "(measures the store too)",
+    )
     g = parser.add_argument_group("target (default: the embedded emulator)")
     g.add_argument(
         "--provider", choices=("local", "google", "wisdom-gate", "custom"), help="where requests go"
@@ -428,6 +433,7 @@ def _engine_config(args: argparse.Namespace, max_in_flight: int) -> EngineConfig
         retry=retry_from_args(args, cfg.retry),
         max_in_flight=max_in_flight,
         max_connections=args.max_connections or max(max_in_flight, cfg.max_connections),
+        store=args.store or "memory",
     )
 
 

@@ -79,7 +79,11 @@ def add_edit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--session", help="continue a stored session (an id or a unique prefix)")
     p.add_argument("--title", default="", help="title of a new session")
-    p.add_argument("--store", help="PATH of a SQLite store, or 'memory' (default: NANOEDIT_HOME)")
+    p.add_argument(
+        "--store",
+        help="a SQLite PATH, a postgresql:// DSN, or 'memory' (default: NANOEDIT_STORE, "
+        "else sessions.db under NANOEDIT_HOME)",
+    )
     p.add_argument(
         "--on-busy",
         choices=("raise", "wait"),

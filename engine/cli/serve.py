@@ -53,7 +53,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     g.add_argument("--port", type=int, default=8800, help="port (0: any free port)")
-    g.add_argument("--store", help="PATH of a SQLite store, or 'memory' (default: NANOEDIT_HOME)")
+    g.add_argument(
+        "--store",
+        help="a SQLite PATH, a postgresql:// DSN, or 'memory' (default: NANOEDIT_STORE, "
+        "else sessions.db under NANOEDIT_HOME)",
+    )
     g.add_argument(
         "--keys",
         metavar="FILE",

@@ -56,8 +56,8 @@ _EXAMPLES = {
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `sessions` and its subcommands on the `nanoedit` parser."""
     store_help = (
-        "SQLite file of the session store, or 'memory' "
-        "(default: $NANOEDIT_HOME/sessions.db, else the platform's user data dir)"
+        "SQLite file of the session store, a postgresql:// DSN, or 'memory' (default: "
+        "$NANOEDIT_STORE, else $NANOEDIT_HOME/sessions.db, else the platform's user data dir)"
     )
     p = subparsers.add_parser(
         "sessions",
@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         allow_abbrev=False,
     )
     p.set_defaults(run=run)
-    p.add_argument("--store", metavar="PATH|memory", help=store_help)
+    p.add_argument("--store", metavar="PATH|DSN|memory", help=store_help)
     sub = p.add_subparsers(dest="sessions_command", required=True, metavar="SUBCOMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -82,7 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             allow_abbrev=False,
         )
         # Also accepted after the subcommand; SUPPRESS keeps it from clobbering the outer one.
-        c.add_argument("--store", metavar="PATH|memory", default=argparse.SUPPRESS, help=store_help)
+        c.add_argument(
+            "--store", metavar="PATH|DSN|memory", default=argparse.SUPPRESS, help=store_help
+        )
         return c
 
     c = command("ls", "list sessions, most recently updated first")

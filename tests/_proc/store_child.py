@@ -1,4 +1,5 @@
-"""Child process for the SqliteStore process tests: writes turns, then reports on stdout.
+"""Child process for the store process tests: writes turns, then reports on stdout. DB is a
+SQLite path or a postgresql:// DSN.
 
     store_child.py write DB SID N      create SID, commit N turns, print one JSON line per turn
                                        ({"id", "digest"}) and a last line {"contents": digest}
@@ -24,8 +25,10 @@ from sessions import (
     Blob,
     Content,
     Part,
+    PostgresStore,
     SessionBusy,
     SessionRecord,
+    SessionStore,
     SqliteStore,
     TurnRecord,
     Usage,
@@ -34,6 +37,13 @@ from sessions import (
 )
 
 BLOB_SIZE = 200 * 1024
+
+
+def open_store(db: str) -> SessionStore:
+    """A PostgresStore for a postgresql:// DSN, else a SqliteStore for the path."""
+    if db.startswith("postgresql://"):
+        return PostgresStore(db)
+    return SqliteStore(db)
 
 
 def make_turn(
@@ -83,7 +93,7 @@ async def write(db: str, sid: str, n: int) -> None:
     """Create `sid` and commit `n` turns on one branch."""
     rng = random.Random(sid)
     ref = rng.randbytes(BLOB_SIZE)
-    async with SqliteStore(db) as store:
+    async with open_store(db) as store:
         await store.create(SessionRecord(id=sid, model="child-model", title="from a child"))
         parent: TurnRecord | None = None
         version = 1
@@ -105,7 +115,7 @@ async def crash(db: str, sid: str, seed: int) -> None:
     # Model images from a small pool, new in every run: first uses write a blob, later ones
     # hit INSERT OR IGNORE, and the file stays small enough to check after every kill.
     outputs = [rng.randbytes(BLOB_SIZE) for _ in range(6)]
-    async with SqliteStore(db) as store:
+    async with open_store(db) as store:
         state = await store.load(sid)
         emit("ready")
         while True:
@@ -128,7 +138,7 @@ async def crash(db: str, sid: str, seed: int) -> None:
 
 async def race(db: str, sid: str) -> None:
     """Load, wait for the parent's go, commit one turn on the loaded head."""
-    async with SqliteStore(db) as store:
+    async with open_store(db) as store:
         state = await store.load(sid)
         emit(f"loaded {state.record.version}")
         await anyio.to_thread.run_sync(sys.stdin.readline)

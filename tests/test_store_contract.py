@@ -1,0 +1,246 @@
+"""The SessionStore contract, run unchanged over MemoryStore, SqliteStore and PostgresStore."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sessions import (
+    BatchRecord,
+    Blob,
+    Content,
+    FileRef,
+    MemoryStore,
+    Part,
+    PostgresStore,
+    SessionBusy,
+    SessionNotFound,
+    SessionRecord,
+    SessionSettings,
+    SessionStore,
+    SqliteStore,
+    StoreError,
+    TurnNotFound,
+    TurnRecord,
+    encode_contents,
+    fork,
+    new_id,
+)
+from tests.conftest import pg_database
+
+KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    """Each store implementation on a fresh database, closed afterwards."""
+    if request.param == "postgres":
+        async with pg_database() as dsn, PostgresStore(dsn) as pg:
+            yield pg
+        return
+    s: SessionStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
+    async with s:
+        yield s
+
+
+def make_turn(parent: TurnRecord | None, text: str, image: bytes | None = None) -> TurnRecord:
+    rng = random.Random(text)
+    return TurnRecord(
+        id=new_id(),
+        parent=parent.id if parent else None,
+        index=parent.index + 1 if parent else 1,
+        user=Content(role="user", parts=[Part(text=text)]),
+        model=Content(
+            role="model",
+            parts=[
+                Part(text="plan", thought=True, thought_signature=rng.randbytes(32)),
+                Part(inline_data=Blob(mime_type="image/png", data=image or rng.randbytes(5000))),
+                Part(text=f"done: {text}"),
+            ],
+        ),
+        model_id="m",
+        cost_usd=0.01,
+    )
+
+
+async def seed(store: SessionStore, n: int, *, owner: str = "") -> tuple[str, list[TurnRecord]]:
+    sid = new_id()
+    await store.create(SessionRecord(id=sid, model="m", settings=SessionSettings(owner=owner)))
+    turns: list[TurnRecord] = []
+    for i in range(n):
+        turns.append(make_turn(turns[-1] if turns else None, f"turn {i} of {sid}"))
+        await store.commit_turn(sid, turns[-1], expected_version=i + 1)
+    return sid, turns
+
+
+async def test_load_equals_what_was_committed(store: SessionStore) -> None:
+    sid, turns = await seed(store, 3)
+    state = await store.load(sid)
+    assert state.record.version == 4 and state.record.head == turns[-1].id
+    assert encode_contents(state.contents()) == encode_contents(
+        [c for t in turns for c in (t.user, t.model)]
+    )
+    assert [t.id for t in state.path()] == [t.id for t in turns]
+    assert (await store.load_record(sid)).version == 4
+
+
+async def test_a_stale_version_is_busy_and_changes_nothing(store: SessionStore) -> None:
+    sid, turns = await seed(store, 1)
+    with pytest.raises(SessionBusy):
+        await store.commit_turn(sid, make_turn(turns[0], "late"), expected_version=1)
+    with pytest.raises(SessionBusy):
+        await store.move_head(sid, None, turns[0].id, expected_version=1)
+    assert len((await store.load(sid)).turns) == 1
+
+
+async def test_moves_and_dangling_pointers(store: SessionStore) -> None:
+    sid, turns = await seed(store, 2)
+    rec = await store.move_head(sid, turns[0].id, turns[1].id, expected_version=3)
+    assert rec.head == turns[0].id and rec.tip == turns[1].id and rec.version == 4
+    with pytest.raises(TurnNotFound):
+        await store.move_head(sid, "nope", None, expected_version=4)
+    orphan = make_turn(None, "orphan")
+    orphan.parent = "missing-parent"
+    with pytest.raises(TurnNotFound):
+        await store.commit_turn(sid, orphan, expected_version=4)
+    assert (await store.load_record(sid)).version == 4
+
+
+async def test_unknown_sessions_and_double_create(store: SessionStore) -> None:
+    for call in (
+        store.load("nope"),
+        store.load_record("nope"),
+        store.delete("nope"),
+        store.lease_holder("nope"),
+    ):
+        with pytest.raises(SessionNotFound):
+            await call
+    sid, _ = await seed(store, 0)
+    with pytest.raises(SessionBusy):
+        await store.create(SessionRecord(id=sid, model="m"))
+
+
+async def test_listing_order_counts_and_owner(store: SessionStore) -> None:
+    a, _ = await seed(store, 2, owner="alice")
+    b, _ = await seed(store, 1, owner="bob")
+    listing = await store.list()
+    assert [s.id for s in listing] == [b, a]  # most recently updated first
+    assert [(s.turns, s.total_turns) for s in listing] == [(1, 1), (2, 2)]
+    assert [s.id for s in await store.list(owner="alice")] == [a]
+    assert (await store.list(owner="alice"))[0].owner == "alice"
+    assert await store.list(owner="carol") == []
+
+
+async def test_fork_shares_blobs_and_delete_keeps_what_others_use(store: SessionStore) -> None:
+    sid, turns = await seed(store, 3)
+    child = await fork(store, sid, at_index=2)
+    assert [t.id for t in (await store.load(child.id)).path()] == [t.id for t in turns[:2]]
+    await store.delete(sid)
+    state = await store.load(child.id)  # its blobs survived the parent's deletion
+    assert state.path()[1].model.images()[0].data == turns[1].model.images()[0].data
+    digest_of_3 = hashlib.sha256(turns[2].model.images()[0].data).hexdigest()
+    with pytest.raises(StoreError):
+        await store.load_blob(digest_of_3)  # only the deleted session held it
+    assert await store.check_blobs() == []
+
+
+async def test_blobs_are_stored_once_and_load_as_one_object(store: SessionStore) -> None:
+    sid = new_id()
+    await store.create(SessionRecord(id=sid, model="m"))
+    shared = random.Random(1).randbytes(20_000)
+    parent = None
+    for i in range(4):
+        parent = make_turn(parent, f"t{i}", image=bytes(bytearray(shared)))
+        await store.commit_turn(sid, parent, expected_version=i + 1)
+    state = await store.load(sid)
+    images = [t.model.images()[0].data for t in state.path()]
+    assert all(img is images[0] for img in images)
+    digest = hashlib.sha256(shared).hexdigest()
+    assert await store.load_blob(digest) == shared
+
+
+async def test_leases(store: SessionStore) -> None:
+    sid, _ = await seed(store, 0)
+    assert await store.acquire_lease(sid, "a", 30)
+    assert await store.acquire_lease(sid, "a", 30)  # renewal
+    assert not await store.acquire_lease(sid, "b", 30)
+    assert await store.acquire_lease(sid, "b", 30, take_from="a")  # a is known dead
+    holder = await store.lease_holder(sid)
+    assert holder is not None and holder.owner == "b" and holder.until > time.time()
+    await store.release_lease(sid, "a")  # not a's: nothing happens
+    assert (await store.lease_holder(sid)) is not None
+    await store.release_lease(sid, "b")
+    assert await store.lease_holder(sid) is None
+    assert await store.acquire_lease(sid, "c", 0.05)
+    await asyncio.sleep(0.1)
+    assert await store.lease_holder(sid) is None
+    assert await store.acquire_lease(sid, "d", 30)  # an expired lease is free
+
+
+async def test_file_refs_and_batches(store: SessionStore) -> None:
+    live = FileRef(
+        scope="s1",
+        sha256="aa",
+        name="files/1",
+        uri="u1",
+        mime_type="image/png",
+        size=3,
+        expires_at=time.time() + 3600,
+    )
+    other_scope = FileRef(
+        scope="s2",
+        sha256="aa",
+        name="files/2",
+        uri="u2",
+        mime_type="image/png",
+        size=3,
+        expires_at=time.time() + 3600,
+    )
+    await store.save_file_ref(live)
+    await store.save_file_ref(other_scope)
+    assert await store.file_refs("s1", ["aa", "bb"]) == {"aa": live}
+    assert (await store.file_refs("s2", ["aa"]))["aa"].name == "files/2"
+    await store.drop_file_refs("s1", ["aa"])
+    assert await store.file_refs("s1", ["aa"]) == {}
+    job = BatchRecord(name="batches/1", scope="s1", model="m", keys=["a", "b"])
+    await store.save_batch(job)
+    job.state = "BATCH_STATE_SUCCEEDED"
+    await store.save_batch(job)
+    assert (await store.load_batch("batches/1")).state == "BATCH_STATE_SUCCEEDED"
+    assert [j.name for j in await store.list_batches()] == ["batches/1"]
+    with pytest.raises(StoreError):
+        await store.load_batch("batches/none")
+
+
+@pytest.mark.postgres
+async def test_postgres_migrates_once_and_refuses_a_newer_schema(pg_dsn: str) -> None:
+    import asyncpg
+
+    async with PostgresStore(pg_dsn) as first, PostgresStore(pg_dsn) as second:
+        sid, _ = await seed(first, 1)
+        assert len((await second.load(sid)).turns) == 1  # the second start found the schema
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        assert await db.fetchval("SELECT max(version) FROM nanoedit_schema") == 1
+        await db.execute("INSERT INTO nanoedit_schema (version) VALUES (99)")
+    finally:
+        await db.close()
+    async with PostgresStore(pg_dsn) as store:
+        with pytest.raises(StoreError, match="schema version 99"):
+            await store.list()
+
+
+@pytest.mark.postgres
+async def test_postgres_errors_are_store_errors_without_the_password() -> None:
+    store = PostgresStore("postgresql://postgres:s3cret-pw@127.0.0.1:1/none")
+    with pytest.raises(StoreError) as failed:
+        await store.list()
+    assert "s3cret-pw" not in str(failed.value) and "***" in str(failed.value)
+    assert "s3cret-pw" not in repr(store)
+    await store.aclose()
