@@ -161,6 +161,10 @@ class EngineConfig:
     # Where the command line keeps sessions: "memory", a SQLite path, or a PostgreSQL DSN
     # (postgresql://USER@HOST:PORT/DB); "": the SQLite file under `home` (NANOEDIT_STORE).
     store: str = ""
+    # Redis shared by the nodes of a cluster (redis://HOST:PORT/DB): session events and their
+    # seq, and the in-flight cap, hold across every node (engine.cluster). "": this process only.
+    redis_url: str = ""
+    redis_prefix: str = "nanoedit"  # the cluster's keys start with this (one Redis, many clusters)
     # A TOML file of models to add or override (see engine.catalog.Catalog); None: built-in.
     catalog: Path | None = None
     user_agent: str = "nanoedit/0.1"

@@ -229,7 +229,7 @@ class TurnRun:
             on_delta = self._delta_publisher(attempt, digests)
             status: int | None = None
             try:
-                async with engine.limiter.slot(model) as slot:
+                async with engine.request_slot(model) as slot:
                     try:
                         result = await self.provider.generate(
                             model,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio.lowlevel
@@ -29,6 +29,7 @@ from engine._types import Image, ImageInput, Turn, build_user_content, sniff_mim
 from engine.budget import Budget, CostLedger
 from engine.bus import EventBus, Subscription
 from engine.catalog import Catalog, ImageConfig, ModelSpec, check_available
+from engine.cluster import Cluster, ClusterBus
 from engine.events import (
     Event,
     SessionClosed,
@@ -39,7 +40,7 @@ from engine.events import (
     TurnCompleted,
     TurnFailed,
 )
-from engine.limits import Limiter
+from engine.limits import Limiter, SlotHandle
 from engine.providers._base import Provider
 from engine.providers._google_files import FilesAndBatches
 from engine.providers.gemini import GeminiProvider
@@ -105,6 +106,7 @@ class Engine:
         self.lease_owner = new_owner()
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._files: HistoryFiles | None = None
+        self.cluster: Cluster | None = None
         self.batches = Batches(self)  # Batch API jobs (Gemini-native providers)
         self._warned_models: set[str] = set()
         self._closed = False
@@ -134,6 +136,12 @@ class Engine:
         # anyio imports its event-loop backend on first use (the SQLite store's threads, the
         # limiter's sleeps): ~30 ms that would otherwise land on the first turn.
         await anyio.lowlevel.checkpoint()
+        if cfg.redis_url:
+            cluster = Cluster(cfg.redis_url, prefix=cfg.redis_prefix)
+            await cluster.start()
+            self._stack.push_async_callback(cluster.aclose)
+            self.cluster = cluster
+            self.bus = ClusterBus(cluster)
         if self._provider is None:
             base_url = cfg.resolved_base_url
             if cfg.provider == "local" and not base_url:
@@ -254,6 +262,19 @@ class Engine:
             return record
         op = await self.batches.wait(record.name, on_progress=on_progress)
         return await self.batches.results(record.name, op)
+
+    def request_slot(self, model: str) -> AbstractAsyncContextManager[SlotHandle]:
+        """The slot an upstream request holds: the engine's limiter's, and in a cluster also one
+        of the cluster-wide `max_in_flight`."""
+        if self.cluster is None:
+            return self.limiter.slot(model)
+        return self._cluster_slot(model)
+
+    @asynccontextmanager
+    async def _cluster_slot(self, model: str) -> AsyncIterator[SlotHandle]:
+        assert self.cluster is not None
+        async with self.cluster.slot(self.config.max_in_flight), self.limiter.slot(model) as slot:
+            yield slot
 
     def _check_open(self) -> None:
         if self._closed:

@@ -87,7 +87,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=30.0,
         help="on SIGTERM, how long running turns may take to finish",
     )
-    g.add_argument("--max-in-flight", type=int, default=64, help="upstream calls at once")
+    g.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=64,
+        help="upstream calls at once (with --redis: across every node)",
+    )
+    g.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://HOST:PORT/DB shared by the nodes of a cluster: session events (and their "
+        "seq) and the in-flight cap hold across nodes; sessions go in --store (PostgreSQL)",
+    )
+    g.add_argument(
+        "--redis-prefix", default="nanoedit", help="the cluster's Redis keys start with this"
+    )
     g.add_argument("--no-stream", action="store_true", help="use generateContent, not SSE")
     add_provider_options(p, model_default=None)
     add_budget_options(p)
@@ -117,7 +131,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be within 0..65535, not {args.port}")
     if args.max_in_flight < 1:
         raise ConfigError("--max-in-flight must be at least 1")
-    cfg = replace(config_from_args(args), max_in_flight=args.max_in_flight)
+    cfg = replace(
+        config_from_args(args),
+        max_in_flight=args.max_in_flight,
+        redis_url=args.redis or "",
+        redis_prefix=args.redis_prefix,
+    )
     budget = budget_from_args(args)
     options = ServeOptions(
         keys=keys,

@@ -732,10 +732,14 @@ def model_call_handler(
         if handler is None:
             return gemini_error(ApiFailure(404, f"Method not found: {method or '(none)'}."))
         state.requests[method] += 1
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
             response: web.StreamResponse = await handler(request, state, model)
         except ApiFailure as failure:
             return gemini_error(failure)
+        finally:
+            state.in_flight -= 1
         return response
 
     return handle_model_call

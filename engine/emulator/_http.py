@@ -101,6 +101,8 @@ class ServerState:
     recorded: list[RecordedRequest] = field(default_factory=list)
     files: FileVault = field(default_factory=lambda: FileVault(ttl=48 * 3600.0))
     batches: dict[str, BatchJob] = field(default_factory=dict)
+    in_flight: int = 0  # model calls being answered now
+    max_in_flight: int = 0  # the most at once since the last reset (cluster cap tests)
 
     @classmethod
     def create(cls, settings: EmulatorSettings) -> ServerState:
@@ -130,6 +132,8 @@ class ServerState:
             "cpu_s": _process_cpu(),
             "files": {"uploaded": self.files.uploaded, "stored": len(self.files.files)},
             "batches": len(self.batches),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
         }
 
     def reset(self) -> None:
@@ -139,6 +143,7 @@ class ServerState:
         self.recorded.clear()
         self.injector.reset()
         self.pool.clear()
+        self.max_in_flight = self.in_flight
 
     def record(self, request: web.Request, endpoint: str, model: str, body: bytes) -> None:
         """Keep the request for inspection, without its key."""

@@ -63,7 +63,7 @@ from engine.serve._api import (
     TurnCreate,
     TurnOut,
 )
-from engine.serve._fanout import SessionFanout, sse_bytes
+from engine.serve._fanout import ClusterFanout, LocalFanout, SessionFanout, sse_bytes
 from engine.serve._metrics import Metrics
 from engine.serve._openapi import openapi_document
 from engine.serve._tenants import RateWindow, Tenants
@@ -218,6 +218,16 @@ class Gateway:
             self._indexes[tenant] = index
             return index
 
+    async def holds(self, tenant: str, digest: str) -> bool:
+        """Whether one of the tenant's sessions holds the image. In a cluster, other nodes
+        commit turns too: a miss reads the tenant's sessions from the store again."""
+        if digest in (await self.index(tenant)).images:
+            return True
+        if self.engine.cluster is None:
+            return False
+        self._indexes.pop(tenant, None)
+        return digest in (await self.index(tenant)).images
+
     def _digests(self, turn: TurnRecord) -> list[str]:
         blobs = self.engine.store.blobs
         out = []
@@ -309,14 +319,25 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    def fanout(self, session_id: str) -> SessionFanout:
-        """The SSE fan-out of a session's events (one per session, while it has clients)."""
+    async def fanout(self, session_id: str) -> SessionFanout:
+        """The SSE fan-out of a session's events (one per session, while it has clients): from
+        this node's bus, or in a cluster from the session's Redis stream (every node's)."""
         fanout = self._fanouts.get(session_id)
         if fanout is None:
-            fanout = SessionFanout(
-                self.engine.bus, session_id, lambda: self._fanout_empty(session_id)
-            )
-            self._fanouts[session_id] = fanout
+            cluster = self.engine.cluster
+            on_empty = functools.partial(self._fanout_empty, session_id)
+            if cluster is None:
+                fanout = LocalFanout(self.engine.bus, session_id, on_empty)
+                self._fanouts[session_id] = fanout
+            else:
+                fanout = ClusterFanout(cluster, session_id, on_empty)
+                self._fanouts[session_id] = fanout  # before the await: one per session
+                try:
+                    fanout.start(await cluster.last_seq(session_id))
+                except BaseException:
+                    self._fanouts.pop(session_id, None)
+                    raise
+        await fanout.ready.wait()
         return fanout
 
     def _fanout_empty(self, session_id: str) -> None:
@@ -631,14 +652,12 @@ async def _turn_input(request: web.Request, tenant: str) -> tuple[TurnCreate, li
         spec, images = await _multipart(request)
     else:
         spec = _decode(await read_body(request), TurnCreate)
-    index: _TenantIndex | None = None
     for n, item in enumerate(spec.images):
         if item.sha256 is not None:
             if item.data is not None:
                 raise HttpError(400, "InvalidRequest", f"images[{n}]: give data or sha256")
             digest = item.sha256.lower()
-            index = index or await gateway.index(tenant)
-            if digest not in index.images:
+            if not await gateway.holds(tenant, digest):
                 raise HttpError(400, "InvalidRequest", f"images[{n}]: no image {digest[:16]}")
             data = await gateway.engine.store.load_blob(digest)
         elif item.data is not None:
@@ -797,7 +816,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     response = _sse_response(request)
     await response.prepare(request)
     await response.write(b": connected\n\n")
-    fanout = gateway.fanout(session.id)
+    fanout = await gateway.fanout(session.id)
     await fanout.serve(request, response, since, gateway.options.heartbeat_s)
     return response
 
@@ -811,7 +830,7 @@ async def get_image(request: web.Request) -> web.Response:
     digest = request.match_info["sha256"].lower()
     if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
         raise HttpError(404, "NotFound", "no such image")
-    if digest not in (await gateway.index(tenant)).images:
+    if not await gateway.holds(tenant, digest):
         raise HttpError(404, "NotFound", "no such image")
     if request.headers.get("If-None-Match", "").strip('"') == digest:
         return web.Response(status=304, headers={"ETag": f'"{digest}"'})

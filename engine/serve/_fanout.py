@@ -18,16 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
 
 from engine._exceptions import NanoeditError
 from engine.bus import EventBus
+from engine.cluster import Cluster
 from engine.events import Event, EventsMissed, encode_event
 
-__all__ = ["MAX_CLIENT_BUFFER", "SessionFanout", "sse_bytes"]
+__all__ = [
+    "MAX_CLIENT_BUFFER",
+    "ClusterFanout",
+    "LocalFanout",
+    "SessionFanout",
+    "sse_bytes",
+]
 
 log = structlog.get_logger("nanoedit.serve")
 
@@ -69,36 +76,44 @@ class _Client:
 
 
 class SessionFanout:
-    """The SSE clients of one session's `/events`."""
+    """The SSE clients of one session's `/events`; the events come from `_bursts` (the local
+    bus here, the session's Redis stream in `ClusterFanout`)."""
 
-    def __init__(self, bus: EventBus, session_id: str, on_empty: Callable[[], None]) -> None:
-        self._bus = bus
+    def __init__(self, session_id: str, on_empty: Callable[[], None]) -> None:
         self.session_id = session_id
         self._on_empty = on_empty
-        self.delivered = bus.last_seq(session_id)
+        self.delivered = 0
         self._clients: list[_Client] = []
-        self._subscription = bus.subscribe(
-            session_id=session_id, since_seq=self.delivered, maxsize=65536, overflow="drop_oldest"
-        )
-        self._subscription.open()
-        self._task = asyncio.ensure_future(self._run())
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()  # set once `delivered` is known and delivery runs
 
     def __len__(self) -> int:
         return len(self._clients)
 
+    def start(self, delivered: int) -> None:
+        """Begin delivering events after seq `delivered`."""
+        self.delivered = delivered
+        self._task = asyncio.ensure_future(self._run())
+        self.ready.set()
+
+    async def _bursts(self) -> AsyncIterator[list[Event]]:
+        """Events in seq order, in bursts of those that arrived together."""
+        raise NotImplementedError
+        yield []  # pragma: no cover
+
+    async def _replay(self, since: int, upto: int) -> tuple[int, list[Event]]:
+        """Retained events with since < seq <= upto, and how many the window lost."""
+        raise NotImplementedError
+
     async def _run(self) -> None:
         try:
-            subscription = self._subscription
-            async for first in subscription:
-                # Events published together (a stream chunk's text, image and finish) go out
-                # together: one write per client for the burst (buffered reads do not wait).
-                burst = [first]
-                while subscription.pending:
-                    burst.append(await anext(subscription))
+            async for burst in self._bursts():
                 if any(isinstance(e, EventsMissed) for e in burst):
                     # The fan-out itself fell behind: every client reconnects and replays.
                     for client in list(self._clients):
                         self._drop(client)
+                    continue
+                if not burst:
                     continue
                 self.delivered = burst[-1].seq
                 data = b"".join(sse_bytes(e) for e in burst)
@@ -106,7 +121,7 @@ class SessionFanout:
                 for client in list(self._clients):
                     self._deliver(client, data, framed)
         except NanoeditError:
-            pass  # the bus closed
+            pass  # the bus or the cluster closed
         finally:
             for client in list(self._clients):
                 self._drop(client)
@@ -141,16 +156,23 @@ class SessionFanout:
     ) -> None:
         """Replay after `since` (None: nothing), then stream live until the client goes."""
         client = _Client(request, response)
-        # Snapshot and registration in one synchronous step: the seam.
-        replay: list[bytes] = []
-        if since is not None:
-            window = [e for e in self._bus.retained(self.session_id) if e.seq <= self.delivered]
-            first = window[0].seq if window else self.delivered + 1
-            if since < first - 1:
-                missed = EventsMissed(session_id=self.session_id, missed=first - 1 - since)
-                replay.append(sse_bytes(missed))
-            replay.extend(sse_bytes(e) for e in window if e.seq > since)
+        # Registered first (its backlog collects what arrives meanwhile), then the replay up to
+        # what had been delivered at that moment: the seam has no gap and no repeat.
+        upto = self.delivered
         self._clients.append(client)
+        replay: list[bytes] = []
+        try:
+            if since is not None:
+                missed, events = await self._replay(since, upto)
+                if missed:
+                    marker = EventsMissed(session_id=self.session_id, missed=missed)
+                    replay.append(sse_bytes(marker))
+                replay.extend(sse_bytes(e) for e in events)
+        except BaseException:
+            self._drop(client)
+            if not self._clients:
+                self._on_empty()
+            raise
         try:
             for data in replay:
                 await response.write(data)
@@ -172,8 +194,57 @@ class SessionFanout:
                 self._on_empty()
 
     def close(self) -> None:
-        """Stop: unsubscribe and let every client go."""
-        self._subscription.close()
-        self._task.cancel()
+        """Stop and let every client go."""
+        if self._task is not None:
+            self._task.cancel()
         for client in list(self._clients):
             self._drop(client)
+
+
+class LocalFanout(SessionFanout):
+    """Events from this node's bus: one subscription for every client of the session."""
+
+    def __init__(self, bus: EventBus, session_id: str, on_empty: Callable[[], None]) -> None:
+        super().__init__(session_id, on_empty)
+        self._bus = bus
+        last = bus.last_seq(session_id)
+        self._subscription = bus.subscribe(
+            session_id=session_id, since_seq=last, maxsize=65536, overflow="drop_oldest"
+        )
+        self._subscription.open()
+        self.start(last)
+
+    async def _bursts(self) -> AsyncIterator[list[Event]]:
+        subscription = self._subscription
+        async for first in subscription:
+            # Events published together (a stream chunk's text, image and finish) go out
+            # together: one write per client for the burst (buffered reads do not wait).
+            burst = [first]
+            while subscription.pending:
+                burst.append(await anext(subscription))
+            yield burst
+
+    async def _replay(self, since: int, upto: int) -> tuple[int, list[Event]]:
+        window = [e for e in self._bus.retained(self.session_id) if e.seq <= upto]
+        first = window[0].seq if window else upto + 1
+        return max(0, first - 1 - since), [e for e in window if e.seq > since]
+
+    def close(self) -> None:
+        """Unsubscribe, stop, let every client go."""
+        self._subscription.close()
+        super().close()
+
+
+class ClusterFanout(SessionFanout):
+    """Events from the session's Redis stream: every node's, read once for this node."""
+
+    def __init__(self, cluster: Cluster, session_id: str, on_empty: Callable[[], None]) -> None:
+        super().__init__(session_id, on_empty)
+        self._cluster = cluster
+
+    async def _bursts(self) -> AsyncIterator[list[Event]]:
+        while True:
+            yield await self._cluster.read(self.session_id, self.delivered, block_ms=2000)
+
+    async def _replay(self, since: int, upto: int) -> tuple[int, list[Event]]:
+        return await self._cluster.events_after(self.session_id, since, upto)

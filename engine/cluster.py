@@ -1,0 +1,240 @@
+"""What the nodes of a cluster share through Redis: each session's events, and the in-flight cap.
+
+Redis carries what is shared and short-lived; PostgreSQL (`PostgresStore`) stays the system of
+record. With `EngineConfig.redis_url` set:
+
+- **Events.** Every session event is appended to the session's Redis Stream by one Lua script
+  that also allocates its `seq` (`INCR` then `XADD` with the stream id `<seq>-1`): one seq per
+  session across all nodes, strictly increasing, no gaps, trimmed like the local window
+  (`MAXLEN ~ retain`). Local subscribers still get events straight from the node's bus; a node
+  serving `/events` reads each session's stream once (`XREAD`) and fans it out locally.
+- **In-flight cap.** `max_in_flight` holds across nodes: a slot is a member of a sorted set
+  scored by its expiry, taken by a Lua script only while fewer than the cap are unexpired, and
+  kept alive by a heartbeat. A node that dies holds its slots for at most `slot_ttl` seconds.
+
+Leases stay in the store (PostgreSQL or SQLite): a lease must be checked in the same
+transaction as the commit it guards, and the store is where that transaction happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from engine._exceptions import ConfigError, NanoeditError
+from engine.bus import EventBus
+from engine.events import ENGINE_WIDE, Event, decode_event, encode_event
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["Cluster", "ClusterBus", "ClusterError"]
+
+log = structlog.get_logger("nanoedit.cluster")
+
+# KEYS: seq counter, stream. ARGV: event JSON, window. Returns the seq.
+_APPEND = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'd', ARGV[1])
+return seq
+"""
+# KEYS: slots zset. ARGV: now, expiry, member, cap. Returns 1 when the slot was taken.
+_TAKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class ClusterError(NanoeditError):
+    """Redis is unreachable or answered an error."""
+
+
+class Cluster:
+    """The Redis side of a node: `async with Cluster(url) as cluster: ...`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "nanoedit",
+        retain: int = 1024,
+        slot_ttl: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.retain = retain
+        self.slot_ttl = slot_ttl
+        self.node = secrets.token_hex(6)
+        self._redis: Redis | None = None
+        self._append: Any = None
+        self._take: Any = None
+
+    async def __aenter__(self) -> Cluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Connect (and check the connection)."""
+        try:
+            from redis.asyncio import Redis
+        except ImportError:  # pragma: no cover - the extra is not installed
+            raise ConfigError("a cluster needs redis: pip install 'nanoedit[redis]'") from None
+        redis = Redis.from_url(self.url)
+        try:
+            await redis.ping()
+        except Exception as exc:
+            await redis.aclose()
+            raise ClusterError(f"redis at {_redact(self.url)}: {exc}") from None
+        self._redis = redis
+        self._append = redis.register_script(_APPEND)
+        self._take = redis.register_script(_TAKE)
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
+
+    @property
+    def redis(self) -> Redis:
+        """The connection (after `start`)."""
+        if self._redis is None:
+            raise ClusterError("the cluster is not started")
+        return self._redis
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- events ---------------------------------------------------------------------------------
+
+    async def append(self, session_id: str, data: bytes) -> int:
+        """Append an event (its JSON, seq not yet set) to the session's stream; its seq."""
+        try:
+            seq = await self._append(
+                keys=[self._key("seq", session_id), self._key("events", session_id)],
+                args=[data, self.retain],
+            )
+        except Exception as exc:
+            raise ClusterError(f"redis: cannot append an event: {exc}") from None
+        return int(seq)
+
+    def stream(self, session_id: str) -> str:
+        """The Redis key of a session's event stream."""
+        return self._key("events", session_id)
+
+    async def last_seq(self, session_id: str) -> int:
+        """The session's last seq across the cluster (0: none yet)."""
+        value = await self.redis.get(self._key("seq", session_id))
+        return int(value) if value else 0
+
+    async def events_after(self, session_id: str, since: int, upto: int) -> tuple[int, list[Event]]:
+        """The retained events with since < seq <= upto, and how many of those the window lost."""
+        if upto <= since:
+            return 0, []
+        entries: Any = await self.redis.xrange(
+            self.stream(session_id), min=f"{since + 1}-0", max=f"{upto}-1"
+        )
+        events = [_event(entry_id, fields) for entry_id, fields in entries]
+        first = events[0].seq if events else upto + 1
+        return max(0, first - 1 - since), events
+
+    async def read(self, session_id: str, after: int, block_ms: int = 5000) -> list[Event]:
+        """Events with seq > `after`, waiting up to `block_ms` for the first."""
+        found: Any = await self.redis.xread(
+            {self.stream(session_id): f"{after}-1"}, block=block_ms, count=512
+        )
+        out: list[Event] = []
+        for _, entries in found or []:
+            out.extend(_event(entry_id, fields) for entry_id, fields in entries)
+        return out
+
+    # --- the in-flight cap ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def slot(self, cap: int, *, poll: float = 0.02) -> AsyncIterator[None]:
+        """Hold one of `cap` cluster-wide slots while the block runs."""
+        key = self._key("slots")
+        member = f"{self.node}:{secrets.token_hex(6)}"
+        delay = poll
+        while True:
+            now = time.time()
+            taken = await self._take(keys=[key], args=[now, now + self.slot_ttl, member, cap])
+            if int(taken):
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        beat = asyncio.ensure_future(self._heartbeat(key, member))
+        try:
+            yield
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            await asyncio.shield(self.redis.zrem(key, member))
+
+    async def _heartbeat(self, key: str, member: str) -> None:
+        while True:
+            await asyncio.sleep(self.slot_ttl / 3)
+            await self.redis.zadd(key, {member: time.time() + self.slot_ttl}, xx=True)
+
+
+def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    event: Event = decode_event(fields[b"d"])
+    event.seq = int(entry_id.split(b"-", 1)[0])
+    return event
+
+
+class ClusterBus(EventBus):
+    """The node's bus, numbering session events through the cluster (one seq per session
+    across every node) and appending them to the session's stream before local delivery."""
+
+    def __init__(self, cluster: Cluster, retain: int = 1024) -> None:
+        super().__init__(retain=retain)
+        self.cluster = cluster
+        self._order: dict[str, asyncio.Lock] = {}
+
+    async def publish(self, event: Event) -> Event:
+        """Sequence the event in Redis, then deliver it here (session events in seq order)."""
+        sid = event.session_id
+        if sid == ENGINE_WIDE:
+            return await super().publish(event)
+        lock = self._order.setdefault(sid, asyncio.Lock())
+        async with lock:
+            event.ts = time.time()
+            event.seq = 0
+            seq = await self.cluster.append(sid, encode_event(event))
+            event.seq = seq
+            log = self._logs.get(sid)
+            if log is None:
+                log = self._open_log(sid)
+            log.seq = seq
+            log.window.append(event)
+            waits = self._emit(event, True, False)
+        if waits is not None:
+            for fut in waits:
+                await fut
+        return event
+
+    def forget(self, session_id: str) -> None:
+        """Drop the session's local window (its stream and seq stay in Redis)."""
+        super().forget(session_id)
+        self._order.pop(session_id, None)
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

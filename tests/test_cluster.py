@@ -1,0 +1,283 @@
+"""Beyond one machine (issue 13): sessions in PostgreSQL, events and the in-flight cap in Redis.
+
+Unit tests drive `engine.cluster` against the local Redis; the integration tests run two real
+`nanoedit serve` processes on one PostgreSQL database and one Redis (each test its own database
+and key prefix, both removed afterwards) in front of one emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from engine.cluster import Cluster, ClusterBus
+from engine.events import TurnStarted
+from tests.conftest import ENV_VARS, EmulatorFactory, pg_database
+
+pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_leaked_tasks")]
+REDIS = os.environ.get("NANOEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    name = f"nanoedit-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    async with Cluster(REDIS, prefix=name) as cluster:
+        keys = [k async for k in cluster.redis.scan_iter(match=f"{name}:*")]
+        if keys:
+            await cluster.redis.delete(*keys)
+
+
+async def test_seq_is_one_sequence_across_nodes(prefix: str) -> None:
+    async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
+        bus_a, bus_b = ClusterBus(a), ClusterBus(b)
+
+        async def publish(bus: ClusterBus, n: int) -> list[int]:
+            seqs = []
+            for i in range(n):
+                event = await bus.publish(
+                    TurnStarted(session_id="s1", model=f"m{i}", stream=True, history_turns=0)
+                )
+                seqs.append(event.seq)
+            return seqs
+
+        first, second = await asyncio.gather(publish(bus_a, 40), publish(bus_b, 40))
+        assert sorted(first + second) == list(range(1, 81))  # no gap, no repeat
+        assert first == sorted(first) and second == sorted(second)
+        # Either node reads the whole stream, in order, with the seqs.
+        missed, events = await a.events_after("s1", 0, 80)
+        assert missed == 0 and [e.seq for e in events] == list(range(1, 81))
+        assert await b.last_seq("s1") == 80
+        await bus_a.aclose()
+        await bus_b.aclose()
+
+
+async def test_the_window_is_trimmed_and_says_what_it_lost(prefix: str) -> None:
+    async with Cluster(REDIS, prefix=prefix, retain=10) as cluster:
+        bus = ClusterBus(cluster)
+        for i in range(300):
+            await bus.publish(
+                TurnStarted(session_id="s2", model=str(i), stream=True, history_turns=0)
+            )
+        missed, events = await cluster.events_after("s2", 0, 300)
+        assert missed > 0 and events[0].seq == missed + 1 and events[-1].seq == 300
+        later = await cluster.read("s2", 295, block_ms=10)
+        assert [e.seq for e in later] == [296, 297, 298, 299, 300]
+        await bus.aclose()
+
+
+async def test_the_in_flight_cap_holds_across_nodes(prefix: str) -> None:
+    async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
+        now = 0
+        most = 0
+
+        async def work(cluster: Cluster) -> None:
+            nonlocal now, most
+            async with cluster.slot(3, poll=0.005):
+                now += 1
+                most = max(most, now)
+                await asyncio.sleep(0.02)
+                now -= 1
+
+        await asyncio.gather(*(work(a if i % 2 else b) for i in range(24)))
+        assert most == 3
+
+
+async def test_a_dead_nodes_slots_expire(prefix: str) -> None:
+    async with (
+        Cluster(REDIS, prefix=prefix, slot_ttl=0.3) as dead,
+        Cluster(REDIS, prefix=prefix, slot_ttl=0.3) as alive,
+    ):
+        held = dead.slot(1)
+        await held.__aenter__()
+        beat = [t for t in asyncio.all_tasks() if "_heartbeat" in repr(t.get_coro())]
+        for task in beat:  # the node "dies": its heartbeat stops, nobody releases the slot
+            task.cancel()
+        await asyncio.gather(*beat, return_exceptions=True)
+        async with asyncio.timeout(10), alive.slot(1, poll=0.02):
+            pass  # taken once the dead node's slot expired
+
+
+# --- two serve processes ---------------------------------------------------------------------
+
+
+class Node:
+    """One `nanoedit serve` process."""
+
+    def __init__(self, proc: subprocess.Popen[str], base: str) -> None:
+        self.proc = proc
+        self.base = base
+
+
+def _start_node(tmp_path: Path, dsn: str, prefix: str, emulator: str, *args: str) -> Node:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env["NANOEDIT_HOME"] = str(tmp_path / "home")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--port",
+            "0",
+            "--store",
+            dsn,
+            "--redis",
+            REDIS,
+            "--redis-prefix",
+            prefix,
+            "--base-url",
+            emulator,
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"serve did not start: {line!r} {err[-2000:]}")
+    return Node(proc, line.rsplit(" ", 1)[1].strip())
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, prefix: str, make_emulator: EmulatorFactory) -> AsyncIterator[Any]:
+    """A factory of two-node clusters (one database, one Redis prefix, one emulator)."""
+    started: list[Node] = []
+    async with pg_database() as dsn:
+
+        async def factory(
+            *args: str, emulator: dict[str, Any] | None = None
+        ) -> tuple[Node, Node, Any]:
+            emu = await make_emulator(**(emulator or {}))
+            for _ in range(2):
+                node = await asyncio.to_thread(
+                    _start_node, tmp_path, dsn, prefix, emu.base_url, *args
+                )
+                started.append(node)
+            return started[-2], started[-1], emu
+
+        try:
+            yield factory
+        finally:
+            for node in started:
+                if node.proc.poll() is None:
+                    node.proc.terminate()
+                try:
+                    await asyncio.to_thread(node.proc.wait, 30)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                for stream in (node.proc.stdout, node.proc.stderr):
+                    if stream is not None:
+                        stream.close()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
+    async with http.post(url, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.postgres
+async def test_two_nodes_share_sessions_and_events(nodes: Any) -> None:
+    a, b, _ = await nodes(emulator={"latency": 0.3})
+    async with aiohttp.ClientSession() as http:
+        status, session = await _post(http, f"{a.base}/v1/sessions", {"title": "shared"})
+        assert status == 201
+        sid = session["id"]
+        async with http.get(f"{b.base}/v1/sessions/{sid}") as resp:
+            assert resp.status == 200 and (await resp.json())["title"] == "shared"
+        # A subscriber on A; the turn runs on B.
+        seen: list[dict[str, Any]] = []
+        subscribed = asyncio.Event()
+
+        async def subscribe() -> None:
+            async with http.get(f"{a.base}/v1/sessions/{sid}/events") as resp:
+                subscribed.set()
+                buffer = b""
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    while b"\n\n" in buffer:
+                        block, buffer = buffer.split(b"\n\n", 1)
+                        data = [ln[6:] for ln in block.split(b"\n") if ln.startswith(b"data: ")]
+                        if data:
+                            seen.append(json.loads(data[0]))
+                            if seen[-1]["type"] == "turn.completed":
+                                return
+
+        reader = asyncio.ensure_future(subscribe())
+        await subscribed.wait()
+        await asyncio.sleep(0.2)
+        status, turn = await _post(http, f"{b.base}/v1/sessions/{sid}/turns", {"text": "a mug"})
+        assert status == 200
+        await asyncio.wait_for(reader, 30)
+        kinds = [e["type"] for e in seen]
+        assert kinds[0] == "turn.started" and kinds[-1] == "turn.completed"
+        seqs = [e["seq"] for e in seen]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # in order, no gap
+        # B's image is served by A too, and A continues the session B wrote.
+        async with http.get(a.base + turn["images"][0]["url"]) as resp:
+            assert resp.status == 200
+        status, second = await _post(http, f"{a.base}/v1/sessions/{sid}/turns", {"text": "more"})
+        assert status == 200 and second["index"] == 2
+
+
+@pytest.mark.postgres
+async def test_the_cluster_wide_cap_holds_at_the_emulator(nodes: Any) -> None:
+    a, b, emu = await nodes("--max-in-flight", "2", emulator={"latency": 0.4})
+    async with aiohttp.ClientSession() as http:
+        sids = []
+        for node in (a, b) * 4:
+            _, session = await _post(http, f"{node.base}/v1/sessions", {})
+            sids.append((node, session["id"]))
+        emu.reset_stats()
+        results = await asyncio.gather(
+            *(
+                _post(http, f"{node.base}/v1/sessions/{sid}/turns", {"text": "a mug"})
+                for node, sid in sids
+            )
+        )
+    assert [status for status, _ in results] == [200] * 8
+    assert emu.stats()["max_in_flight"] == 2
+
+
+@pytest.mark.postgres
+async def test_a_node_killed_mid_turn_leaves_nothing_partial(nodes: Any) -> None:
+    a, b, _ = await nodes(emulator={"latency": 3})
+    async with aiohttp.ClientSession() as http:
+        status, session = await _post(http, f"{a.base}/v1/sessions", {})
+        sid = session["id"]
+        turn = asyncio.ensure_future(
+            _post(http, f"{b.base}/v1/sessions/{sid}/turns", {"text": "a mug"})
+        )
+        for _ in range(200):
+            async with http.get(f"{b.base}/healthz") as resp:
+                if (await resp.json())["turns_in_flight"]:
+                    break
+            await asyncio.sleep(0.02)
+        b.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(b.proc.wait, 30)  # reaped, as init would (no zombie left)
+        with pytest.raises(aiohttp.ClientError):
+            await turn
+        # A takes the session over at once (B's lease names a dead process), not after the
+        # lease's 30 s; B's turn left nothing behind.
+        status, doc = await _post(http, f"{a.base}/v1/sessions/{sid}/turns", {"text": "again"})
+        assert status == 200, doc
+        async with http.get(f"{a.base}/v1/sessions/{sid}?tree=1") as resp:
+            tree = await resp.json()
+        assert [t["prompt"] for t in tree["turns"]] == ["again"]
+        assert len(tree["branches"]) == 1
