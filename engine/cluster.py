@@ -69,13 +69,16 @@ class Cluster:
         prefix: str = "nanoedit",
         retain: int = 1024,
         slot_ttl: float = 10.0,
+        max_connections: int = 64,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.retain = retain
         self.slot_ttl = slot_ttl
         self.node = secrets.token_hex(6)
+        self.max_connections = max_connections
         self._redis: Redis | None = None
+        self._readers: Redis | None = None
         self._append: Any = None
         self._take: Any = None
 
@@ -89,24 +92,35 @@ class Cluster:
     async def start(self) -> None:
         """Connect (and check the connection)."""
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
         except ImportError:  # pragma: no cover - the extra is not installed
             raise ConfigError("a cluster needs redis: pip install 'nanoedit[redis]'") from None
-        redis = Redis.from_url(self.url)
+
+        def connect(size: int) -> Redis:
+            # Blocking pools: past `size` connections a command waits for one (500 turns
+            # waiting for a slot at once ran a plain pool out: "Too many connections").
+            pool = BlockingConnectionPool.from_url(self.url, max_connections=size, timeout=60)
+            return Redis.from_pool(pool)  # closing the client closes its pool
+
+        redis = connect(self.max_connections)
         try:
             await redis.ping()
         except Exception as exc:
             await redis.aclose()
             raise ClusterError(f"redis at {_redact(self.url)}: {exc}") from None
         self._redis = redis
+        # Blocking stream reads (one per session with SSE clients) hold their connection for
+        # seconds: they get a pool of their own.
+        self._readers = connect(4 * self.max_connections)
         self._append = redis.register_script(_APPEND)
         self._take = redis.register_script(_TAKE)
 
     async def aclose(self) -> None:
         """Disconnect."""
-        redis, self._redis = self._redis, None
-        if redis is not None:
-            await redis.aclose()
+        for redis in (self._redis, self._readers):
+            if redis is not None:
+                await redis.aclose()
+        self._redis = self._readers = None
 
     @property
     def redis(self) -> Redis:
@@ -153,7 +167,8 @@ class Cluster:
 
     async def read(self, session_id: str, after: int, block_ms: int = 5000) -> list[Event]:
         """Events with seq > `after`, waiting up to `block_ms` for the first."""
-        found: Any = await self.redis.xread(
+        readers = self._readers or self.redis
+        found: Any = await readers.xread(
             {self.stream(session_id): f"{after}-1"}, block=block_ms, count=512
         )
         out: list[Event] = []

@@ -12,6 +12,7 @@ lock (nodes starting together take turns); `nanoedit_schema` records the version
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
@@ -141,6 +142,7 @@ class PostgresStore(SessionStore):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._connecting: asyncio.Lock | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -153,6 +155,16 @@ class PostgresStore(SessionStore):
             raise StoreError(f"store {_redact(self.dsn)} is closed")
         if self._pool is not None:
             return self._pool
+        # One pool, whatever the number of first callers at once (a server starting under load
+        # opened a pool per request and ran PostgreSQL out of connections).
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._pool is None:
+                self._pool = await self._open_pool()
+            return self._pool
+
+    async def _open_pool(self) -> asyncpg.Pool:
         try:
             import asyncpg
         except ImportError:  # pragma: no cover - the extra is not installed
@@ -165,16 +177,12 @@ class PostgresStore(SessionStore):
             )
         except (OSError, asyncpg.PostgresError, ValueError) as exc:
             raise StoreError(f"{_redact(self.dsn)}: cannot connect: {exc}") from None
-        if self._pool is not None:  # another task connected meanwhile
-            await pool.close()
-            return self._pool
         try:
             async with pool.acquire() as db:
                 await self._migrate(db)
         except BaseException:
             await pool.close()
             raise
-        self._pool = pool
         return pool
 
     async def _migrate(self, db: asyncpg.Connection) -> None:

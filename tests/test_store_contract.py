@@ -244,3 +244,21 @@ async def test_postgres_errors_are_store_errors_without_the_password() -> None:
     assert "s3cret-pw" not in str(failed.value) and "***" in str(failed.value)
     assert "s3cret-pw" not in repr(store)
     await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_opens_one_pool_for_many_first_callers(pg_dsn: str) -> None:
+    """A server starting under load: a hundred first calls at once share one pool (each had
+    opened its own and PostgreSQL ran out of connections)."""
+    import asyncpg
+
+    async with PostgresStore(pg_dsn, max_size=4) as store:
+        await asyncio.gather(*(store.list() for _ in range(100)))
+        db = await asyncpg.connect(pg_dsn)
+        try:
+            count = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            )
+        finally:
+            await db.close()
+        assert count <= 4 + 1  # the pool's connections and this one
