@@ -14,7 +14,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal
@@ -85,8 +85,12 @@ class Lease:
         ttl: float,
         on_busy: Literal["raise", "wait"] = "raise",
         wait: float = 300.0,
+        gone: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
+        # Tells whether a holder's node is gone (a cluster's heartbeats); processes on this
+        # host are checked by their pid either way.
+        self.gone = gone
         self.session_id = session_id
         self.owner = owner
         self.ttl = ttl
@@ -151,7 +155,7 @@ class Lease:
             if await store.acquire_lease(sid, self.owner, self.ttl):
                 return None
             holder = await store.lease_holder(sid)
-            dead = holder.owner if holder is not None and holder_is_dead(holder.owner) else None
+            dead = holder.owner if holder is not None and await self._dead(holder.owner) else None
             if holder is None or dead:
                 # It ran out just now, or its process is gone: try once more.
                 if await store.acquire_lease(sid, self.owner, self.ttl, take_from=dead):
@@ -164,6 +168,11 @@ class Lease:
             await finish(self.release())
             raise
         return holder or LeaseHolder(owner="?", until=time.time())
+
+    async def _dead(self, owner: str) -> bool:
+        if holder_is_dead(owner):
+            return True
+        return self.gone is not None and await self.gone(owner)
 
     async def _renew(self) -> None:
         # Started a third of the TTL after the lease was taken: renew at once, then every third.

@@ -69,6 +69,7 @@ class TurnRun:
         self.attempts = 0
         self._uploaded_again = False
         self.reservation: Reservation | None = None
+        self.cluster_reservation: str | None = None
         self.image_size: str | None = (self.settings.image_config or {}).get("imageSize")
         self._log = session._log
         # Set when the session's history images go by reference (the Files API).
@@ -95,6 +96,12 @@ class TurnRun:
             plan = await self._plan()
             body = self._encode(plan)
             self.reservation = self.engine.ledger.reserve(plan.reserved_usd, session_id=sid)
+            cluster = self.engine.cluster
+            if cluster is not None:
+                # Every node sees this call's money set aside (it lapses if this node dies).
+                self.cluster_reservation = await cluster.reserve(
+                    self.spend_scopes, plan.reserved_usd, self.reservation_ttl
+                )
             try:
                 result, digests = await self._send(body)
             except ApiError as exc:
@@ -120,6 +127,29 @@ class TurnRun:
             if self.reservation is not None:
                 self.engine.ledger.release(self.reservation)
                 self.reservation = None
+            if self.cluster_reservation is not None:
+                await finish(self._release_cluster_reservation())
+
+    @property
+    def spend_scopes(self) -> list[str]:
+        """What this turn's money counts under in a cluster: its session, its tenant."""
+        return [f"session:{self.session.id}", f"tenant:{self.settings.owner}"]
+
+    @property
+    def reservation_ttl(self) -> float:
+        """How long a reservation outlives a node that died holding it: the longest the call
+        could take with every retry."""
+        cfg = self.engine.config
+        return cfg.timeouts.total * cfg.retry.max_attempts + cfg.retry.max_delay + 60.0
+
+    async def _release_cluster_reservation(self) -> None:
+        rid, self.cluster_reservation = self.cluster_reservation, None
+        cluster = self.engine.cluster
+        if rid is not None and cluster is not None:
+            try:
+                await cluster.release(rid, self.spend_scopes)
+            except NanoeditError as exc:  # it lapses after its TTL anyway
+                self._log.warning("turn.release_failed", error=str(exc))
 
     def _encode(self, plan: Plan) -> RequestBody:
         contents = plan.contents
@@ -200,7 +230,7 @@ class TurnRun:
                 request_form=files.view if files is not None else None,
                 provider=provider.name,
                 image_size=self.image_size,
-                spent_usd=spent + self.engine.ledger.reserved_for(session.id),
+                spent_usd=spent + await self._reserved_elsewhere(),
             )
         except BudgetExceeded as exc:
             event = exceeded_event(exc, session.budget.policy)
@@ -212,6 +242,14 @@ class TurnRun:
             decision.turn = self.index
             await self._publish(decision)
         return plan
+
+    async def _reserved_elsewhere(self) -> float:
+        """Money set aside for this session's calls in flight: this engine's, or in a cluster
+        every node's."""
+        cluster = self.engine.cluster
+        if cluster is None:
+            return self.engine.ledger.reserved_for(self.session.id)
+        return await cluster.reserved(f"session:{self.session.id}")
 
     async def _send(self, body: RequestBody) -> tuple[ProviderResult, dict[int, tuple[bytes, str]]]:
         """Send `body`, retrying what the policy says may be retried; the answer and the digests
@@ -327,6 +365,8 @@ class TurnRun:
         assert self.reservation is not None
         engine.ledger.settle(self.reservation, breakdown)
         self.reservation = None
+        if engine.cluster is not None:
+            await engine.cluster.add_spent(f"tenant:{self.settings.owner}", breakdown.total_usd)
         record = intern_turn(
             TurnRecord(
                 id=new_id(),
@@ -351,8 +391,12 @@ class TurnRun:
             engine.store.blobs,
             digests,
         )
+        # Fenced: only while this engine still holds the session's lease.
         rec = await engine.store.commit_turn(
-            session.id, record, expected_version=state.record.version
+            session.id,
+            record,
+            expected_version=state.record.version,
+            lease_owner=engine.lease_owner,
         )
         session._state = SessionState(rec, {**state.turns, record.id: record})
         if self.files is not None:

@@ -55,6 +55,48 @@ return 0
 """
 
 
+# KEYS: the zsets of expiries and hashes of amounts, in pairs. ARGV: id, amount, expiry.
+_RESERVE = """
+for i = 1, #KEYS, 2 do
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1])
+  redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2])
+end
+return 1
+"""
+# KEYS: expiries zset, amounts hash. ARGV: now. Drops expired reservations; the sum of the rest.
+_RESERVED = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(gone) do redis.call('HDEL', KEYS[2], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
+return tostring(total)
+"""
+# KEYS: bucket hash. ARGV: now, rate per second, capacity. 0: taken; else seconds to wait.
+_TOKEN = """
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(b[1]) or tonumber(ARGV[3])
+local stamp = tonumber(b[2]) or tonumber(ARGV[1])
+local now = tonumber(ARGV[1])
+if now > stamp then
+  tokens = math.min(tonumber(ARGV[3]), tokens + (now - stamp) * tonumber(ARGV[2]))
+  stamp = now
+end
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / tonumber(ARGV[2]) end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'stamp', stamp)
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return tostring(wait)
+"""
+# KEYS: allowance. ARGV: cap, ttl ms. Halves the shared allowance (at least 1), for ttl.
+_HALVE = """
+local a = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+a = math.max(1, math.floor(a / 2))
+redis.call('SET', KEYS[1], a, 'PX', ARGV[2])
+return a
+"""
+
+
 class ClusterError(NanoeditError):
     """Redis is unreachable or answered an error."""
 
@@ -79,8 +121,13 @@ class Cluster:
         self.max_connections = max_connections
         self._redis: Redis | None = None
         self._readers: Redis | None = None
+        self._beats: list[asyncio.Task[None]] = []
         self._append: Any = None
         self._take: Any = None
+        self._reserve: Any = None
+        self._reserved: Any = None
+        self._token: Any = None
+        self._halve: Any = None
 
     async def __aenter__(self) -> Cluster:
         await self.start()
@@ -114,9 +161,17 @@ class Cluster:
         self._readers = connect(4 * self.max_connections)
         self._append = redis.register_script(_APPEND)
         self._take = redis.register_script(_TAKE)
+        self._reserve = redis.register_script(_RESERVE)
+        self._reserved = redis.register_script(_RESERVED)
+        self._token = redis.register_script(_TOKEN)
+        self._halve = redis.register_script(_HALVE)
 
     async def aclose(self) -> None:
-        """Disconnect."""
+        """Stop heartbeats, disconnect."""
+        for beat in self._beats:
+            beat.cancel()
+        await asyncio.gather(*self._beats, return_exceptions=True)
+        self._beats.clear()
         for redis in (self._redis, self._readers):
             if redis is not None:
                 await redis.aclose()
@@ -176,17 +231,104 @@ class Cluster:
             out.extend(_event(entry_id, fields) for entry_id, fields in entries)
         return out
 
+    # --- spend ------------------------------------------------------------------------------------
+
+    async def reserve(self, scopes: list[str], amount: float, ttl: float) -> str:
+        """Set `amount` aside under each scope ("session:ID", "tenant:NAME") until released or
+        `ttl` seconds pass (a dead node's reservations lapse); the reservation's id."""
+        rid = f"{self.node}:{secrets.token_hex(6)}"
+        keys = [k for scope in scopes for k in (self._key("rsv", scope), self._key("amt", scope))]
+        await self._reserve(keys=keys, args=[rid, repr(amount), time.time() + ttl])
+        return rid
+
+    async def release(self, rid: str, scopes: list[str]) -> None:
+        """Drop a reservation (its call settled or failed)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for scope in scopes:
+            pipe.zrem(self._key("rsv", scope), rid)
+            pipe.hdel(self._key("amt", scope), rid)
+        await pipe.execute()
+
+    async def reserved(self, scope: str) -> float:
+        """USD reserved under `scope` by calls in flight on any node."""
+        total = await self._reserved(
+            keys=[self._key("rsv", scope), self._key("amt", scope)], args=[time.time()]
+        )
+        return float(total)
+
+    async def add_spent(self, scope: str, amount: float) -> float:
+        """Count settled money under `scope`; the new total."""
+        return float(await self.redis.incrbyfloat(self._key("spent", scope), amount))
+
+    async def spent(self, scope: str, *, start: float = 0.0) -> float:
+        """USD settled under `scope` across the cluster (set to `start` if never counted)."""
+        key = self._key("spent", scope)
+        await self.redis.set(key, repr(start), nx=True)
+        return float(await self.redis.get(key) or 0)
+
+    # --- rates and the shared allowance -----------------------------------------------------------
+
+    async def take_token(self, model: str, per_minute: float) -> float:
+        """Take one request of `model`'s cluster-wide rate; 0, or the seconds to wait."""
+        wait = await self._token(
+            keys=[self._key("rate", model)],
+            args=[time.time(), per_minute / 60.0, max(1.0, per_minute / 60.0)],
+        )
+        return float(wait)
+
+    async def allowance(self, model: str, cap: int) -> int:
+        """How many calls of `model` the cluster may have in flight now (halved on 429/503)."""
+        value = await self.redis.get(self._key("allow", model))
+        return min(cap, int(value)) if value else cap
+
+    async def halve(self, model: str, cap: int, *, hold: float = 30.0) -> int:
+        """The upstream said 429/503: halve the shared allowance for `hold` seconds."""
+        return int(
+            await self._halve(keys=[self._key("allow", model)], args=[cap, int(hold * 1000)])
+        )
+
+    # --- node liveness ----------------------------------------------------------------------------
+
+    async def register(self, owner: str, *, every: float = 1.0) -> None:
+        """Announce `owner` (an engine's lease owner) alive, every `every` seconds; its key
+        lapses after three missed beats, so a dead node's leases are taken over in seconds,
+        not after the lease's TTL."""
+        key = self._key("node", owner)
+        await self.redis.set(key, b"1", px=int(every * 3000))
+        self._beats.append(asyncio.ensure_future(self._beat(key, every)))
+
+    async def _beat(self, key: str, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.redis.set(key, b"1", px=int(every * 3000))
+            except Exception as exc:  # a missed beat; the next one may get through
+                log.warning("cluster.heartbeat_failed", error=str(exc))
+
+    async def node_gone(self, owner: str) -> bool:
+        """True when `owner` registered no heartbeat or its heartbeat lapsed."""
+        return not await self.redis.exists(self._key("node", owner))
+
     # --- the in-flight cap ------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def slot(self, cap: int, *, poll: float = 0.02) -> AsyncIterator[None]:
-        """Hold one of `cap` cluster-wide slots while the block runs."""
+    async def slot(
+        self, cap: int, *, model: str = "", per_minute: float = 0.0, poll: float = 0.02
+    ) -> AsyncIterator[None]:
+        """Hold one of `cap` cluster-wide slots (fewer while `model`'s shared allowance is
+        halved) while the block runs, after a token of `model`'s cluster-wide rate."""
+        while per_minute > 0:
+            wait = await self.take_token(model, per_minute)
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
         key = self._key("slots")
         member = f"{self.node}:{secrets.token_hex(6)}"
         delay = poll
         while True:
             now = time.time()
-            taken = await self._take(keys=[key], args=[now, now + self.slot_ttl, member, cap])
+            allowed = await self.allowance(model, cap) if model else cap
+            taken = await self._take(keys=[key], args=[now, now + self.slot_ttl, member, allowed])
             if int(taken):
                 break
             await asyncio.sleep(delay)

@@ -97,13 +97,14 @@ class _Waiter:
 class SlotHandle:
     """A granted slot. `report()` what the request got back; leaving the `async with` frees it."""
 
-    __slots__ = ("_limiter", "_reported", "_waiter", "released")
+    __slots__ = ("_limiter", "_reported", "_waiter", "released", "status")
 
     def __init__(self, limiter: Limiter, waiter: _Waiter) -> None:
         self._limiter = limiter
         self._waiter = waiter
         self._reported = False
         self.released = False
+        self.status: int | None = None  # what `report` was told (a cluster shares 429/503)
 
     @property
     def model(self) -> str:
@@ -132,6 +133,7 @@ class SlotHandle:
             status = found if isinstance(found, int) else None
             if status is None:
                 return  # a transport error says nothing about the server's capacity
+        self.status = status
         self._limiter._report(self._waiter, status)
 
 

@@ -142,6 +142,9 @@ class Engine:
             self._stack.push_async_callback(cluster.aclose)
             self.cluster = cluster
             self.bus = ClusterBus(cluster)
+            # Other nodes take this engine's leases over within seconds of its heartbeat
+            # stopping (a dead machine), instead of waiting out the lease TTL.
+            await cluster.register(self.lease_owner)
         if self._provider is None:
             base_url = cfg.resolved_base_url
             if cfg.provider == "local" and not base_url:
@@ -272,9 +275,16 @@ class Engine:
 
     @asynccontextmanager
     async def _cluster_slot(self, model: str) -> AsyncIterator[SlotHandle]:
-        assert self.cluster is not None
-        async with self.cluster.slot(self.config.max_in_flight), self.limiter.slot(model) as slot:
+        cluster, cfg = self.cluster, self.config
+        assert cluster is not None
+        async with (
+            cluster.slot(cfg.max_in_flight, model=model, per_minute=cfg.requests_per_minute),
+            self.limiter.slot(model) as slot,
+        ):
             yield slot
+        if slot.status in (429, 503):
+            # What one node learns, every node obeys: the allowance is shared.
+            await cluster.halve(model, cfg.max_in_flight)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -389,6 +399,7 @@ class Engine:
             ttl=cfg.lease_ttl,
             on_busy=cfg.on_busy,
             wait=cfg.lease_wait,
+            gone=self.cluster.node_gone if self.cluster is not None else None,
         )
 
     def _track(self, task: asyncio.Task[Any]) -> None:

@@ -30,7 +30,7 @@ from sessions._records import (
     TurnRecord,
 )
 from sessions._sqlite import DEFAULT_BLOB_CACHE_BYTES, SqliteBlobStore, stored_turn, turn_row
-from sessions._store import LeaseHolder, SessionStore
+from sessions._store import LeaseHolder, SessionStore, lease_lost
 from sessions._wire import WireError
 
 if TYPE_CHECKING:
@@ -291,12 +291,29 @@ class PostgresStore(SessionStore):
         return state
 
     async def commit_turn(
-        self, session_id: str, turn: TurnRecord, *, expected_version: int
+        self,
+        session_id: str,
+        turn: TurnRecord,
+        *,
+        expected_version: int,
+        lease_owner: str | None = None,
     ) -> SessionRecord:
-        """Add `turn` and move head and tip to it in one transaction; SessionBusy on a clash."""
+        """Add `turn` and move head and tip to it in one transaction; SessionBusy on a clash
+        (or, with `lease_owner`, when that owner does not hold the lease: fencing)."""
         row = turn_row(turn, self.blobs)
 
         async def work(db: asyncpg.Connection) -> SessionRecord:
+            if lease_owner is not None:
+                # FOR UPDATE: the lease cannot change hands between this check and the commit.
+                holder = await db.fetchrow(
+                    "SELECT lease_owner, lease_until FROM sessions WHERE id = $1 FOR UPDATE",
+                    session_id,
+                )
+                if holder is not None and (
+                    holder["lease_owner"] != lease_owner
+                    or (holder["lease_until"] or 0) <= time.time()
+                ):
+                    raise lease_lost(session_id)
             record = await _bump(db, session_id, turn.id, turn.id, expected_version)
             await _require_turn(db, session_id, turn.parent)
             await _insert_turn(db, session_id, row)

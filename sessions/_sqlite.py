@@ -59,7 +59,7 @@ from sessions._records import (
     SessionSummary,
     TurnRecord,
 )
-from sessions._store import LeaseHolder, MemoryBlobStore, SessionStore
+from sessions._store import LeaseHolder, MemoryBlobStore, SessionStore, lease_lost
 from sessions._wire import Content, WireError, decode_content, wire_contents
 
 __all__ = ["SCHEMA_VERSION", "SqliteBlobStore", "SqliteStore", "default_store_path"]
@@ -431,13 +431,21 @@ class SqliteStore(SessionStore):
         return await self._run(work)
 
     async def commit_turn(
-        self, session_id: str, turn: TurnRecord, *, expected_version: int
+        self,
+        session_id: str,
+        turn: TurnRecord,
+        *,
+        expected_version: int,
+        lease_owner: str | None = None,
     ) -> SessionRecord:
-        """Add `turn` and move head and tip to it in one transaction; SessionBusy on a clash."""
+        """Add `turn` and move head and tip to it in one transaction; SessionBusy on a clash
+        (or, with `lease_owner`, when that owner does not hold the lease)."""
 
         def work(db: sqlite3.Connection) -> SessionRecord:
             row = self._turn_row(turn)  # sha256 of the payloads, in this worker thread
             with _transaction(db, write=True):
+                if lease_owner is not None:
+                    _require_lease(db, session_id, lease_owner)
                 _bump(db, session_id, turn.id, turn.id, expected_version)
                 _require_turn(db, session_id, turn.parent)
                 _insert_turn(db, session_id, row)
@@ -802,6 +810,15 @@ def _bump(
     raise SessionBusy(
         f"session {session_id} changed (version {found[0]}, expected {expected_version})"
     )
+
+
+def _require_lease(db: sqlite3.Connection, session_id: str, owner: str) -> None:
+    """SessionBusy unless `owner` holds the session's unexpired lease (under the write lock)."""
+    row = db.execute(
+        "SELECT lease_owner, lease_until FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    if row is not None and (row[0] != owner or (row[1] or 0) <= time.time()):
+        raise lease_lost(session_id)
 
 
 def _require_turn(db: sqlite3.Connection, session_id: str, *turn_ids: str | None) -> None:

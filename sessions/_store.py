@@ -168,9 +168,18 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def commit_turn(
-        self, session_id: str, turn: TurnRecord, *, expected_version: int
+        self,
+        session_id: str,
+        turn: TurnRecord,
+        *,
+        expected_version: int,
+        lease_owner: str | None = None,
     ) -> SessionRecord:
-        """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash."""
+        """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash.
+
+        With `lease_owner`, only while that owner holds the session's unexpired lease, checked
+        in the same transaction (fencing): a writer that lost its lease (paused past its TTL,
+        taken over) can never commit, whatever the version says."""
 
     @abc.abstractmethod
     async def move_head(
@@ -257,6 +266,14 @@ class SessionStore(abc.ABC):
         await self.aclose()
 
 
+def lease_lost(session_id: str) -> SessionBusy:
+    """The error of a commit whose writer no longer holds the session's lease."""
+    return SessionBusy(
+        f"session {session_id}: this writer's lease ran out or was taken over; the turn was "
+        "not committed"
+    )
+
+
 def _require_turns(state: SessionState, *turn_ids: str | None) -> None:
     # A dangling head or parent would make the session unloadable: refused, as every store does.
     for turn_id in turn_ids:
@@ -305,11 +322,21 @@ class MemoryStore(SessionStore):
         return SessionState(state.record, state.turns)
 
     async def commit_turn(
-        self, session_id: str, turn: TurnRecord, *, expected_version: int
+        self,
+        session_id: str,
+        turn: TurnRecord,
+        *,
+        expected_version: int,
+        lease_owner: str | None = None,
     ) -> SessionRecord:
-        """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash."""
+        """Add `turn` and move head and tip to it, atomically; SessionBusy on a version clash
+        (or, with `lease_owner`, when that owner does not hold the lease)."""
         state = self._get(session_id)
         self._check(state, expected_version)
+        if lease_owner is not None:
+            held = self._leases.get(session_id)
+            if held is None or held.owner != lease_owner or held.until <= time.time():
+                raise lease_lost(session_id)
         _require_turns(state, turn.parent)
         turns = dict(state.turns)
         turns[turn.id] = intern_turn(turn, self.blobs)

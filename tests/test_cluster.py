@@ -20,8 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from engine import Engine, EngineConfig, SessionBusy
 from engine.cluster import Cluster, ClusterBus
 from engine.events import TurnStarted
+from sessions import PostgresStore
 from tests.conftest import ENV_VARS, EmulatorFactory, pg_database
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_leaked_tasks")]
@@ -281,3 +283,84 @@ async def test_a_node_killed_mid_turn_leaves_nothing_partial(nodes: Any) -> None
             tree = await resp.json()
         assert [t["prompt"] for t in tree["turns"]] == ["again"]
         assert len(tree["branches"]) == 1
+
+
+async def test_a_node_whose_heartbeat_stopped_is_gone(prefix: str) -> None:
+    async with Cluster(REDIS, prefix=prefix) as alive, Cluster(REDIS, prefix=prefix) as other:
+        await other.register("host:1:other", every=0.05)
+        await alive.register("host:2:alive", every=0.05)
+        assert not await alive.node_gone("host:1:other")
+        assert await alive.node_gone("host:3:never-registered")
+        await other.aclose()  # its heartbeat stops: gone within three beats
+        await asyncio.sleep(0.3)
+        assert await alive.node_gone("host:1:other")
+        assert not await other_view(prefix, "host:2:alive")
+
+
+async def other_view(prefix: str, owner: str) -> bool:
+    async with Cluster(REDIS, prefix=prefix) as cluster:
+        return await cluster.node_gone(owner)
+
+
+@pytest.mark.postgres
+async def test_a_lease_of_a_node_gone_elsewhere_is_taken_over_at_once(
+    prefix: str, make_emulator: EmulatorFactory
+) -> None:
+    """A lease held by an owner on another host (no pid to check) whose heartbeat lapsed is
+    taken over without waiting its 30 s; and the old holder could no longer commit."""
+    emu = await make_emulator()
+    async with pg_database() as dsn, PostgresStore(dsn) as store:
+        cfg = EngineConfig(
+            provider="custom", base_url=emu.base_url, redis_url=REDIS, redis_prefix=prefix
+        )
+        async with Engine(cfg, store=store) as engine:
+            session = await engine.create_session()
+            foreign = "other-host:4242:abcdef"  # never registered: its node is gone
+            assert await store.acquire_lease(session.id, foreign, 30)
+            turn = await session.send("a mug")  # on_busy="raise": no waiting happened
+            assert turn.index == 1
+            with pytest.raises(SessionBusy, match="lease"):
+                await store.commit_turn(
+                    session.id,
+                    turn.record.__class__(
+                        id="late",
+                        parent=None,
+                        index=1,
+                        user=turn.record.user,
+                        model=turn.record.model,
+                        model_id="m",
+                    ),
+                    expected_version=2,
+                    lease_owner=foreign,
+                )
+
+
+async def test_spend_is_reserved_and_settled_across_nodes(prefix: str) -> None:
+    async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
+        first = await a.reserve(["session:s", "tenant:t"], 0.07, ttl=30)
+        await b.reserve(["session:s2", "tenant:t"], 0.05, ttl=30)
+        assert await b.reserved("tenant:t") == pytest.approx(0.12)
+        assert await b.reserved("session:s") == pytest.approx(0.07)
+        await a.release(first, ["session:s", "tenant:t"])
+        assert await b.reserved("tenant:t") == pytest.approx(0.05)
+        # A reservation of a node that died lapses after its ttl.
+        await a.reserve(["tenant:t"], 1.0, ttl=0.1)
+        await asyncio.sleep(0.2)
+        assert await b.reserved("tenant:t") == pytest.approx(0.05)
+        assert await a.spent("tenant:t", start=0.5) == pytest.approx(0.5)
+        await b.add_spent("tenant:t", 0.25)
+        assert await a.spent("tenant:t", start=99) == pytest.approx(0.75)
+
+
+async def test_rate_and_shared_allowance(prefix: str) -> None:
+    async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
+        # 60 per minute: one a second, burst 1; the second node waits for the first's token.
+        assert await a.take_token("m", 60) == 0
+        assert 0 < await b.take_token("m", 60) <= 1.0
+        assert await b.allowance("m", 8) == 8
+        assert await a.halve("m", 8) == 4  # a 429 on node a...
+        assert await b.allowance("m", 8) == 4  # ...holds node b back too
+        assert await b.halve("m", 8) == 2
+        assert await a.halve("m", 8, hold=0.1) == 1
+        await asyncio.sleep(0.2)
+        assert await a.allowance("m", 8) == 8  # back to the cap once it is quiet

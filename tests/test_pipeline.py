@@ -163,11 +163,18 @@ class SlowCommitStore(MemoryStore):
         self.release = asyncio.Event()
 
     async def commit_turn(
-        self, session_id: str, turn: TurnRecord, *, expected_version: int
+        self,
+        session_id: str,
+        turn: TurnRecord,
+        *,
+        expected_version: int,
+        lease_owner: str | None = None,
     ) -> SessionRecord:
         self.entered.set()
         await self.release.wait()
-        return await super().commit_turn(session_id, turn, expected_version=expected_version)
+        return await super().commit_turn(
+            session_id, turn, expected_version=expected_version, lease_owner=lease_owner
+        )
 
 
 @pytest.mark.parametrize("cancel", ["task", "wait_for"])

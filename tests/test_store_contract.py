@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,50 @@ async def test_postgres_opens_one_pool_for_many_first_callers(pg_dsn: str) -> No
         finally:
             await db.close()
         assert count <= 4 + 1  # the pool's connections and this one
+
+
+async def test_commits_are_fenced_by_the_lease(store: SessionStore) -> None:
+    """With `lease_owner`, a commit lands only while that owner holds the unexpired lease."""
+    sid, turns = await seed(store, 1)
+    assert await store.acquire_lease(sid, "node-a", 30)
+    landed = await store.commit_turn(
+        sid, make_turn(turns[0], "a's turn"), expected_version=2, lease_owner="node-a"
+    )
+    assert landed.version == 3
+    # Another node takes the lease over (a paused node's lease, say): a can no longer commit,
+    # although the version it read is still current.
+    assert await store.acquire_lease(sid, "node-b", 30, take_from="node-a")
+    late = make_turn(turns[0], "a, after losing the lease")
+    with pytest.raises(SessionBusy, match="lease"):
+        await store.commit_turn(sid, late, expected_version=3, lease_owner="node-a")
+    # An expired lease fences too, even when nobody took it.
+    assert await store.acquire_lease(sid, "node-b", 0.05)
+    await asyncio.sleep(0.1)
+    with pytest.raises(SessionBusy, match="lease"):
+        await store.commit_turn(sid, late, expected_version=3, lease_owner="node-b")
+    state = await store.load(sid)
+    assert state.record.version == 3 and len(state.turns) == 2
+
+
+async def test_a_turn_whose_lease_was_taken_mid_turn_does_not_commit(
+    store: SessionStore, make_emulator: Any
+) -> None:
+    """The engine fences its commit with its lease: another writer that took the lease while
+    the model was answering (this engine looked dead: paused, partitioned) wins, and this turn
+    fails with SessionBusy, nothing committed."""
+    from engine import Engine
+    from tests.conftest import config_for
+
+    emu = await make_emulator(latency=0.5)
+    async with Engine(config_for(emu.base_url), store=store) as engine:
+        session = await engine.create_session()
+        turn = asyncio.ensure_future(session.send("a mug"))
+        for _ in range(200):
+            holder = await store.lease_holder(session.id)
+            if holder is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.acquire_lease(session.id, "thief", 30, take_from=engine.lease_owner)
+        with pytest.raises(SessionBusy, match="lease"):
+            await turn
+        assert (await store.load(session.id)).turns == {}

@@ -272,6 +272,11 @@ class Gateway:
                 )
         if options.tenant_max_cost_usd > 0:
             spent = (await self.index(tenant)).spent_usd
+            cluster = self.engine.cluster
+            if cluster is not None:
+                # Every node's settled money and what its calls in flight set aside.
+                scope = f"tenant:{tenant}"
+                spent = await cluster.spent(scope, start=spent) + await cluster.reserved(scope)
             if spent >= options.tenant_max_cost_usd:
                 raise HttpError(
                     402,
