@@ -27,7 +27,17 @@ from engine._merge import ImageDelta, TextDelta
 from engine._transport import RequestBody
 from engine.emulator import Emulator, EmulatorSettings
 from engine.providers import GenerateRequest, OnDelta, Provider, ProviderResult
-from sessions import Blob, Content, Part, Usage, wire_contents
+from sessions import (
+    Blob,
+    Content,
+    MemoryStore,
+    Part,
+    PostgresStore,
+    SessionStore,
+    SqliteStore,
+    Usage,
+    wire_contents,
+)
 
 ENV_VARS = (
     "NANOEDIT_API_KEY",
@@ -81,6 +91,22 @@ async def pg_database() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+STORE_KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+"""The store implementations, for `@pytest.fixture(params=STORE_KINDS)`."""
+
+
+@contextlib.asynccontextmanager
+async def open_store_kind(kind: str, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    """A fresh store of one implementation (PostgreSQL: a database of its own), closed after."""
+    if kind == "postgres":
+        async with pg_database() as dsn, PostgresStore(dsn) as pg:
+            yield pg
+        return
+    store: SessionStore = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    async with store:
+        yield store
 
 
 @pytest.fixture

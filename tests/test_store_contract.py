@@ -17,7 +17,6 @@ from sessions import (
     Blob,
     Content,
     FileRef,
-    MemoryStore,
     Part,
     PostgresStore,
     SessionBusy,
@@ -25,7 +24,6 @@ from sessions import (
     SessionRecord,
     SessionSettings,
     SessionStore,
-    SqliteStore,
     StoreError,
     TurnNotFound,
     TurnRecord,
@@ -33,20 +31,13 @@ from sessions import (
     fork,
     new_id,
 )
-from tests.conftest import pg_database
-
-KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+from tests.conftest import STORE_KINDS, open_store_kind
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
     """Each store implementation on a fresh database, closed afterwards."""
-    if request.param == "postgres":
-        async with pg_database() as dsn, PostgresStore(dsn) as pg:
-            yield pg
-        return
-    s: SessionStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    async with s:
+    async with open_store_kind(request.param, tmp_path) as s:
         yield s
 
 

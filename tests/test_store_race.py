@@ -14,7 +14,6 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sessions import (
     Content,
-    MemoryStore,
     Part,
     PostgresStore,
     SessionBusy,
@@ -25,7 +24,7 @@ from sessions import (
     new_id,
     undo,
 )
-from tests.conftest import pg_database
+from tests.conftest import STORE_KINDS, open_store_kind, pg_database
 
 CHILD = Path(__file__).parent / "_proc" / "store_child.py"
 
@@ -50,15 +49,10 @@ async def seed(store: SessionStore) -> tuple[str, TurnRecord]:
     return sid, first
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
-    """Each store implementation, closed afterwards."""
-    if request.param == "postgres":
-        async with pg_database() as dsn, PostgresStore(dsn) as pg:
-            yield pg
-        return
-    s: SessionStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    async with s:
+    """Each store implementation on a fresh database, closed afterwards."""
+    async with open_store_kind(request.param, tmp_path) as s:
         yield s
 
 
