@@ -357,21 +357,24 @@ class Gateway:
         for fanout in fanouts:
             fanout.close()
 
-    def adopt(self, tenant: str, turns: Iterable[TurnRecord], *, sign: int = 1) -> None:
-        """Count the images of `turns` in (sign -1: out of) the tenant's index, if it is built."""
+    def adopt(self, tenant: str, turns: Iterable[TurnRecord]) -> None:
+        """Count the images of `turns` in the tenant's index, if it is built."""
         index = self._indexes.get(tenant)
-        if index is None:
-            return
-        for turn in turns:
-            for digest in self._digests(turn):
-                index.images[digest] += sign
+        if index is not None:
+            for turn in turns:
+                index.images.update(self._digests(turn))
+
+    def forget(self, session_id: str, tenant: str, digests: Iterable[str]) -> None:
+        """Drop what is kept about a deleted session (its money stays spent): its handle, and
+        its images (by digest) from the tenant's index."""
+        self._handles.pop(session_id, None)
+        index = self._indexes.get(tenant)
+        if index is not None:
+            gone = list(digests)
+            index.images.subtract(gone)
+            for digest in set(gone):
                 if index.images[digest] <= 0:
                     del index.images[digest]
-
-    def forget(self, session_id: str, tenant: str, turns: Iterable[TurnRecord]) -> None:
-        """Drop what is kept about a deleted session (its money stays spent)."""
-        self._handles.pop(session_id, None)
-        self.adopt(tenant, turns, sign=-1)
 
     # --- output shapes -----------------------------------------------------------------------
 
@@ -571,8 +574,11 @@ async def delete_session(request: web.Request) -> web.Response:
     if gateway.in_flight(session.id) is not None:
         raise HttpError(409, "SessionBusy", "a turn is running: cancel it first", retry_after=1.0)
     state = await gateway.engine.store.load(session.id)
+    # Its images' digests are read while the store still holds them (after the delete, the
+    # blobs nobody else uses are gone and each digest would cost a sha256 of the image).
+    digests = [d for t in state.turns.values() for d in gateway._digests(t)]
     await delete_stored(gateway.engine.store, session.id)
-    gateway.forget(session.id, tenant, state.turns.values())
+    gateway.forget(session.id, tenant, digests)
     await session.aclose()  # the engine forgets its event window and cost totals
     return web.Response(status=204)
 
