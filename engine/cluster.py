@@ -122,6 +122,7 @@ class Cluster:
         self._redis: Redis | None = None
         self._readers: Redis | None = None
         self._beats: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._append: Any = None
         self._take: Any = None
         self._reserve: Any = None
@@ -168,10 +169,15 @@ class Cluster:
 
     async def aclose(self) -> None:
         """Stop heartbeats, disconnect."""
-        for beat in self._beats:
+        self._stopping = True
+        beats, self._beats = self._beats, []
+        for beat in beats:
             beat.cancel()
-        await asyncio.gather(*self._beats, return_exceptions=True)
-        self._beats.clear()
+        if beats:
+            _, stuck = await asyncio.wait(beats, timeout=5)
+            for beat in stuck:  # a second cancellation lands where the first was absorbed
+                beat.cancel()
+            await asyncio.gather(*beats, return_exceptions=True)
         for redis in (self._redis, self._readers):
             if redis is not None:
                 await redis.aclose()
@@ -298,7 +304,9 @@ class Cluster:
         self._beats.append(asyncio.ensure_future(self._beat(key, every)))
 
     async def _beat(self, key: str, every: float) -> None:
-        while True:
+        # The flag as well as the cancellation: a cancellation that arrives inside a Redis
+        # command can be absorbed by the client, and a beat must never outlive its cluster.
+        while not self._stopping:
             await asyncio.sleep(every)
             try:
                 await self.redis.set(key, b"1", px=int(every * 3000))
