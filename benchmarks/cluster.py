@@ -44,7 +44,7 @@ from _common import (
 
 from engine import Engine, EngineConfig
 from engine.cli._common import configure_logging, run_loop
-from engine.cli._procs import stop_process
+from engine.cli._procs import serve_process, stop_process
 from sessions import PostgresStore, SessionStore, SqliteStore
 
 ADMIN = os.environ.get("NANOEDIT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -193,40 +193,9 @@ async def _drop_prefix(prefix: str) -> None:
 def _start_nodes(
     count: int, dsn: str, prefix: str, emu_url: str, cap: int
 ) -> list[tuple[subprocess.Popen[str], str]]:
-    nodes = []
-    for _ in range(count):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "engine",
-                "serve",
-                "--port",
-                "0",
-                "--store",
-                dsn,
-                "--redis",
-                REDIS,
-                "--redis-prefix",
-                prefix,
-                "--base-url",
-                emu_url,
-                "--max-in-flight",
-                str(cap),
-                "--history-images",
-                "inline",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            stop_process(proc)
-            raise RuntimeError(f"serve did not start: {line!r}")
-        nodes.append((proc, line.rsplit(" ", 1)[1].strip()))
-    return nodes
+    options = ["--store", dsn, "--redis", REDIS, "--redis-prefix", prefix, "--base-url", emu_url]
+    options += ["--max-in-flight", str(cap), "--history-images", "inline"]
+    return [serve_process(options) for _ in range(count)]
 
 
 async def _drive(bases: list[str], sessions: int, turns: int) -> dict[str, Any]:

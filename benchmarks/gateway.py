@@ -41,7 +41,7 @@ from _common import (
 
 from engine import Engine, EngineConfig
 from engine.cli._common import configure_logging, run_loop
-from engine.cli._procs import stop_process
+from engine.cli._procs import serve_process, stop_process
 
 _TS = re.compile(rb'"ts":([0-9.]+)')
 _SEQ = re.compile(rb"^id: (\d+)", re.MULTILINE)
@@ -64,30 +64,8 @@ async def _direct(base_url: str, sessions: int, turns: int, concurrency: int) ->
 
 
 def _start_serve(base_url: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "engine",
-        "serve",
-        "--port",
-        "0",
-        "--store",
-        "memory",
-        "--base-url",
-        base_url,
-        "--history-images",
-        "inline",
-        "--max-in-flight",
-        "256",
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        stop_process(proc)
-        raise RuntimeError(f"nanoedit serve did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[1].strip()
+    options = ["--store", "memory", "--base-url", base_url, "--history-images", "inline"]
+    return serve_process([*options, "--max-in-flight", "256", *extra])
 
 
 async def _through(base: str, sessions: int, turns: int, concurrency: int) -> float:

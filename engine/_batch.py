@@ -233,14 +233,10 @@ class Batches:
         return op
 
     async def _record_state(self, name: str, state: str) -> None:
-        store = self._engine.store
-        try:
-            record = await store.load_batch(name)
-        except NanoeditError:
-            return  # submitted elsewhere, to another store: nothing to update
-        if record.state != state:
+        record = await self._record(name)  # None: submitted elsewhere, nothing to update
+        if record is not None and record.state != state:
             record.state, record.updated_at = state, time.time()
-            await store.save_batch(record)
+            await self._engine.store.save_batch(record)
 
     async def wait(
         self,
@@ -307,6 +303,7 @@ class Batches:
         return results
 
     async def _record(self, name: str) -> BatchRecord | None:
+        """The job's record in this engine's store, or None."""
         try:
             return await self._engine.store.load_batch(name)
         except NanoeditError:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import aiohttp
 import pytest
 
 from engine import Engine, EngineConfig, SessionBusy
+from engine.cli._procs import serve_process
 from engine.cluster import Cluster, ClusterBus
 from engine.events import TurnStarted
 from sessions import PostgresStore
@@ -125,36 +125,8 @@ class Node:
 def _start_node(tmp_path: Path, dsn: str, prefix: str, emulator: str, *args: str) -> Node:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env["NANOEDIT_HOME"] = str(tmp_path / "home")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "serve",
-            "--port",
-            "0",
-            "--store",
-            dsn,
-            "--redis",
-            REDIS,
-            "--redis-prefix",
-            prefix,
-            "--base-url",
-            emulator,
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"serve did not start: {line!r} {err[-2000:]}")
-    return Node(proc, line.rsplit(" ", 1)[1].strip())
+    options = ["--store", dsn, "--redis", REDIS, "--redis-prefix", prefix, "--base-url", emulator]
+    return Node(*serve_process([*options, *args], env=env))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine._exceptions import ConfigError
 
-__all__ = ["emulator_cpu", "emulator_process", "stop_process"]
+__all__ = ["emulator_cpu", "emulator_process", "serve_process", "stop_process"]
 
 _START_TIMEOUT = 60.0
 
@@ -36,9 +36,24 @@ def emulator_process(options: Sequence[str]) -> Iterator[str]:
         cmd = [sys.executable, "-m", "engine", "emulator", "--port", "0", *options]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
         try:
-            yield _base_url(proc, log)
+            yield _base_url(proc, log, "emulator")
         finally:
             stop_process(proc)
+
+
+def serve_process(
+    options: Sequence[str], *, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `python -m engine serve --port 0 OPTIONS...`; the process and its base URL (stop
+    it with `stop_process`). Its log lines are shown (the last ones) if it fails to start."""
+    with tempfile.TemporaryFile("w+") as log:
+        cmd = [sys.executable, "-m", "engine", "serve", "--port", "0", *options]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        try:
+            return proc, _base_url(proc, log, "serve")
+        except BaseException:
+            stop_process(proc)
+            raise
 
 
 def stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
@@ -54,20 +69,23 @@ def stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
         proc.stdout.close()
 
 
-def _base_url(proc: subprocess.Popen[str], log: Any) -> str:
+def _base_url(proc: subprocess.Popen[str], log: Any, what: str) -> str:
+    # The first line with a URL: the emulator prints it alone, serve as
+    # "nanoedit serve: listening on http://HOST:PORT".
     assert proc.stdout is not None
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 0.1)
         if ready:
             line = proc.stdout.readline().strip()
-            if line.startswith("http://"):
-                return line
+            at = line.find("http://")
+            if at >= 0:
+                return line[at:]
         if proc.poll() is not None:
             break
     log.seek(0)
     tail = " | ".join(log.read().strip().splitlines()[-3:])
-    raise ConfigError(f"the emulator process did not start: {tail or 'no output'}")
+    raise ConfigError(f"the {what} process did not start: {tail or 'no output'}")
 
 
 def emulator_cpu(base_url: str) -> float | None:

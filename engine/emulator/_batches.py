@@ -21,7 +21,7 @@ from aiohttp import web
 from engine.catalog import ModelSpec
 from engine.emulator._gemini import _spec, admit, answer_request
 from engine.emulator._generate import ApiFailure, invalid
-from engine.emulator._http import JSON_TYPE, STATE, ServerState, check_gemini_key, json_body
+from engine.emulator._http import STATE, ServerState, check_gemini_key, json_body, json_response
 from engine.emulator._vault import BatchJob, rfc3339
 
 __all__ = ["cancel_batches", "handle_batch", "handle_batch_create", "handle_list_batches"]
@@ -100,10 +100,6 @@ def _operation(job: BatchJob) -> dict[str, Any]:
     return out
 
 
-def _json(value: Any) -> web.Response:
-    return web.Response(body=json_body(value), headers={"Content-Type": JSON_TYPE})
-
-
 async def handle_batch_create(request: web.Request, state: ServerState, model: str) -> web.Response:
     """POST /v1beta/models/{model}:batchGenerateContent."""
     body = await admit(request, state, "batchGenerateContent", model)
@@ -142,7 +138,7 @@ async def handle_batch_create(request: web.Request, state: ServerState, model: s
         job.state, job.error, job.updated = "BATCH_STATE_FAILED", error, job.created
     else:
         job.task = asyncio.create_task(_run(state, job, spec, request))
-    return _json(_operation(job))
+    return json_response(_operation(job))
 
 
 async def _run(state: ServerState, job: BatchJob, spec: ModelSpec, request: web.Request) -> None:
@@ -207,18 +203,18 @@ async def handle_batch(request: web.Request) -> web.Response:
     name, _, method = request.match_info["name"].partition(":")
     job = _job(request, state, name)
     if request.method == "GET" and not method:
-        return _json(_operation(job))
+        return json_response(_operation(job))
     if request.method == "POST" and method == "cancel":
         if not job.done:
             if job.task is not None:
                 job.task.cancel()
             _end(job, "BATCH_STATE_CANCELLED")
-        return _json({})
+        return json_response({})
     if request.method == "DELETE" and not method:
         if job.task is not None and not job.done:
             job.task.cancel()
         del state.batches[name]
-        return _json({})
+        return json_response({})
     raise ApiFailure(404, f"Method not found: {method or request.method}.")
 
 
@@ -227,7 +223,7 @@ async def handle_list_batches(request: web.Request) -> web.Response:
     state = request.app[STATE]
     check_gemini_key(request, state.settings.api_key)
     jobs = sorted(state.batches.values(), key=lambda j: j.created, reverse=True)
-    return _json({"operations": [_operation(j) for j in jobs]})
+    return json_response({"operations": [_operation(j) for j in jobs]})
 
 
 async def cancel_batches(app: web.Application) -> None:

@@ -14,11 +14,10 @@ from aiohttp import web
 
 from engine.emulator._generate import ApiFailure, invalid
 from engine.emulator._http import (
-    JSON_TYPE,
     STATE,
     ServerState,
     check_gemini_key,
-    json_body,
+    json_response,
     read_body,
 )
 from engine.emulator._vault import Upload
@@ -39,12 +38,6 @@ _any = msgspec.json.Decoder()
 
 def _origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
-
-
-def _json(value: Any, *, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json_body(value), headers={"Content-Type": JSON_TYPE, **(headers or {})}
-    )
 
 
 async def handle_upload(request: web.Request) -> web.Response:
@@ -84,7 +77,7 @@ async def handle_upload(request: web.Request) -> web.Response:
     stored = state.files.add(
         upload.mime_type, bytes(upload.received), upload.display_name, _origin(request)
     )
-    return _json({"file": stored.resource()}, headers={"X-Goog-Upload-Status": "final"})
+    return json_response({"file": stored.resource()}, headers={"X-Goog-Upload-Status": "final"})
 
 
 async def _start(request: web.Request, state: ServerState, command: set[str]) -> web.Response:
@@ -121,7 +114,7 @@ async def handle_get_file(request: web.Request) -> web.Response:
     """GET /v1beta/files/{id}."""
     state = request.app[STATE]
     check_gemini_key(request, state.settings.api_key)
-    return _json(state.files.get(_file_id(request)).resource())
+    return json_response(state.files.get(_file_id(request)).resource())
 
 
 async def handle_list_files(request: web.Request) -> web.Response:
@@ -131,7 +124,7 @@ async def handle_list_files(request: web.Request) -> web.Response:
     now = time.time()
     live = [f for f in state.files.files.values() if f.expires > now]
     live.sort(key=lambda f: f.created, reverse=True)
-    return _json({"files": [f.resource() for f in live]} if live else {})
+    return json_response({"files": [f.resource() for f in live]} if live else {})
 
 
 async def handle_delete_file(request: web.Request) -> web.Response:
@@ -140,7 +133,7 @@ async def handle_delete_file(request: web.Request) -> web.Response:
     check_gemini_key(request, state.settings.api_key)
     state.files.get(_file_id(request))
     del state.files.files[_file_id(request)]
-    return _json({})
+    return json_response({})
 
 
 async def handle_download(request: web.Request) -> web.Response:

@@ -45,6 +45,7 @@ __all__ = [
     "ServerState",
     "failure_for",
     "gemini_error",
+    "json_response",
     "openai_error",
     "send_plain",
     "send_stream",
@@ -478,6 +479,13 @@ async def send_stream(
         # Close now rather than at garbage collection when a cut ends the stream early.
         await events.aclose()
     return response
+
+
+def json_response(value: Any, *, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A 200 JSON answer."""
+    return web.Response(
+        body=json_body(value), headers={"Content-Type": JSON_TYPE, **(headers or {})}
+    )
 
 
 def json_body(value: Any) -> bytes:
