@@ -171,18 +171,93 @@ response_decoder = msgspec.json.Decoder(GenerateContentResponse)
 _typed_decoder = msgspec.json.Decoder(_TypedResponse)
 
 
+_PAYLOAD_KEY = b'"data":"'
+_SPLICE_MIN = 16 * 1024
+"""A JSON string this long under a "data" key is cut out before parsing (see `_splice`)."""
+
+
 def decode_response(data: bytes | str) -> GenerateContentResponse:
     """Decode a response or stream chunk; parts come out as `StrictPart` or raw JSON.
 
     Server-shaped parts (camelCase, standard base64, modelled fields) are decoded in the same
-    pass as the envelope: one scan over an image's megabytes instead of two. Anything else
-    (snake_case, unknown fields) fails the strict shape and is decoded with raw parts, which
-    `sessions.part_from_wire` turns into Parts either way.
+    pass as the envelope. Image payloads are not scanned by the JSON parser at all: long
+    ``"data"`` strings are cut out first and put back as `msgspec.Raw` views of the input, which
+    the SIMD base64 decoder reads (scanning 12 MB of base64 cost msgspec 3.1 ms, more than
+    decoding it). Anything else (snake_case, unknown fields) fails the strict shape and is
+    decoded with raw parts, which `sessions.part_from_wire` turns into Parts either way.
     """
+    if type(data) is bytes and len(data) > _SPLICE_MIN:
+        spliced = _splice(data)
+        if spliced is not None:
+            response = _restore(*spliced)
+            if response is not None:
+                return response
     try:
         return _typed_decoder.decode(data)
     except msgspec.ValidationError:
         return response_decoder.decode(data)
+
+
+def _splice(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
+    """``data`` with each long plain ``"data":"..."`` string replaced by a short placeholder.
+
+    Returns the shortened document and the cut strings (quotes included) by placeholder, or
+    None when there is nothing to cut. A string ends at its first quote: base64 has none, and
+    escapes such as ``\\/`` are left in the cut string for `sessions` to decode. Data with an
+    escaped quote is not base64; cut there, it leaves a malformed document or a string that
+    fails base64 decoding, an error either way. Where the key pattern sits in an unusual place
+    (a key ending in an escaped quote, say), `_restore` notices and the whole document is
+    parsed.
+    """
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    cut: dict[bytes, memoryview] = {}
+    copied = searched = 0
+    find = data.find
+    while (key := find(_PAYLOAD_KEY, searched)) >= 0:
+        start = key + len(_PAYLOAD_KEY)
+        end = find(b'"', start)
+        if end < 0:
+            break
+        searched = end + 1
+        if end - start >= _SPLICE_MIN:
+            # A NUL escape then the index: never a base64 string nor one the splice made.
+            placeholder = b'"\\u0000%d"' % len(cut)
+            pieces.append(view[copied : start - 1])
+            pieces.append(placeholder)
+            cut[placeholder] = view[start - 1 : end + 1]
+            copied = end + 1
+    if not cut:
+        return None
+    pieces.append(view[copied:])
+    return b"".join(pieces), cut
+
+
+def _restore(doc: bytes, cut: dict[bytes, memoryview]) -> GenerateContentResponse | None:
+    """Parse a spliced document and put each cut string back where its placeholder is.
+
+    None (parse the original instead) unless every placeholder sits in an image part's data
+    exactly once: anything else means the pattern matched something other than a payload.
+    """
+    try:
+        response = _typed_decoder.decode(doc)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    left = dict(cut)
+    for candidate in response.candidates:
+        if candidate.content is None:
+            continue
+        for part in candidate.content.parts:
+            blob = part.inline_data
+            if blob is None:
+                continue
+            raw = bytes(blob.data)
+            if raw in cut:
+                payload = left.pop(raw, None)
+                if payload is None:
+                    return None
+                blob.data = msgspec.Raw(payload)
+    return None if left else response
 
 
 request_decoder = msgspec.json.Decoder(IncomingRequest)

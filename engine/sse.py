@@ -8,6 +8,8 @@ many megabytes split over many small network reads.
 
 from __future__ import annotations
 
+from typing import Any, Generic, TypeVar
+
 import msgspec
 
 from engine._exceptions import EventTooLarge, SSEError
@@ -15,6 +17,8 @@ from engine._exceptions import EventTooLarge, SSEError
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "EventTooLarge",
+    "RawSSEDecoder",
+    "RawServerSentEvent",
     "SSEDecoder",
     "SSEError",
     "ServerSentEvent",
@@ -43,7 +47,26 @@ class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     last_event_id: str = ""
 
 
-class SSEDecoder:
+class RawServerSentEvent(msgspec.Struct, frozen=True, gc=False):
+    """One dispatched event whose data is left as bytes, for consumers that parse it as JSON.
+
+    A data line that arrived over several network reads is the stream's bytes, not decoded:
+    a multi-megabyte image line skips a UTF-8 decode and its copy (0.9 ms for 12 MB), and JSON
+    decoders validate UTF-8 themselves. Lines that arrived whole are the UTF-8 encoding of
+    their decoded text, so an invalid sequence there reads as U+FFFD, as in `ServerSentEvent`.
+    """
+
+    event: str = "message"
+    data: bytes = b""
+    id: str | None = None
+    retry: int | None = None
+    last_event_id: str = ""
+
+
+_E = TypeVar("_E", ServerSentEvent, RawServerSentEvent)
+
+
+class _EventStreamDecoder(Generic[_E]):
     """Incremental WHATWG event-stream parser: feed bytes, receive completed events.
 
     Line ends are located with ``bytes.rfind``/``find`` on newly arrived bytes only, an
@@ -82,7 +105,7 @@ class SSEDecoder:
         self.retry: int | None = None
         self._pending: list[bytes] = []
         self._pending_len = 0
-        self._data: list[str] = []
+        self._data: list[Any] = []
         self._data_len = 0
         self._event = ""
         self._id: str | None = None
@@ -92,13 +115,21 @@ class SSEDecoder:
         self._after_cr = False
         self._failed = False
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[_E]:
         """Decode the next chunk of the stream and return the events it completed.
 
         Raises EventTooLarge when the event being built outgrows ``max_event_bytes``
         (events completed earlier in the same call are lost with it); after that the
         decoder raises SSEError until close() starts a new stream.
         """
+        if self._pending and type(data) is bytes and data.find(b"\n") < 0 and data.find(b"\r") < 0:
+            # The common case of a long line: one more piece of it (an image line arrives in
+            # about 190 of them). A non-empty carry means no BOM or CR state is pending.
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len + self._data_len > self.max_event_bytes:
+                self._overflow(self._pending_len + self._data_len)
+            return []
         if self._failed:
             raise SSEError("SSE decoder failed on an oversized event; call close() to reuse it")
         if not data:
@@ -129,8 +160,14 @@ class SSEDecoder:
                     return []
 
         size = len(data)
-        nl = data.rfind(b"\n")
-        cr = data.rfind(b"\r")
+        # A piece of a long line has no line end; forward search (memchr) tells that sooner
+        # than the reverse one (0.23 against 0.38 ms over a 12 MB image line's pieces).
+        nl = data.find(b"\n")
+        if nl >= 0:
+            nl = data.rfind(b"\n", nl)
+        cr = data.find(b"\r")
+        if cr >= 0:
+            cr = data.rfind(b"\r", cr)
         end = nl if nl > cr else cr
         if end < 0:
             self._pending.append(data)
@@ -141,7 +178,7 @@ class SSEDecoder:
         if cr == size - 1:
             self._after_cr = True
 
-        events: list[ServerSentEvent] = []
+        events: list[_E] = []
         start = 0
         if self._pending:
             # Locate the end of the carried-over line (CR, LF or CRLF) to complete it alone.
@@ -176,7 +213,7 @@ class SSEDecoder:
                 self._overflow(self._pending_len + self._data_len)
         return events
 
-    def close(self) -> list[ServerSentEvent]:
+    def close(self) -> list[_E]:
         """Signal end of stream; per spec an unterminated line or block is discarded.
 
         Returns the events completed at end of stream, which is always an empty list
@@ -208,6 +245,20 @@ class SSEDecoder:
         self._failed = True
         raise EventTooLarge(self.max_event_bytes, size)
 
+    def _value(self, line: bytes) -> Any:
+        """A data value completed from carried-over chunks, as this decoder's events hold it."""
+        raise NotImplementedError
+
+    def _make(
+        self, event_type: str, data: Any, block_id: str | None, retry: int | None, last_id: str
+    ) -> _E:
+        """An event of this decoder's type; ``data`` is a `str` or a `_value` result."""
+        raise NotImplementedError
+
+    def _join(self, pieces: list[Any]) -> Any:
+        """The data of an event from its data lines (one line is returned as it is)."""
+        raise NotImplementedError
+
     def _finish_pending(self, data: bytes, first: int) -> list[str] | None:
         """Complete the carried-over line with ``data[:first]``; return it unless it was data."""
         chunks = self._pending
@@ -221,15 +272,13 @@ class SSEDecoder:
             # Strip the field name on the small head chunk so the multi-megabyte value is
             # produced by the single join+decode, with no further copy.
             chunks[0] = head[6:] if head.startswith(b" ", 5) else head[5:]
-            value = b"".join(chunks).decode("utf-8", "replace")
+            value = self._value(b"".join(chunks))
             self._data.append(value)
             self._data_len += len(value) + 1
             return None
         return [b"".join(chunks).decode("utf-8", "replace")]
 
-    def _process_text(
-        self, text: str, sep: str, has_cr: bool, events: list[ServerSentEvent]
-    ) -> None:
+    def _process_text(self, text: str, sep: str, has_cr: bool, events: list[_E]) -> None:
         """Apply the field rules to ``text`` (complete lines), appending dispatched events.
 
         ``sep`` is a line end followed by an empty line. Splitting on it first lets the
@@ -265,7 +314,7 @@ class SSEDecoder:
             value = block[6:] if block.startswith(" ", 5) else block[5:]
             if len(value) >= limit:
                 self._overflow(len(value) + 1)
-            events.append(ServerSentEvent("message", value, None, None, last_id))
+            events.append(self._make("message", value, None, None, last_id))
         if tail:
             if has_cr:
                 tail = tail.replace("\r\n", "\n").replace("\r", "\n")
@@ -273,7 +322,7 @@ class SSEDecoder:
         if slow:
             self._process(slow, events)
 
-    def _process(self, lines: list[str], events: list[ServerSentEvent]) -> None:
+    def _process(self, lines: list[str], events: list[_E]) -> None:
         """Apply the field rules to complete lines, appending the events dispatched."""
         data_buf = self._data
         data_len = self._data_len
@@ -286,9 +335,9 @@ class SSEDecoder:
             if not line:
                 if data_buf:
                     events.append(
-                        ServerSentEvent(
+                        self._make(
                             event_type or "message",
-                            "\n".join(data_buf),
+                            self._join(data_buf),
                             block_id,
                             block_retry,
                             last_id,
@@ -334,3 +383,45 @@ class SSEDecoder:
         self._id = block_id
         self._retry = block_retry
         self.last_event_id = last_id
+
+
+class SSEDecoder(_EventStreamDecoder[ServerSentEvent]):
+    """The event stream as the spec defines it: every event's data is text."""
+
+    __slots__ = ()
+
+    def _value(self, line: bytes) -> str:
+        return line.decode("utf-8", "replace")
+
+    def _make(
+        self, event_type: str, data: str, block_id: str | None, retry: int | None, last_id: str
+    ) -> ServerSentEvent:
+        return ServerSentEvent(event_type, data, block_id, retry, last_id)
+
+    def _join(self, pieces: list[str]) -> str:
+        return "\n".join(pieces)
+
+
+class RawSSEDecoder(_EventStreamDecoder[RawServerSentEvent]):
+    """The same stream with each event's data left as bytes (see `RawServerSentEvent`)."""
+
+    __slots__ = ()
+
+    def _value(self, line: bytes) -> bytes:
+        return line
+
+    def _make(
+        self,
+        event_type: str,
+        data: str | bytes,
+        block_id: str | None,
+        retry: int | None,
+        last_id: str,
+    ) -> RawServerSentEvent:
+        raw = data.encode() if isinstance(data, str) else data
+        return RawServerSentEvent(event_type, raw, block_id, retry, last_id)
+
+    def _join(self, pieces: list[str | bytes]) -> str | bytes:
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"\n".join(p.encode() if isinstance(p, str) else p for p in pieces)

@@ -7,7 +7,7 @@ import base64
 import msgspec
 import pytest
 
-from engine._protocol import decode_response, response_decoder
+from engine._protocol import _splice, decode_response, response_decoder
 from sessions import decode_part
 from sessions._wire import StrictPart, part_from_wire
 
@@ -63,3 +63,101 @@ def test_malformed_json_still_raises_decode_error() -> None:
     """Truncated JSON is a DecodeError for the caller to map, not silently accepted."""
     with pytest.raises(msgspec.DecodeError):
         decode_response(body(IMAGE)[:-10])
+
+
+# --- long payloads are cut out before parsing -------------------------------------------------
+
+BIG = bytes(range(256)) * 200  # 51 KB: base64 longer than the splice threshold
+
+
+def _parts(data: bytes) -> list[object]:
+    decoded = decode_response(data)
+    return [
+        part_from_wire(p)
+        for c in decoded.candidates
+        for p in (c.content.parts if c.content is not None else [])
+    ]
+
+
+def _unspliced(data: bytes) -> list[object]:
+    decoded = response_decoder.decode(data)
+    return [
+        decode_part(p)
+        for c in decoded.candidates
+        for p in (c.content.parts if c.content is not None else [])
+    ]
+
+
+def _image(payload: bytes, **extra: object) -> dict[str, object]:
+    return {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(payload).decode()}}
+
+
+def test_long_payloads_are_spliced_and_put_back_exactly() -> None:
+    """Two long images and a short one in one answer: every byte and signature as sent."""
+    other = BIG[::-1]
+    data = body(
+        {"text": "t", "thought": True},
+        {**_image(BIG), "thoughtSignature": "c2ln"},
+        _image(PNG),
+        _image(other),
+    )
+    spliced = _splice(data)
+    assert spliced is not None and len(spliced[1]) == 2  # the short PNG stays in place
+    parts = _parts(data)
+    assert parts == _unspliced(data)
+    blobs = [p.inline_data.data for p in parts if p.inline_data is not None]  # type: ignore[attr-defined]
+    assert blobs == [BIG, PNG, other]
+
+
+def test_a_long_data_string_outside_an_image_is_not_mistaken_for_one() -> None:
+    """The key pattern in a function call's arguments: the document is parsed whole."""
+    text = "A" * 40_000
+    data = body({"functionCall": {"name": "f", "args": {"data": text}}}, _image(BIG))
+    parts = _parts(data)
+    assert parts == _unspliced(data)
+    assert parts[0].function_call == {"name": "f", "args": {"data": text}}  # type: ignore[attr-defined]
+
+
+def test_a_key_ending_in_an_escaped_quote_is_parsed_whole() -> None:
+    """`{"x\\"data":"..."}` matches the pattern inside a key: nothing is lost or misplaced."""
+    data = body({"text": "t", "futureField": {'x"data': "B" * 40_000}}, _image(BIG))
+    assert _parts(data) == _unspliced(data)
+
+
+def test_escaped_payloads_still_decode() -> None:
+    """A server escaping '/' as '\\/' in base64 (allowed JSON) gives the same bytes."""
+    encoded = base64.b64encode(BIG).decode()
+    assert "/" in encoded
+    data = body(_image(BIG)).replace(encoded.encode(), encoded.replace("/", "\\/").encode())
+    parts = _parts(data)
+    assert parts[0].inline_data.data == BIG  # type: ignore[attr-defined]
+
+
+def test_a_placeholder_lookalike_in_a_short_image_is_not_confused() -> None:
+    """A short data string spelled like the splice's placeholder stays what it was."""
+    data = body(_image(BIG), {"inlineData": {"mimeType": "image/png", "data": "\u00000"}})
+    with pytest.raises(Exception) as spliced:
+        _parts(data)
+    with pytest.raises(Exception) as whole:
+        _unspliced(data)
+    assert type(spliced.value) is type(whole.value)
+
+
+def test_truncated_long_answers_raise_decode_error() -> None:
+    """A body cut inside or after the payload is malformed JSON either way."""
+    data = body(_image(BIG))
+    for cut in (len(data) // 2, len(data) - 3):
+        with pytest.raises(msgspec.DecodeError):
+            decode_response(data[:cut])
+
+
+def test_an_escaped_quote_in_a_long_image_string_is_an_error_either_way() -> None:
+    """Not base64: cut at the escaped quote or parsed whole, the part fails the same way."""
+    data = body(_image(BIG))
+    encoded = base64.b64encode(BIG)
+    data = data.replace(encoded, encoded[:30_000] + b'\\"' + encoded[30_000:])
+    with pytest.raises(Exception) as spliced:
+        _parts(data)
+    with pytest.raises(Exception) as whole:
+        _unspliced(data)
+    assert type(spliced.value) is type(whole.value)

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from engine.sse import (
     DEFAULT_MAX_EVENT_BYTES,
     EventTooLarge,
+    RawServerSentEvent,
+    RawSSEDecoder,
     ServerSentEvent,
     SSEDecoder,
     SSEError,
@@ -25,6 +27,15 @@ BOM = b"\xef\xbb\xbf"
 def feed_all(decoder: SSEDecoder, pieces: Iterable[bytes]) -> list[ServerSentEvent]:
     """Feed every piece, then close, and return all events in order."""
     events: list[ServerSentEvent] = []
+    for piece in pieces:
+        events.extend(decoder.feed(piece))
+    events.extend(decoder.close())
+    return events
+
+
+def feed_all_raw(decoder: RawSSEDecoder, pieces: Iterable[bytes]) -> list[RawServerSentEvent]:
+    """Feed every piece to a raw decoder, then close it; collect all events."""
+    events: list[RawServerSentEvent] = []
     for piece in pieces:
         events.extend(decoder.feed(piece))
     events.extend(decoder.close())
@@ -411,6 +422,23 @@ def test_20_mb_data_line_in_64_kib_chunks() -> None:
     assert events[1].data == "next"
 
 
+def test_raw_decoder_keeps_a_long_line_as_its_bytes() -> None:
+    """The raw decoder hands a line that came in pieces over undecoded, and one that came
+    whole as the UTF-8 of its text; both limits and the spec's rules are the same."""
+    value = b'{"data":"' + b"QUJD" * 100_000 + b'"}'
+    stream = b"data: " + value + b"\r\n\r\nevent: e\ndata: a\ndata: \xc3\xa9\n\n"
+    chunk = 64 * 1024
+    events = feed_all_raw(
+        RawSSEDecoder(), (stream[i : i + chunk] for i in range(0, len(stream), chunk))
+    )
+    assert events == [
+        RawServerSentEvent(data=value),
+        RawServerSentEvent(event="e", data="a\né".encode()),
+    ]
+    with pytest.raises(EventTooLarge):
+        RawSSEDecoder(max_event_bytes=1000).feed(b"data: " + b"z" * 2000)
+
+
 def test_bytes_like_input_accepted_and_copied() -> None:
     """bytearray and memoryview feeds work; mutating the caller's buffer later is harmless."""
     decoder = SSEDecoder()
@@ -523,3 +551,9 @@ def test_any_chunking_matches_whole_feed(
     points = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
     assert feed_all(SSEDecoder(), split_at(stream, points)) == whole
     assert feed_all(SSEDecoder(), split_at(stream, range(1, len(stream)))) == whole
+    # The raw decoder dispatches the same events with the data's UTF-8 bytes.
+    raw = [
+        ServerSentEvent(e.event, e.data.decode(), e.id, e.retry, e.last_event_id)
+        for e in feed_all_raw(RawSSEDecoder(), split_at(stream, points))
+    ]
+    assert raw == whole

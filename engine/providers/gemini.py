@@ -525,12 +525,12 @@ class GeminiProvider(FilesAndBatches, HttpProvider):
         timings: dict[str, float],
         start: float,
     ) -> None:
-        decoder = sse.SSEDecoder(self._max_event_bytes)
+        decoder = sse.RawSSEDecoder(self._max_event_bytes)
         async for data in resp:
             # An oversized event raises engine._exceptions.EventTooLarge (sse uses it).
             for event in decoder.feed(data):
                 text = event.data
-                if not text or text == "[DONE]":
+                if not text or text == b"[DONE]":
                     continue
                 try:
                     response = decode_response(text)

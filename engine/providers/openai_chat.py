@@ -370,13 +370,13 @@ class OpenAIChatProvider(HttpProvider):
                     resp.response_bytes,
                 )
                 return result
-            decoder = sse.SSEDecoder(self._max_event_bytes)
+            decoder = sse.RawSSEDecoder(self._max_event_bytes)
             try:
                 async for data in resp:
                     for event in decoder.feed(data):
                         if not event.data:
                             continue
-                        if event.data.strip() == "[DONE]":
+                        if event.data.strip() == b"[DONE]":
                             done = True
                             continue
                         chunk = self._chunk(event.data, resp.status)
@@ -427,7 +427,7 @@ class OpenAIChatProvider(HttpProvider):
         result.timings = timings
         return result
 
-    def _chunk(self, data: str, status: int) -> dict[str, Any]:
+    def _chunk(self, data: bytes, status: int) -> dict[str, Any]:
         try:
             chunk = _any.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:

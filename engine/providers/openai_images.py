@@ -264,17 +264,15 @@ class OpenAIImagesProvider(HttpProvider):
                 final = self._image(items[0] if isinstance(items, list) and items else {})
                 usage = _usage(doc.get("usage"))
             else:
-                decoder = sse.SSEDecoder(self._max_event_bytes)
+                decoder = sse.RawSSEDecoder(self._max_event_bytes)
                 try:
                     async for chunk in resp:
                         for event in decoder.feed(chunk):
-                            if not event.data or event.data.strip() == "[DONE]":
+                            if not event.data or event.data.strip() == b"[DONE]":
                                 continue
-                            doc = self._decode(event.data.encode(), resp.status)
+                            doc = self._decode(event.data, resp.status)
                             if "error" in doc:
-                                raise json_http_error(
-                                    500, event.data.encode(), {}, "", self._secrets
-                                )
+                                raise json_http_error(500, event.data, {}, "", self._secrets)
                             kind = str(doc.get("type", ""))
                             mime = f"image/{doc.get('output_format') or 'png'}"
                             if kind.endswith(".partial_image"):
