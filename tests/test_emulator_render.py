@@ -560,3 +560,35 @@ def test_any_instruction_keeps_size_and_is_deterministic(words: list[str], punct
     assert decode(first.data).size == (40, 48)
     assert first.applied
     assert render_edit(base, instruction, 40, 48, seed=3, grain=False) == first
+
+
+async def test_render_cache_holds_a_load_of_more_than_256_images() -> None:
+    """A second run of 400 distinct small renders is served from the default cache (it held
+    256 entries, so a load of more sessions than that rendered every image again)."""
+    from engine.emulator._generate import RenderJob, RenderPool
+    from engine.emulator._settings import EmulatorSettings
+
+    settings = EmulatorSettings()
+    pool = RenderPool(
+        threads=2,
+        max_entries=settings.render_cache_entries,
+        max_bytes=settings.render_cache_bytes,
+    )
+    jobs = [
+        RenderJob(
+            model="m",
+            instruction=f"a red cube {i}",
+            base=None,
+            base_sha256=b"",
+            width=16,
+            height=16,
+            seed=i,
+            grain=False,
+        )
+        for i in range(400)
+    ]
+    for _ in range(2):
+        for job in jobs:
+            await pool.render(job)
+    await pool.aclose()
+    assert (pool.renders, pool.hits) == (400, 400)

@@ -32,7 +32,9 @@ class EmulatorSettings:
     # "first": signature on the first streamed text piece (Google's usual behaviour);
     # "last": on an extra empty-text part after the last text piece (also seen from Google).
     stream_signature: str = "first"
-    render_cache_entries: int = 256
+    # The byte bound is the real limit: 256 entries made a load of more than 256 sessions render
+    # every image again on every run (10,000 flat 1K images are 300 MB).
+    render_cache_entries: int = 65_536
     render_cache_bytes: int = 512 * 1024 * 1024
     render_threads: int = 0  # 0: one per CPU, at least 2
     catalog: Catalog = field(default=BUILTIN, repr=False)  # every model it serves
