@@ -337,6 +337,36 @@ class _SyncHandler:
         self.name = getattr(handler, "__qualname__", type(handler).__qualname__)
 
 
+class _EventsLogger:
+    """The "nanoedit.events" logger, bound again only when structlog is reconfigured.
+
+    A library must not configure structlog, and an application may configure it at any time,
+    so the bus cannot keep a logger for good. Binding afresh for every event built a logger
+    per event unless the application turned on structlog's caching (1.5-10 us, six events a
+    turn); comparing the configuration first costs 0.3 us.
+    """
+
+    __slots__ = ("_config", "_logger")
+
+    def __init__(self) -> None:
+        self._config: tuple[object, ...] = ()
+        self._logger: Any = None
+
+    def get(self) -> Any:
+        """The bound logger for structlog's current configuration."""
+        config = structlog.get_config()
+        key = (
+            config["processors"],
+            config["wrapper_class"],
+            config["logger_factory"],
+            config["context_class"],
+        )
+        if key != self._config:
+            self._config = key
+            self._logger = structlog.get_logger("nanoedit.events").bind()
+        return self._logger
+
+
 class EventBus:
     """Numbers, retains, logs and fans out events; see the module docstring for the guarantees.
 
@@ -364,7 +394,7 @@ class EventBus:
         self._closed = False
         self._in_handlers = False
         self._deferred: deque[Event] = deque()
-        self._logger = structlog.get_logger("nanoedit.events")
+        self._logger = _EventsLogger()
         self._gate_for: object = None
         self._gate: dict[type[Event], tuple[str, str | None]] = {}
 
@@ -481,7 +511,7 @@ class EventBus:
                 self._deferred.append(event)
                 return None
         # One log line per event; `_gate` maps an event class to its tag and enabled log method.
-        logger = self._logger.bind()
+        logger = self._logger.get()
         gate = self._gate.get(type(event)) if logger is self._gate_for else None
         if gate is None:
             gate = self._log_gate(logger, event)
@@ -550,7 +580,7 @@ class EventBus:
                         result.close()
                     raise TypeError("sync handler returned an awaitable; register an async def")
             except Exception:
-                self._logger.exception(
+                self._logger.get().exception(
                     "bus.handler_failed",
                     handler=h.name,
                     event_type=tag,
@@ -709,7 +739,7 @@ class EventBus:
                 try:
                     await handler(event)
                 except Exception:
-                    self._logger.exception(
+                    self._logger.get().exception(
                         "bus.handler_failed",
                         handler=name,
                         event_type=_tag(event),

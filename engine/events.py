@@ -47,7 +47,7 @@ __all__ = [
 ENGINE_WIDE = "*"
 
 
-class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
+class ImageRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An image by reference: its bytes live in the blob store under `sha256`."""
 
     sha256: str
@@ -57,7 +57,7 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     height: int
 
 
-class Event(msgspec.Struct, tag_field="type", kw_only=True):
+class Event(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     """Common fields of every event."""
 
     session_id: str

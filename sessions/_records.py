@@ -32,7 +32,7 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class Usage(msgspec.Struct, kw_only=True):
+class Usage(msgspec.Struct, kw_only=True, gc=False):
     """Token counts of one request as the server reported them (zeros when it did not)."""
 
     prompt_tokens: int = 0
@@ -62,7 +62,7 @@ class SessionSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     owner: str = ""  # the tenant the session belongs to (`nanoedit serve`); "" for none
 
 
-class TurnRecord(msgspec.Struct, kw_only=True):
+class TurnRecord(msgspec.Struct, kw_only=True, gc=False):
     """One committed turn: the user Content, the model Content, and what it took."""
 
     id: str

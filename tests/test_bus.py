@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from engine import Closed, SubscriberDisconnected
@@ -433,6 +435,30 @@ async def test_log_lines_carry_session_and_fields_never_bytes() -> None:
         return False
 
     assert not any(has_bytes(e) for e in logs)
+
+
+async def test_log_lines_follow_structlog_being_reconfigured() -> None:
+    """The bus keeps its bound logger between events, yet a configuration made later (here
+    two captures one after the other, then a level filter) takes effect at the next event."""
+    image = ImageRef(sha256="ab" * 32, mime_type="image/png", size=10, width=1, height=1)
+    async with EventBus() as bus:
+        with capture_logs() as first:
+            await bus.publish(TurnImage(session_id="s1", turn=1, image=image))
+            await bus.publish(TurnImage(session_id="s1", turn=2, image=image))
+        with capture_logs() as second:
+            await bus.publish(TurnImage(session_id="s1", turn=3, image=image))
+        saved = structlog.get_config()
+        try:
+            with capture_logs() as third:
+                structlog.configure(
+                    wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+                )
+                await bus.publish(TurnImage(session_id="s1", turn=4, image=image))
+        finally:
+            structlog.configure(**saved)
+    assert [e["turn"] for e in first] == [1, 2]
+    assert [e["turn"] for e in second] == [3]
+    assert third == []
 
 
 def test_no_event_type_can_carry_bytes() -> None:
