@@ -18,6 +18,10 @@ line on stdout:
   /proc/self/statm every 10 ms during the workload, minus the RSS just before it);
 - images received, requests the emulator counted (its /emulator/stats before and after), errors.
 
+Every child runs with the collector tuned the way the `nanoedit` command runs
+(`engine.tuned_gc`, a process setting any client can use); `--default-gc` keeps CPython's
+thresholds in all of them.
+
 Every client must produce S x T images with S x T requests; the emulator verifies thought
 signatures, so a client that drops or mangles them gets 400s, which are counted. The table goes
 to stdout and is appended to benchmarks/RESULTS.md with the machine and the exact command.
@@ -186,7 +190,14 @@ async def _lockstep(client: PeerClient, args: argparse.Namespace, out: Outcome) 
 def child_main(args: argparse.Namespace) -> int:
     """Run one client's workload and print its JSON line."""
     _quiet_logs()
-    result = asyncio.run(_child(args))
+    if args.default_gc:
+        result = asyncio.run(_child(args))
+    else:
+        # Every client gets the same process setting, the one the nanoedit command uses.
+        from engine import tuned_gc
+
+        with tuned_gc():
+            result = asyncio.run(_child(args))
     profiler = result.pop("profiler")
     if profiler is not None:
         Path(args.profile_out).write_text(profiler.output_text(unicode=True, color=False))
@@ -223,6 +234,8 @@ def _run_child(args: argparse.Namespace, client: str, mode: str, base_url: str, 
         cmd += [f"--{key}", value]
     if args.lockstep:
         cmd.append("--lockstep")
+    if args.default_gc:
+        cmd.append("--default-gc")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -426,7 +439,13 @@ def parent_main(args: argparse.Namespace) -> int:
         f"{args.model} {args.image_size} {args.aspect_ratio}, emulator "
         f"{'flat' if args.flat else 'grain'} images, no added latency; each client in its own "
         f"process, the run with the median CPU of {args.repeat} after one unreported run "
-        "that fills the emulator's render cache",
+        "that fills the emulator's render cache; "
+        + (
+            "CPython's default collector thresholds"
+            if args.default_gc
+            else "every client with the collector tuned as the nanoedit command runs it "
+            "(engine.tuned_gc: thresholds 50,000/20/10)"
+        ),
         "CPU: getrusage user+sys around the workload (after imports and one warm-up session); "
         "CPU ms/turn divides by the S x T turns asked for; peak RSS: ru_maxrss (imports "
         "included); RSS Δ: peak sampled every 10 ms during the workload minus the RSS before it",
@@ -459,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         "--lockstep",
         action="store_true",
         help="run turn 1 of every session, then turn 2, ...; report CPU per turn at each index",
+    )
+    p.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="CPython's default collector thresholds in every client (default: engine.tuned_gc "
+        "in every client, as the nanoedit command runs)",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per child")
     p.add_argument("--json", metavar="FILE")

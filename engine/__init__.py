@@ -32,6 +32,7 @@ from engine._exceptions import (
     Unauthorized,
     WireError,
 )
+from engine._gc import tuned_gc
 from engine.budget import Budget
 from engine.catalog import ImageConfig, ModelSpec, resolve_model
 from engine.runtime import Engine, Image, Session, Turn, TurnStream
@@ -82,4 +83,5 @@ __all__ = [
     "Unauthorized",
     "WireError",
     "resolve_model",
+    "tuned_gc",
 ]

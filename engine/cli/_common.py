@@ -17,6 +17,7 @@ import structlog
 
 from engine._config import PRESETS, EmulatorOptions, EngineConfig, RetryPolicy, Secret
 from engine._exceptions import ConfigError
+from engine._gc import tuned_gc
 from engine.budget import Budget
 from engine.catalog import Catalog, ImageConfig
 from engine.events import Event, encode_event
@@ -305,10 +306,12 @@ def event_loop_name() -> str:
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(main)`, on uvloop when `event_loop_name()` says so (same Ctrl-C rules)."""
-    if event_loop_name() == "uvloop":
-        import uvloop
+    """`asyncio.run(main)`, on uvloop when `event_loop_name()` says so (same Ctrl-C rules), with
+    the collector tuned for many turns at once (`engine.tuned_gc`)."""
+    with tuned_gc():
+        if event_loop_name() == "uvloop":
+            import uvloop
 
-        result: T = uvloop.run(main)
-        return result
-    return asyncio.run(main)
+            result: T = uvloop.run(main)
+            return result
+        return asyncio.run(main)
