@@ -19,9 +19,8 @@ def test_thresholds_are_set_inside_and_restored_after_even_on_error() -> None:
         assert gc.get_threshold()[0] == 50_000
         raise RuntimeError("boom")
     assert gc.get_threshold() == before
-    with pytest.raises(ValueError):
-        with tuned_gc(0):
-            pass
+    with pytest.raises(ValueError), tuned_gc(0):
+        pass
 
 
 def test_the_command_line_loop_runs_tuned() -> None:

@@ -439,6 +439,22 @@ def test_raw_decoder_keeps_a_long_line_as_its_bytes() -> None:
         RawSSEDecoder(max_event_bytes=1000).feed(b"data: " + b"z" * 2000)
 
 
+def test_raw_decoder_takes_plain_data_blocks_as_they_are() -> None:
+    """Blocks of one-line data events come out as their own bytes (invalid UTF-8 included);
+    a block with other fields, in the same feed or the next, follows the spec's text rules."""
+    decoder = RawSSEDecoder()
+    first = decoder.feed(b"data: a\r\n\r\ndata:\xff\r\n\r\ndata: {}\r\n\r\n")
+    assert [e.data for e in first] == [b"a", b"\xff", b"{}"]
+    mixed = decoder.feed(b"data: x\n\nid: 7\ndata: y\n\ndata: z\n\n")
+    assert [(e.data, e.id, e.last_event_id) for e in mixed] == [
+        (b"x", None, ""),
+        (b"y", "7", "7"),
+        (b"z", None, "7"),
+    ]
+    with pytest.raises(EventTooLarge):
+        RawSSEDecoder(max_event_bytes=100).feed(b"data: " + b"z" * 200 + b"\n\n")
+
+
 def test_bytes_like_input_accepted_and_copied() -> None:
     """bytearray and memoryview feeds work; mutating the caller's buffer later is harmless."""
     decoder = SSEDecoder()
