@@ -592,3 +592,35 @@ async def test_render_cache_holds_a_load_of_more_than_256_images() -> None:
             await pool.render(job)
     await pool.aclose()
     assert (pool.renders, pool.hits) == (400, 400)
+
+
+def test_a_render_carries_its_digest_and_base64_and_answers_splice_them_exactly() -> None:
+    """Worked out once with the render, the image's sha256 and base64 give the same answer
+    JSON as encoding the part afresh (the splice is byte for byte)."""
+    import base64
+    import hashlib
+
+    from engine.emulator._gemini import _encoded_part
+    from engine.emulator._generate import RenderJob
+    from engine.emulator._http import json_body
+    from sessions import Blob, Part
+
+    result = RenderJob(
+        model="m",
+        instruction="a blue sphere",
+        base=None,
+        base_sha256=b"",
+        width=32,
+        height=32,
+        seed=1,
+        grain=True,
+    ).run()
+    assert result.sha256 == hashlib.sha256(result.data).digest()
+    assert base64.b64decode(result.b64) == result.data
+    for part in (
+        Part(
+            inline_data=Blob(mime_type=result.mime_type, data=result.data), thought_signature=b"s"
+        ),
+        Part(inline_data=Blob(mime_type=result.mime_type, data=result.data), thought=True),
+    ):
+        assert bytes(_encoded_part(part, result.b64)) == json_body(part)

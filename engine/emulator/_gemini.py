@@ -6,7 +6,7 @@ import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -267,6 +267,18 @@ class Answer:
     partial_usage: dict[str, Any]
     model_version: str
     response_id: str
+    # The JSON of image parts whose base64 was worked out with the render, by id(part).
+    encoded: dict[int, msgspec.Raw] = field(default_factory=dict)
+
+
+def _encoded_part(part: Part, b64: bytes) -> msgspec.Raw:
+    """`part` as JSON, its image's base64 spliced in instead of encoded again."""
+    blob = part.inline_data
+    assert blob is not None
+    body = json_body(
+        msgspec.structs.replace(part, inline_data=msgspec.structs.replace(blob, data=b""))
+    )
+    return msgspec.Raw(body.replace(b'"data":""', b'"data":"' + b64 + b'"', 1))
 
 
 def _details(**by_modality: int) -> list[dict[str, Any]]:
@@ -376,11 +388,14 @@ def build_answer(
     # part of the answer only with includeThoughts, as on Google.
     thought = thought_text(turn) if spec.thinking else ""
     parts: list[Part] = []
+    encoded: dict[int, msgspec.Raw] = {}
     if thought and job.params.include_thoughts:
         parts.append(Part(text=thought, thought=True))
     if thought_image is not None:
         blob = Blob(mime_type=thought_image.mime_type, data=thought_image.data)
         parts.append(Part(inline_data=blob, thought=True))
+        if thought_image.b64:
+            encoded[id(parts[-1])] = _encoded_part(parts[-1], thought_image.b64)
     finish_reason: str | None = "STOP"
     finish_message = None
     prompt_feedback = None
@@ -413,10 +428,12 @@ def build_answer(
         signature = signer.text(job.digest) if spec.thinking else None
         parts.append(Part(text=text, thought_signature=signature))
     if image is not None and outcome not in ("block", "image_safety", "no_image"):
-        sha = hashlib.sha256(image.data).digest()
+        sha = image.sha256 or hashlib.sha256(image.data).digest()
         signature = signer.image(sha) if spec.thinking else None
         blob = Blob(mime_type=image.mime_type, data=image.data)
         parts.append(Part(inline_data=blob, thought_signature=signature))
+        if image.b64:
+            encoded[id(parts[-1])] = _encoded_part(parts[-1], image.b64)
         image_tokens = spec.output_tokens(job.params.image_size)
     usage, partial = _usage(spec, turn, text=text, thought=thought, image_tokens=image_tokens)
     return Answer(
@@ -428,6 +445,7 @@ def build_answer(
         partial_usage=partial,
         model_version=spec.id,
         response_id=_response_id(job.digest),
+        encoded=encoded,
     )
 
 
@@ -440,13 +458,17 @@ def _chunk(
     finish_reason: str | None = None,
     finish_message: str | None = None,
     prompt_feedback: dict[str, Any] | None = None,
+    encoded: Mapping[int, msgspec.Raw] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if prompt_feedback is not None:
         out["promptFeedback"] = prompt_feedback
     else:
         candidate: dict[str, Any] = {}
-        if parts:
+        if parts and encoded:
+            wire = [encoded.get(id(p), p) for p in parts]
+            candidate["content"] = {"role": "model", "parts": wire}
+        elif parts:
             candidate["content"] = Content(role="model", parts=parts)
         if finish_reason:
             candidate["finishReason"] = finish_reason
@@ -469,6 +491,7 @@ def _final_chunk(answer: Answer, parts: list[Part] | None) -> dict[str, Any]:
         finish_reason=answer.finish_reason,
         finish_message=answer.finish_message,
         prompt_feedback=answer.prompt_feedback,
+        encoded=answer.encoded,
     )
 
 
@@ -478,6 +501,7 @@ def _partial_chunk(answer: Answer, parts: list[Part]) -> dict[str, Any]:
         usage=answer.partial_usage,
         model_version=answer.model_version,
         response_id=answer.response_id,
+        encoded=answer.encoded,
     )
 
 

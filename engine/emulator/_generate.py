@@ -8,6 +8,7 @@ their own (a load test sending one request from 1,000 sessions renders once).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import io
@@ -26,6 +27,7 @@ from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.emulator.render import RenderResult, image_size, render_edit, render_scene
 from engine.emulator.render._vocabulary import MAX_SIDE
 from sessions import Blob, Content
+from sessions._b64 import b64encode
 
 __all__ = [
     "ApiFailure",
@@ -274,15 +276,24 @@ class RenderJob:
         return h.digest()
 
     def run(self) -> RenderResult:
-        """Render synchronously (in a worker thread)."""
+        """Render synchronously (in a worker thread), with the image's sha256 and base64.
+
+        A cached image is sent in many answers: hashing it for its signature and encoding its
+        base64 (msgspec's scalar encoder, 1.2 ms per MB) once here, not per answer, keeps the
+        emulator's per-request work from growing with the image.
+        """
         limit = MAX_SIDE
         if max(self.width, self.height) <= limit:
-            return self._render(self.width, self.height)
-        # The catalogue goes up to 12288 px (4K at 1:8 / 8:1) and the renderer may not: render
-        # smaller, then scale to the exact size promised by the catalogue.
-        scale = limit / max(self.width, self.height)
-        small = self._render(max(1, int(self.width * scale)), max(1, int(self.height * scale)))
-        return _upscale(small, self.width, self.height)
+            result = self._render(self.width, self.height)
+        else:
+            # The catalogue goes up to 12288 px (4K at 1:8 / 8:1) and the renderer may not:
+            # render smaller, then scale to the exact size promised by the catalogue.
+            scale = limit / max(self.width, self.height)
+            small = self._render(max(1, int(self.width * scale)), max(1, int(self.height * scale)))
+            result = _upscale(small, self.width, self.height)
+        return dataclasses.replace(
+            result, sha256=hashlib.sha256(result.data).digest(), b64=b64encode(result.data)
+        )
 
     def _render(self, width: int, height: int) -> RenderResult:
         if self.base is None:
@@ -393,14 +404,14 @@ class RenderPool:
         return result
 
     def _store(self, key: bytes, result: RenderResult) -> None:
-        size = len(result.data)
+        size = len(result.data) + len(result.b64)
         if self._max_entries == 0 or size > self._max_bytes:
             return
         self._cache[key] = result
         self._cache_bytes += size
         while len(self._cache) > self._max_entries or self._cache_bytes > self._max_bytes:
             _, evicted = self._cache.popitem(last=False)
-            self._cache_bytes -= len(evicted.data)
+            self._cache_bytes -= len(evicted.data) + len(evicted.b64)
 
     def clear(self) -> None:
         """Drop cached images and zero the counters."""

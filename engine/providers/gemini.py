@@ -549,7 +549,8 @@ class GeminiProvider(FilesAndBatches, HttpProvider):
         timings: dict[str, float],
         start: float,
     ) -> None:
-        timings.setdefault("first_event_s", loop_time() - start)
+        if "first_event_s" not in timings:
+            timings["first_event_s"] = loop_time() - start
         parts = answer.observe(response)
         if not parts:
             return

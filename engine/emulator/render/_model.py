@@ -41,6 +41,11 @@ class RenderResult:
     width: int
     height: int
     applied: tuple[str, ...]
+    # Worked out once, in the render thread, for every answer the image is sent in (see
+    # engine.emulator._generate.RenderJob.run): the sha256 its signature is made from, and
+    # its standard base64.
+    sha256: bytes = b""
+    b64: bytes = b""
 
 
 # =========================================================================== model
