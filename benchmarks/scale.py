@@ -5,7 +5,8 @@
 1. Concurrency: the emulator runs in its own process (`--flat --latency S`; it caches renders of
    identical requests, so it does not bottleneck) and ONE Engine (max_in_flight and
    max_connections = sessions) runs every session at once, T turns each. A perfect client
-   finishes in T x S seconds (the ideal); the ratio wall / ideal should stay <= 1.15. Peak RSS
+   finishes in T x S seconds (the ideal); the ratio wall / ideal should stay <= 1.15 up to
+   1,000 sessions and <= 1.2 above. Peak RSS
    (`ru_maxrss`) and client CPU are reported beside it.
 2. Idle sessions: in a fresh child process (so memory freed by step 1 cannot hide growth), an
    Engine on a MemoryStore creates `--idle-sessions` sessions without sending a turn; the RSS
@@ -46,7 +47,8 @@ from _common import (
 
 from engine.cli._common import event_loop_name, run_loop
 
-TARGET_RATIO = 1.15
+TARGET_RATIO = 1.15  # up to 1,000 sessions
+TARGET_RATIO_LARGE = 1.2  # above 1,000 sessions (issue 14: 2,000 sessions within 1.2x)
 TARGET_IDLE_BYTES = 20 * 1000  # 20 KB
 MODEL = "gemini-3.1-flash-image"
 PROMPTS = (
@@ -232,7 +234,8 @@ def build_table(c: dict[str, Any] | None, idle: dict[str, Any] | None) -> str:
     """Both measurements as one Markdown table with targets."""
     rows: list[list[str]] = []
     if c is not None:
-        ok = c["ratio"] is not None and c["ratio"] <= TARGET_RATIO
+        target = TARGET_RATIO if c["sessions"] <= 1000 else TARGET_RATIO_LARGE
+        ok = c["ratio"] is not None and c["ratio"] <= target
         rows += [
             [
                 f"{c['sessions']} sessions x {c['turns']} turns, latency {c['latency_s']:g} s",
@@ -244,7 +247,7 @@ def build_table(c: dict[str, Any] | None, idle: dict[str, Any] | None) -> str:
             [
                 "wall / ideal",
                 fmt(c["ratio"], 3),
-                f"{'ok' if ok else 'MISSED'} (target ≤ {TARGET_RATIO})",
+                f"{'ok' if ok else 'MISSED'} (target ≤ {target})",
             ],
             *(
                 [
