@@ -127,10 +127,7 @@ class _EventStreamDecoder(Generic[_E]):
         if self._pending and type(data) is bytes and data.find(b"\n") < 0 and data.find(b"\r") < 0:
             # The common case of a long line: one more piece of it (an image line arrives in
             # about 190 of them). A non-empty carry means no BOM or CR state is pending.
-            self._pending.append(data)
-            self._pending_len += len(data)
-            if self._pending_len + self._data_len > self.max_event_bytes:
-                self._overflow(self._pending_len + self._data_len)
+            self._carry(data)
             return []
         if self._failed:
             raise SSEError("SSE decoder failed on an oversized event; call close() to reuse it")
@@ -172,10 +169,7 @@ class _EventStreamDecoder(Generic[_E]):
             cr = data.rfind(b"\r", cr)
         end = nl if nl > cr else cr
         if end < 0:
-            self._pending.append(data)
-            self._pending_len += size
-            if self._pending_len + self._data_len > self.max_event_bytes:
-                self._overflow(self._pending_len + self._data_len)
+            self._carry(data)
             return []
         if cr == size - 1:
             self._after_cr = True
@@ -206,10 +200,7 @@ class _EventStreamDecoder(Generic[_E]):
             self._process_block(block, sep, cr >= 0, events)
 
         if end + 1 < size:
-            self._pending.append(data[end + 1 :])
-            self._pending_len = size - end - 1
-            if self._pending_len + self._data_len > self.max_event_bytes:
-                self._overflow(self._pending_len + self._data_len)
+            self._carry(data[end + 1 :])
         return events
 
     def close(self) -> list[_E]:
@@ -236,6 +227,17 @@ class _EventStreamDecoder(Generic[_E]):
         self._head = b""
         self._after_cr = False
         self._failed = False
+
+    def _carry(self, piece: bytes) -> None:
+        """Keep ``piece`` of an unterminated line for the next feed, within the event limit."""
+        self._pending.append(piece)
+        self._pending_len += len(piece)
+        if self._pending_len + self._data_len > self.max_event_bytes:
+            self._overflow(self._pending_len + self._data_len)
+
+    def _block_open(self) -> bool:
+        """Whether fields of an event not yet dispatched are held (data, event, id, retry)."""
+        return bool(self._data or self._event or self._id is not None or self._retry is not None)
 
     def _overflow(self, size: int) -> None:
         """Free the oversized event's buffers, poison the decoder and raise."""
@@ -296,7 +298,7 @@ class _EventStreamDecoder(Generic[_E]):
         # blank line (or is empty).
         tail = blocks.pop()
         slow: list[str] = []
-        dirty = bool(self._data or self._event or self._id is not None or self._retry is not None)
+        dirty = self._block_open()
         limit = self.max_event_bytes
         last_id = self.last_event_id
         for block in blocks:
@@ -421,7 +423,7 @@ class RawSSEDecoder(_EventStreamDecoder[RawServerSentEvent]):
         # The usual block, nothing but events of one "data:" line each, becomes events
         # straight from the bytes: no decode, split and re-encode of an image line (three
         # copies of a 40 KB flat image, 5% of a small turn's CPU). Anything else is decoded.
-        if self._data or self._event or self._id is not None or self._retry is not None:
+        if self._block_open():
             super()._process_block(block, sep, has_cr, events)
             return
         blocks = block.split(sep.encode())
