@@ -422,23 +422,44 @@ class RawSSEDecoder(_EventStreamDecoder[RawServerSentEvent]):
     ) -> None:
         # The usual block, nothing but events of one "data:" line each, becomes events
         # straight from the bytes: no decode, split and re-encode of an image line (three
-        # copies of a 40 KB flat image, 5% of a small turn's CPU). Anything else is decoded.
-        if self._block_open():
-            super()._process_block(block, sep, has_cr, events)
-            return
-        blocks = block.split(sep.encode())
-        if blocks.pop() or not all(
-            b.startswith(b"data:") and b"\n" not in b and b"\r" not in b for b in blocks
-        ):
+        # copies of a 40 KB flat image, 5% of a small turn's CPU). Lines are found with
+        # single-byte searches (memchr): splitting on the four-byte "\r\n\r\n" scanned a
+        # 31 KB answer at a quarter of that speed (27 against 7 us per answer). Anything
+        # else is decoded.
+        values = None if self._block_open() or sep == "\r\r" else self._data_lines(block, has_cr)
+        if values is None:
             super()._process_block(block, sep, has_cr, events)
             return
         limit = self.max_event_bytes
         last_id = self.last_event_id
-        for b in blocks:
-            value = b[6:] if b.startswith(b" ", 5) else b[5:]
+        for value in values:
             if len(value) >= limit:
                 self._overflow(len(value) + 1)
             events.append(RawServerSentEvent("message", value, None, None, last_id))
+
+    @staticmethod
+    def _data_lines(block: bytes, crlf: bool) -> list[bytes] | None:
+        """The values of `block` if it is only "data:" lines each followed by a blank line
+        (LF or CRLF line ends, as `crlf` says), else None."""
+        blank = b"\r\n" if crlf else b"\n"
+        step = len(blank)
+        values: list[bytes] = []
+        pos, size = 0, len(block)
+        while pos < size:
+            if not block.startswith(b"data:", pos):
+                return None
+            nl = block.find(b"\n", pos)
+            end = nl - step + 1  # where the line's end (LF or CRLF) starts
+            if (
+                nl < 0
+                or (crlf and (block[end] != 0x0D or block.find(b"\r", pos, end) >= 0))
+                or not block.startswith(blank, nl + 1)
+            ):
+                return None
+            start = pos + 6 if block.startswith(b" ", pos + 5) else pos + 5
+            values.append(block[start:end])
+            pos = nl + 1 + step
+        return values
 
     def _make(
         self,

@@ -451,6 +451,13 @@ def test_raw_decoder_takes_plain_data_blocks_as_they_are() -> None:
         (b"y", "7", "7"),
         (b"z", None, "7"),
     ]
+    # A lone CR or LF inside a CRLF stream still ends a line.
+    for odd, values in [
+        (b"data: a\rdata: b\r\n\r\n", [b"a\nb"]),
+        (b"data: c\ndata: d\r\n\r\n", [b"c\nd"]),
+        (b"data: e\r\n\ndata: f\r\n\r\n", [b"e", b"f"]),
+    ]:
+        assert [e.data for e in decoder.feed(odd)] == values
     with pytest.raises(EventTooLarge):
         RawSSEDecoder(max_event_bytes=100).feed(b"data: " + b"z" * 200 + b"\n\n")
 
