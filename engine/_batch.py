@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
 from engine._exceptions import ConfigError, ContentBlocked, NanoeditError
+from engine._logs import Logger
 from engine._types import Image, ImageInput, build_user_content
 from engine.budget import CostBreakdown, settle_cost
 from engine.catalog import ImageConfig, ModelSpec
@@ -41,7 +41,7 @@ __all__ = [
     "read_items",
 ]
 
-log = structlog.get_logger("nanoedit.batch")
+log = Logger("nanoedit.batch")
 
 INLINE_LIMIT = 20 * 1024 * 1024
 """Requests up to this many bytes in all go inline; larger jobs go as a JSONL file."""

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import structlog
-
 from engine._exceptions import ConfigError
+from engine._logs import Logger
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -29,7 +28,7 @@ __all__ = [
     "Timeouts",
 ]
 
-_log = structlog.get_logger("nanoedit.config")
+_log = Logger("nanoedit.config")
 
 DEFAULT_MODEL = "gemini-3.1-flash-image"
 # Looked up in this order; the first one set wins.

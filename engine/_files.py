@@ -23,16 +23,16 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import msgspec
-import structlog
 
 from engine._exceptions import ApiError, NanoeditError, TransportError
+from engine._logs import Logger
 from engine._memo import Memo
 from engine.providers._google_files import UploadedFile
 from sessions import BlobStore, Content, FileData, FileRef, Part, SessionStore
 
 __all__ = ["EXPIRY_MARGIN_S", "FileUploader", "HistoryFiles", "missing_file_names"]
 
-log = structlog.get_logger("nanoedit.files")
+log = Logger("nanoedit.files")
 
 EXPIRY_MARGIN_S = 3600.0
 """An upload with less than this left is uploaded again before it is referred to."""

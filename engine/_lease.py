@@ -19,15 +19,14 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal
 
-import structlog
-
 from engine._exceptions import NanoeditError, SessionBusy
+from engine._logs import Logger
 from engine._shield import finish
 from sessions import LeaseHolder, SessionStore
 
 __all__ = ["Lease", "describe_holder", "holder_is_dead", "new_owner"]
 
-_log = structlog.get_logger("nanoedit.lease")
+_log = Logger("nanoedit.lease")
 
 # Polling for a lease another engine holds (on_busy="wait"): jittered, doubling between these.
 _POLL_MIN = 0.02

@@ -28,7 +28,6 @@ from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
-import structlog
 
 from engine._config import Timeouts
 from engine._exceptions import (
@@ -46,6 +45,7 @@ from engine._exceptions import (
     TransportError,
     api_error,
 )
+from engine._logs import Logger
 from engine._retry import parse_retry_after
 
 __all__ = [
@@ -67,7 +67,7 @@ __all__ = [
     "secrets_of",
 ]
 
-_log = structlog.get_logger("nanoedit.transport")
+_log = Logger("nanoedit.transport")
 
 MAX_MESSAGE = 500
 """Longest error message kept, in characters; the rest is cut (bodies can echo megabytes)."""

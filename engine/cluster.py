@@ -25,9 +25,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from engine._exceptions import ConfigError, NanoeditError
+from engine._logs import Logger
 from engine.bus import EventBus
 from engine.events import ENGINE_WIDE, Event, decode_event, encode_event
 
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Cluster", "ClusterBus", "ClusterError"]
 
-log = structlog.get_logger("nanoedit.cluster")
+log = Logger("nanoedit.cluster")
 
 # KEYS: seq counter, stream. ARGV: event JSON, window. Returns the seq.
 _APPEND = """

@@ -35,9 +35,9 @@ from types import TracebackType
 from typing import Final
 
 import anyio
-import structlog
 
 from engine._exceptions import Closed
+from engine._logs import Logger
 from engine.events import ENGINE_WIDE, LimitsChanged
 
 __all__ = ["Limiter", "SlotHandle"]
@@ -46,7 +46,7 @@ _CONGESTION: Final = frozenset({429, 503})
 
 OnChange = Callable[[LimitsChanged], Awaitable[None] | None]
 
-_log = structlog.get_logger("nanoedit.limits")
+_log = Logger("nanoedit.limits")
 
 
 class _Bucket:
