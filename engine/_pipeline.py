@@ -23,7 +23,13 @@ from engine._shield import finish
 from engine._transport import RequestBody
 from engine._types import Image, Turn
 from engine.budget import RequestPlan as Plan
-from engine.budget import Reservation, exceeded_event, plan_request, settle_cost
+from engine.budget import (
+    Reservation,
+    exceeded_event,
+    plan_request,
+    request_framing,
+    settle_cost,
+)
 from engine.events import (
     Event,
     TurnCancelled,
@@ -76,7 +82,7 @@ class TurnRun:
         self.files = engine.history_files(self.settings.history_images)
 
     async def _publish(self, event: Event) -> None:
-        await self.session._publish(event)
+        await self.engine.bus.publish(event)
 
     # --- the stages --------------------------------------------------------------------------
 
@@ -212,6 +218,17 @@ class TurnRun:
         files = self.files
         if files is not None and self.history:
             await files.prepare([c for t in self.history for c in (t.user, t.model)])
+
+        def encode_size(contents: list[Content]) -> int:
+            request = GenerateRequest(
+                session.spec.id, contents, settings, signatures=session.spec.thinking
+            )
+            return len(provider.encode(request))
+
+        # Three framing requests encoded per turn were a tenth of planning a small turn.
+        kept = session._framing
+        if kept is None or kept[0] is not settings:
+            kept = session._framing = (settings, request_framing(encode_size))
         try:
             plan = plan_request(
                 spec=session.spec,
@@ -219,15 +236,10 @@ class TurnRun:
                 engine_max_request_bytes=self.engine.config.request_byte_limit,
                 turns=self.history,
                 draft=self.draft,
-                encode_size=lambda contents: len(
-                    provider.encode(
-                        GenerateRequest(
-                            session.spec.id, contents, settings, signatures=session.spec.thinking
-                        )
-                    )
-                ),
+                encode_size=encode_size,
                 content_size=provider.content_sizer(signatures=session.spec.thinking),
                 request_form=files.view if files is not None else None,
+                framing=kept[1],
                 provider=provider.name,
                 image_size=self.image_size,
                 spent_usd=spent + await self._reserved_elsewhere(),

@@ -267,12 +267,11 @@ class _Sizer:
         self,
         encode_size: Callable[[list[Content]], int],
         content_size: Callable[[Content], int] | None = None,
+        framing: tuple[int, int] | None = None,
     ) -> None:
         self._encode = encode_size
         self._content_size = content_size
-        self.empty = encode_size([])
-        one = encode_size([Content()])
-        self.sep = encode_size([Content(), Content()]) - 2 * one + self.empty
+        self.empty, self.sep = framing or request_framing(encode_size)
 
     def run(self, contents: Sequence[Content]) -> int:
         """Bytes `contents` add to an array, without the separator after the last one."""
@@ -287,6 +286,14 @@ class _Sizer:
             skeletons.append(skeleton)
             removed += taken
         return self._encode(skeletons) - self.empty + removed
+
+
+def request_framing(encode_size: Callable[[list[Content]], int]) -> tuple[int, int]:
+    """(bytes of a request with no contents, bytes between two Contents), by encoding three
+    framing requests: constant for a session's settings, so a caller may keep it."""
+    empty = encode_size([])
+    one = encode_size([Content()])
+    return empty, encode_size([Content(), Content()]) - 2 * one + empty
 
 
 # --- planning --------------------------------------------------------------------------------
@@ -382,6 +389,7 @@ def plan_request(
     encode_size: Callable[[list[Content]], int],
     content_size: Callable[[Content], int] | None = None,
     request_form: Callable[[Content], Content] | None = None,
+    framing: tuple[int, int] | None = None,
     provider: str,
     image_size: str | None,
     spent_usd: float,
@@ -400,6 +408,7 @@ def plan_request(
     `request_form(content)` is a Content as the request will carry it (history images as file
     references): bytes are measured on it, tokens on the Content itself (a referenced image
     costs the model as many tokens as an inline one). The plan's contents are the originals.
+    `framing` is `request_framing(encode_size)` if the caller kept it.
     """
     form = request_form or _same
     token_limit = budget.max_context_tokens or spec.context_window
@@ -409,7 +418,7 @@ def plan_request(
 
     costs = turn_tokens(turns, spec)
     draft_tokens = content_tokens(draft, spec)
-    sizer = _Sizer(encode_size, content_size)
+    sizer = _Sizer(encode_size, content_size, framing)
     # A turn adds its two Contents and the separators after them; dropping it takes exactly
     # that away.
     sizes = [sizer.run((form(t.user), form(t.model))) + sizer.sep for t in turns]

@@ -15,13 +15,13 @@ from typing import Any
 
 import anyio.lowlevel
 import msgspec
-import structlog
 
 from engine._batch import Batches, BatchItem, BatchResult, Progress
 from engine._config import FILES_PRESETS, EngineConfig, HistoryImages
 from engine._exceptions import Closed, ConfigError
 from engine._files import HistoryFiles
 from engine._lease import Lease, new_owner
+from engine._logs import Logger
 from engine._pipeline import TurnRun
 from engine._shield import finish
 from engine._transport import Transport
@@ -69,7 +69,7 @@ __all__ = [
     "sniff_mime",
 ]
 
-log = structlog.get_logger("nanoedit.engine")
+log = Logger("nanoedit.engine")
 
 DEFAULT_MODALITIES = ("TEXT", "IMAGE")
 _TERMINAL = ("turn.completed", "turn.failed", "turn.cancelled")
@@ -578,6 +578,9 @@ class Session:
         self.spec: ModelSpec = engine.catalog.resolve(state.record.model)
         self._budget = Budget.from_builtins(state.record.settings.budget)
         self._log = log.bind(session_id=state.id)
+        # The request framing the budget planner measures (see `request_framing`), for the
+        # settings object it was measured with: settings are replaced, never changed in place.
+        self._framing: tuple[object, tuple[int, int]] | None = None
 
     # --- read ------------------------------------------------------------------------------
 
@@ -711,12 +714,20 @@ class Session:
         return TurnStream(self, build_user_content(text, images), stream)
 
     async def _tracked(self, coro: Any) -> Turn:
-        """Run a turn in a task of its own; a caller cancelled while it commits gets the turn."""
+        """Run a turn in a task of its own; a caller cancelled while it commits gets the turn.
+
+        Awaiting the task hands a cancellation of the caller on to it (asyncio cancels the
+        future a task waits for), and a commit under way finishes and returns its turn. Through
+        `asyncio.shield` the same took a future and two more loop callbacks per turn.
+        """
         engine = self._engine
         task: asyncio.Task[Turn] = asyncio.ensure_future(coro)
-        engine._track(task)
+        # Untracked when this returns, by which time the task has ended (a done callback would
+        # be one more loop callback per turn).
+        tracked = engine._turn_tasks
+        tracked.add(task)
         try:
-            return await asyncio.shield(task)
+            return await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and (current is None or not current.cancelling()):
@@ -732,6 +743,8 @@ class Session:
                 # The commit had begun and finished: the turn exists, so say so.
                 return task.result()
             raise
+        finally:
+            tracked.discard(task)
 
     async def _publish(self, event: Event) -> Event:
         return await self._engine.bus.publish(event)

@@ -197,6 +197,40 @@ async def test_budget_warning_from_eighty_percent(
         assert 0.8 * 1400 <= w.used <= 1400
 
 
+async def test_planned_bytes_are_each_request_s_own_when_settings_differ(
+    make_emulator: EmulatorFactory,
+) -> None:
+    """The request framing a session keeps between turns is that of its own settings: two
+    sessions with and without a system instruction, interleaved, and a settings object replaced
+    under a handle, each plan exactly the bytes then sent (a `budget.warning` on every request
+    says what was planned)."""
+    emu = await make_emulator(record_requests=True)
+    budget = Budget(max_request_bytes=10**9, warn_at=1e-9)
+    async with Engine(config_for(emu.base_url)) as e:
+        seen = collect(e)
+        plain = await e.create_session(budget=budget)
+        briefed = await e.create_session(budget=budget, system_instruction="be brief " * 50)
+        for prompt in PROMPTS[:2]:
+            await plain.send(prompt)
+            await briefed.send(prompt)
+        # The same session, its settings replaced by ones carrying an instruction.
+        state = plain.state
+        settings = msgspec.structs.replace(
+            state.record.settings,
+            system_instruction=briefed.state.record.settings.system_instruction,
+        )
+        plain._state = type(state)(
+            msgspec.structs.replace(state.record, settings=settings), state.turns
+        )
+        await plain.send(PROMPTS[2])
+    planned = [
+        ev.used for ev in seen if isinstance(ev, BudgetWarning) and ev.limit == "request_bytes"
+    ]
+    assert planned == [len(body) for body in bodies(emu)]
+    assert len(planned) == 5
+    assert b"be brief" in bodies(emu)[-1]
+
+
 # --- money ---------------------------------------------------------------------------------------
 
 

@@ -297,9 +297,12 @@ async def test_cancel_mid_stream_leaves_session_unchanged(make_emulator: Emulato
             await task
         assert encode_contents(s.contents()) == before
         assert any(ev.type == "turn.cancelled" for ev in seen)
+        # The engine tracks turns in flight only while they are (aclose waits for them).
+        assert not e._turn_tasks
         emu.set_faults("")
         turn = await s.send("Add a sprig")
         assert turn.index == 2
+        assert not e._turn_tasks
     assert e._transport is not None and e._transport.closed
 
 
