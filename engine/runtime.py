@@ -759,35 +759,38 @@ class Session:
         """
         engine = self._engine
         before = self._state
-        async with AsyncExitStack() as stack:
-            try:
-                await stack.enter_async_context(engine.lease(self.id).held())
+        run: TurnRun | None = None
+        try:
+            async with engine.lease(self.id).held():
                 await self._reload_if_changed()
                 before = self._state
                 if draft is None:
                     draft = self._regenerate_draft()
-            except BaseException as exc:
-                turn = len(self._state.path()) + 1
-                if isinstance(exc, asyncio.CancelledError):
-                    await finish(self._publish(TurnCancelled(session_id=self.id, turn=turn)))
-                elif isinstance(exc, Exception):
-                    await finish(
-                        self._publish(
-                            TurnFailed(
-                                session_id=self.id,
-                                turn=turn,
-                                error=str(exc),
-                                error_type=type(exc).__name__,
-                                attempts=0,
-                            )
+                run = TurnRun(self, draft, stream=stream, gate=gate)
+                try:
+                    return await run.run()
+                except BaseException:
+                    if self._state.record.version == before.record.version:
+                        # Nothing was committed: drop a regenerate's moved view.
+                        self._state = before
+                    raise
+        except BaseException as exc:
+            if run is not None:
+                raise  # the turn published how it ended
+            turn = len(self._state.path()) + 1
+            if isinstance(exc, asyncio.CancelledError):
+                await finish(self._publish(TurnCancelled(session_id=self.id, turn=turn)))
+            elif isinstance(exc, Exception):
+                await finish(
+                    self._publish(
+                        TurnFailed(
+                            session_id=self.id,
+                            turn=turn,
+                            error=str(exc),
+                            error_type=type(exc).__name__,
+                            attempts=0,
                         )
                     )
-                raise
-            try:
-                return await TurnRun(self, draft, stream=stream, gate=gate).run()
-            except BaseException:
-                if self._state.record.version == before.record.version:
-                    # Nothing was committed: drop a regenerate's moved view.
-                    self._state = before
-                raise
+                )
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
