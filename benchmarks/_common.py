@@ -23,8 +23,6 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.cli._procs import stop_process
-
 __all__ = [
     "RESULTS_PATH",
     "RssSampler",
@@ -193,7 +191,10 @@ def emulator_process(
         base_url = _read_base_url(proc, timeout)
         yield proc, base_url
     finally:
-        # Only the process started here is stopped, by its own handle.
+        # Only the process started here is stopped, by its own handle. (Imported here: a
+        # benchmark's peer client processes import this module and must not load the engine.)
+        from engine.cli._procs import stop_process
+
         stop_process(proc)
 
 

@@ -187,16 +187,33 @@ async def _lockstep(client: PeerClient, args: argparse.Namespace, out: Outcome) 
     return by_turn
 
 
+def _tuned_gc() -> Any:
+    """`engine.tuned_gc`, loaded from its file: importing the `engine` package would load the
+    whole engine (6.5 MiB, and structlog) into every peer's process and its peak RSS."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_nanoedit_gc", Path(__file__).resolve().parents[1] / "engine" / "_gc.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tuned_gc()
+
+
 def child_main(args: argparse.Namespace) -> int:
-    """Run one client's workload and print its JSON line."""
-    _quiet_logs()
+    """Run one client's workload and print its JSON line.
+
+    A child imports only what its client needs (the nanoedit clients the engine, the peers
+    their SDK or aiohttp), so each peak RSS is that client's own.
+    """
+    if args.child.startswith("nanoedit"):
+        _quiet_logs()
     if args.default_gc:
         result = asyncio.run(_child(args))
     else:
         # Every client gets the same process setting, the one the nanoedit command uses.
-        from engine import tuned_gc
-
-        with tuned_gc():
+        with _tuned_gc():
             result = asyncio.run(_child(args))
     profiler = result.pop("profiler")
     if profiler is not None:
