@@ -421,6 +421,38 @@ async def test_silence_between_chunks_is_an_idle_timeout(server: LoopbackServer)
     assert received == [b"first"]
 
 
+async def test_a_silence_after_slow_headers_is_caught_within_idle(server: LoopbackServer) -> None:
+    """The headers come later than `idle` (within `first_byte`); a silence after them still
+    ends the read after `idle`, not at the header deadline: the second chunk, due long before
+    that deadline, is never waited for."""
+    server.script(Reply(delay=0.3, chunks=[b"first", 1.0, b"late"]))
+    received = []
+    async with Transport(timeouts=Timeouts(connect=1, first_byte=3, idle=0.1, total=5)) as tr:
+        with pytest.raises(IdleTimeout):
+            async with tr.stream("GET", server.url + "/") as resp:
+                async for chunk in resp.chunks():
+                    received.append(chunk)
+    assert received == [b"first"]
+
+
+@pytest.mark.parametrize("outer_first", [True, False])
+async def test_a_caller_timeout_and_the_header_wait_are_told_apart(
+    server: LoopbackServer, outer_first: bool
+) -> None:
+    """The caller's own asyncio.timeout running out first is the caller's TimeoutError; the
+    header wait running out first is FirstByteTimeout, even inside the caller's timeout."""
+    server.script(Reply(delay=5.0))
+    first_byte, outer = (5.0, 0.05) if outer_first else (0.05, 5.0)
+    timeouts = Timeouts(connect=1, first_byte=first_byte, idle=5, total=10)
+    async with Transport(timeouts=timeouts) as tr:
+        with pytest.raises((TimeoutError, FirstByteTimeout)) as info:
+            async with asyncio.timeout(outer):
+                await tr.request("GET", server.url + "/")
+    assert type(info.value) is (TimeoutError if outer_first else FirstByteTimeout)
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+
 async def test_a_slow_reader_is_not_an_idle_server(server: LoopbackServer) -> None:
     """Idle time is counted while waiting for data only: a consumer that takes longer than
     `idle` between reads, with the data already there, is not timed out; a later silence is."""
