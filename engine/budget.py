@@ -195,18 +195,26 @@ def _is_full(turns: Sequence[TurnRecord], i: int) -> bool:
     return t.carried is None or t.carried == [p.index for p in turns[:i]]
 
 
+def _base(turns: Sequence[TurnRecord]) -> int:
+    """The last turn whose request carried the whole history and reported its prompt; -1."""
+    for i in range(len(turns) - 1, -1, -1):
+        if turns[i].usage.prompt_tokens > 0 and _is_full(turns, i):
+            return i
+    return -1
+
+
+def _estimate(turn: TurnRecord, spec: ModelSpec) -> int:
+    return content_tokens(turn.user, spec) + content_tokens(turn.model, spec)
+
+
 def turn_tokens(turns: Sequence[TurnRecord], spec: ModelSpec) -> list[int]:
     """Tokens each turn (user + model Content) adds to a request carrying the history.
 
     Calibrated to the last full request's `prompt_tokens` (see the module docstring); the sum is
     `history_tokens`.
     """
-    base = -1
-    for i in range(len(turns) - 1, -1, -1):
-        if turns[i].usage.prompt_tokens > 0 and _is_full(turns, i):
-            base = i
-            break
-    est = [content_tokens(t.user, spec) + content_tokens(t.model, spec) for t in turns]
+    base = _base(turns)
+    est = [_estimate(t, spec) for t in turns]
     if base < 0:
         return est
     b = turns[base]
@@ -226,8 +234,17 @@ def turn_tokens(turns: Sequence[TurnRecord], spec: ModelSpec) -> list[int]:
 
 
 def history_tokens(turns: Sequence[TurnRecord], spec: ModelSpec) -> int:
-    """Tokens the whole history adds to the next request (authoritative where the server said)."""
-    return sum(turn_tokens(turns, spec))
+    """Tokens the whole history adds to the next request (authoritative where the server said).
+
+    The sum of `turn_tokens`, without working out each turn's share: the scaled shares up to
+    the base add up to its reported prompt exactly, so the sum is that prompt, the base's
+    reply and the estimates after it (a fifth of planning a small turn went to the shares).
+    """
+    base = _base(turns)
+    if base < 0:
+        return sum(_estimate(t, spec) for t in turns)
+    after = sum(_estimate(t, spec) for t in turns[base + 1 :])
+    return turns[base].usage.prompt_tokens + reply_tokens(turns[base], spec) + after
 
 
 # --- byte accounting -------------------------------------------------------------------------
@@ -257,10 +274,11 @@ class _Sizer:
     """Request bytes as a sum of per-turn sizes, without encoding any image.
 
     For a JSON array encoder, size(list) = size([]) + sum(item sizes) + separators, and an image's
-    contribution is its base64 length (4 * ceil(n / 3)). So each turn is encoded once with its
+    contribution is its base64 length (4 * ceil(n / 3)). So the history is encoded with its
     inline data emptied (cheap), and its images are added arithmetically: `encode_size` is called
-    once per turn, once for the draft and 3 times to learn the array's framing; never on image
-    bytes, and no full request is encoded (the provider does that once, for real).
+    once for the history, once for the draft and 3 times to learn the array's framing (per
+    turn again only when turns must be dropped); never on image bytes, and no full request is
+    encoded (the provider does that once, for real).
     """
 
     def __init__(
@@ -397,7 +415,7 @@ def plan_request(
     """Decide what the next request carries under `budget`, or raise BudgetExceeded.
 
     `turns` is the history, oldest first; `encode_size(contents)` the encoded request size in
-    bytes for those contents (called once per turn with images emptied, plus 4 times; see
+    bytes for those contents (called with images emptied, a few times per plan; see
     `_Sizer`), unless `content_size(content)` gives each Content's encoded size; `spent_usd`
     what the session has spent and reserved so far. The token limit is
     `budget.max_context_tokens or spec.context_window`, the byte limit
@@ -416,20 +434,18 @@ def plan_request(
     policy = budget.policy
     decisions: list[Event] = []
 
-    costs = turn_tokens(turns, spec)
     draft_tokens = content_tokens(draft, spec)
     sizer = _Sizer(encode_size, content_size, framing)
-    # A turn adds its two Contents and the separators after them; dropping it takes exactly
-    # that away.
-    sizes = [sizer.run((form(t.user), form(t.model))) + sizer.sep for t in turns]
     draft_bytes = sizer.run((form(draft),))
 
     contents = [c for t in turns for c in (t.user, t.model)]
-    contents.append(draft)
     carried: list[int] | None = None
     rebased = False
-    tokens = sum(costs) + draft_tokens
-    nbytes = sizer.empty + sum(sizes) + draft_bytes
+    # The totals first; each turn's share only when turns must be dropped.
+    tokens = history_tokens(turns, spec) + draft_tokens
+    history_bytes = sizer.run([form(c) for c in contents]) + (sizer.sep if contents else 0)
+    nbytes = sizer.empty + history_bytes + draft_bytes
+    contents.append(draft)
 
     hit = _over(tokens, nbytes, token_limit, byte_limit)
     if hit is not None:
@@ -442,6 +458,10 @@ def plan_request(
             )
         )
         if policy == "drop_oldest":
+            costs = turn_tokens(turns, spec)
+            # A turn adds its two Contents and the separators after them; dropping it takes
+            # exactly that away.
+            sizes = [sizer.run((form(t.user), form(t.model))) + sizer.sep for t in turns]
             # Suffix sums: what is left after dropping the d oldest turns.
             keep_tokens, keep_bytes = tokens, nbytes
             drop = 0

@@ -220,6 +220,46 @@ def test_explicit_full_carried_list_counts_as_full() -> None:
     assert history_tokens(turns, PRO) == 2000 + 2 + 560
 
 
+_USAGES = st.one_of(
+    st.just(Usage()),
+    st.builds(
+        Usage,
+        prompt_tokens=st.integers(0, 50_000),
+        output_text_tokens=st.integers(0, 500),
+        output_image_tokens=st.sampled_from([0, 1120]),
+    ),
+)
+
+
+@given(
+    shapes=st.lists(
+        st.tuples(
+            _USAGES, st.integers(0, 200), st.sampled_from(["full", "listed", "partial", "rebased"])
+        ),
+        max_size=8,
+    )
+)
+def test_history_total_is_the_sum_of_the_turn_shares(
+    shapes: list[tuple[Usage, int, str]],
+) -> None:
+    """history_tokens (the total a plan uses) equals the sum of turn_tokens (the shares a
+    drop uses) for any mix of reported usage, estimates and partial requests."""
+    turns = []
+    for i, (usage, chars, how) in enumerate(shapes, start=1):
+        carried = {"full": None, "listed": list(range(1, i)), "partial": [i - 1], "rebased": []}
+        turns.append(
+            turn(
+                i,
+                user("a" * chars),
+                model("b" * (chars // 2), IMAGES[i % len(IMAGES)]),
+                usage,
+                carried[how],
+                rebased=how == "rebased",
+            )
+        )
+    assert history_tokens(turns, PRO) == sum(turn_tokens(turns, PRO))
+
+
 # --- policies --------------------------------------------------------------------------------
 
 
@@ -334,7 +374,7 @@ def test_request_bytes_are_exact_and_no_image_is_encoded() -> None:
     full = plan(Budget(), draft=draft, encode=encode)
     assert full.request_bytes == encoded_size(full.contents)
     assert set(seen_images) == {0}
-    assert calls == len(TURNS) + 1 + 3
+    assert calls == 1 + 1 + 3  # the history at once, the draft, the framing
 
     limit = full.request_bytes - 10
     with pytest.raises(BudgetExceeded) as info:
