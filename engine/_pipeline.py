@@ -109,15 +109,15 @@ class TurnRun:
                     self.spend_scopes, plan.reserved_usd, self.reservation_ttl
                 )
             try:
-                result, digests = await self._send(body)
+                result, images = await self._send(body)
             except ApiError as exc:
                 # A referenced file expired or was deleted: upload again, retry once.
                 body = await self._upload_again(plan, exc)
-                result, digests = await self._send(body)
+                result, images = await self._send(body)
             if self.gate is not None:
                 await self.gate()
             # From here on the turn lands, whatever is cancelled meanwhile.
-            return await finish(self._commit(plan, result, digests), reraise=False)
+            return await finish(self._commit(plan, result, images), reraise=False)
         except asyncio.CancelledError:
             await finish(self._publish(TurnCancelled(session_id=sid, turn=index)))
             raise
@@ -263,9 +263,9 @@ class TurnRun:
             return self.engine.ledger.reserved_for(self.session.id)
         return await cluster.reserved(f"session:{self.session.id}")
 
-    async def _send(self, body: RequestBody) -> tuple[ProviderResult, dict[int, tuple[bytes, str]]]:
-        """Send `body`, retrying what the policy says may be retried; the answer and the digests
-        of its images (hashed once, for their events)."""
+    async def _send(self, body: RequestBody) -> tuple[ProviderResult, dict[int, Image]]:
+        """Send `body`, retrying what the policy says may be retried; the answer and its images
+        as their events described them (hashed once), by id() of their bytes."""
         engine, session = self.engine, self.session
         policy = engine.config.retry
         images_only = self.settings.response_modalities == ["IMAGE"]
@@ -275,8 +275,8 @@ class TurnRun:
             attempt = self.attempts
             # Fresh per attempt: a failed attempt's images must not lend their digests to the
             # next attempt's bytes.
-            digests: dict[int, tuple[bytes, str]] = {}
-            on_delta = self._delta_publisher(attempt, digests)
+            images: dict[int, Image] = {}
+            on_delta = self._delta_publisher(attempt, images)
             status: int | None = None
             try:
                 async with engine.request_slot(model) as slot:
@@ -295,7 +295,7 @@ class TurnRun:
                     slot.report(result.status)
                 if not self.stream:
                     await self._publish_result_deltas(result, on_delta)
-                return result, digests
+                return result, images
             except (ApiError, TransportError) as exc:
                 exc.attempts = attempt
                 delay = retry_delay(attempt, exc, policy) if should_retry(exc, policy) else None
@@ -316,7 +316,7 @@ class TurnRun:
                 )
                 await asyncio.sleep(delay)
 
-    def _delta_publisher(self, attempt: int, digests: dict[int, tuple[bytes, str]]) -> OnDelta:
+    def _delta_publisher(self, attempt: int, images: dict[int, Image]) -> OnDelta:
         sid, index = self.session.id, self.index
 
         async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
@@ -343,7 +343,7 @@ class TurnRun:
                 )
             elif delta.part.inline_data is not None:
                 image = Image.from_blob(delta.part.inline_data)
-                digests[id(image.data)] = (image.data, image.sha256)
+                images[id(image.data)] = image
                 await self._publish(
                     TurnImage(
                         session_id=sid,
@@ -365,9 +365,7 @@ class TurnRun:
             elif part.text:
                 await on_delta(TextDelta(part.text, bool(part.thought)))
 
-    async def _commit(
-        self, plan: Plan, result: ProviderResult, digests: dict[int, tuple[bytes, str]]
-    ) -> Turn:
+    async def _commit(self, plan: Plan, result: ProviderResult, images: dict[int, Image]) -> Turn:
         """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""
         engine, session, state = self.engine, self.session, self.state
         spec = session.spec
@@ -401,7 +399,7 @@ class TurnRun:
                 metadata=_turn_metadata(result),
             ),
             engine.store.blobs,
-            digests,
+            {key: (image.data, image.sha256) for key, image in images.items()},
         )
         # Fenced: only while this engine still holds the session's lease.
         rec = await engine.store.commit_turn(
@@ -410,11 +408,11 @@ class TurnRun:
             expected_version=state.record.version,
             lease_owner=engine.lease_owner,
         )
-        session._state = SessionState(rec, {**state.turns, record.id: record})
+        session._state = SessionState.adopt(rec, {**state.turns, record.id: record})
         if self.files is not None:
             # Upload this turn's images now, so the next turn finds them uploaded.
             self.files.schedule((record.user, record.model))
-        turn = Turn.from_record(record, engine.store.blobs)
+        turn = Turn.from_record(record, engine.store.blobs, images)
         await self._publish(
             TurnCompleted(
                 session_id=session.id,

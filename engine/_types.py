@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,12 +88,20 @@ class Turn:
     text: str
 
     @classmethod
-    def from_record(cls, record: TurnRecord, blobs: BlobStore | None = None) -> Turn:
-        """Wrap a stored turn; `blobs` knows the digests of interned images."""
-        images = [
-            Image.from_blob(b, blobs.digest(b.data) if blobs else None)
-            for b in record.model.images()
-        ]
+    def from_record(
+        cls,
+        record: TurnRecord,
+        blobs: BlobStore | None = None,
+        known: Mapping[int, Image] | None = None,
+    ) -> Turn:
+        """Wrap a stored turn; `blobs` knows the digests of interned images, `known` holds
+        Images already made for some of its bytes (by their id(), see TurnRun)."""
+        images = []
+        for b in record.model.images():
+            image = known.get(id(b.data)) if known else None
+            if image is None or image.data is not b.data:
+                image = Image.from_blob(b, blobs.digest(b.data) if blobs else None)
+            images.append(image)
         return cls(record, images, record.model.text())
 
     @property

@@ -122,6 +122,15 @@ class SessionState:
         self.record = record
         self.turns: dict[str, TurnRecord] = dict(turns or {})
 
+    @classmethod
+    def adopt(cls, record: SessionRecord, turns: dict[str, TurnRecord]) -> SessionState:
+        """A state that takes `turns` over without copying it (the caller made it for this
+        state and drops it); a commit copied a session's whole turn dict twice this way."""
+        state = cls.__new__(cls)
+        state.record = record
+        state.turns = turns
+        return state
+
     @property
     def id(self) -> str:
         """The session id."""

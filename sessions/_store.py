@@ -347,7 +347,7 @@ class MemoryStore(SessionStore):
             version=expected_version + 1,
             updated_at=time.time(),
         )
-        self._states[session_id] = SessionState(rec, turns)
+        self._states[session_id] = SessionState.adopt(rec, turns)
         return rec
 
     async def move_head(

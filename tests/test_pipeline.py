@@ -276,3 +276,27 @@ async def test_a_retried_turn_stores_its_own_image_under_its_own_digest() -> Non
             assert stored is not None and hashlib.sha256(stored).hexdigest() == b
             state: SessionState = await e.store.load(s.id)
             assert hashlib.sha256(state.contents()[1].images()[0].data).hexdigest() == b
+
+
+def test_a_turn_reuses_the_images_its_events_described_only_for_the_same_bytes() -> None:
+    """Turn.from_record takes an Image made earlier for the very bytes object it holds (the
+    one the turn's events described, hashed once); for equal bytes in another object it makes
+    a new one, so a turn never holds a second copy of an interned image."""
+    from engine._types import Image, Turn
+
+    data = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    blob = Blob(mime_type="image/png", data=data)
+    record = TurnRecord(
+        id="t1",
+        parent=None,
+        index=1,
+        user=Content(role="user", parts=[Part(text="a mug")]),
+        model=Content(role="model", parts=[Part(inline_data=blob)]),
+        model_id="nano-banana-2",
+    )
+    described = Image.from_blob(blob)
+    assert Turn.from_record(record, None, {id(data): described}).images[0] is described
+    copy = Image.from_blob(Blob(mime_type="image/png", data=bytes(bytearray(data))))
+    rebuilt = Turn.from_record(record, None, {id(data): copy}).images[0]
+    assert rebuilt is not copy and rebuilt.data is data
+    assert rebuilt.sha256 == hashlib.sha256(data).hexdigest()
