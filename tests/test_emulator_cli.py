@@ -69,3 +69,18 @@ async def test_prints_url_serves_and_exits_zero_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_the_emulator_process_gives_freed_blocks_back_where_glibc_allows() -> None:
+    """`nanoedit emulator` fixes glibc's mmap threshold (freed answers go back to the system);
+    it says so where it could, and nowhere else."""
+    import platform
+    import subprocess
+    import sys
+
+    probe = "from engine.cli.emulator import unmap_freed_blocks; print(unmap_freed_blocks())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out == str(expected)

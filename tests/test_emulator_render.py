@@ -624,3 +624,74 @@ def test_a_render_carries_its_digest_and_base64_and_answers_splice_them_exactly(
         Part(inline_data=Blob(mime_type=result.mime_type, data=result.data), thought=True),
     ):
         assert bytes(_encoded_part(part, result.b64)) == json_body(part)
+
+
+async def test_held_bytes_waits_in_order_and_never_goes_over() -> None:
+    """Calls hold their memory under the limit: the rest wait, first come first served; one
+    larger than the whole limit goes alone; a call may grow what it holds; a waiter cancelled
+    (also just after being let in) leaves no bytes behind."""
+    import asyncio
+
+    from engine.emulator._generate import HeldBytes
+
+    held = HeldBytes(100)
+    order: list[str] = []
+    release: dict[str, asyncio.Event] = {}
+
+    async def call(name: str, size: int, more: int = 0) -> None:
+        release[name] = asyncio.Event()
+        async with held.holding(size) as grow:
+            order.append(name)
+            grow(more)
+            await release[name].wait()
+
+    first = asyncio.ensure_future(call("a", 50, more=10))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(call("b", 60))  # would go over: waits
+    third = asyncio.ensure_future(call("c", 30))  # fits, but waits behind b
+    await asyncio.sleep(0)
+    assert order == ["a"] and held.held == 60 and held.waits == 2
+    release["a"].set()
+    await first
+    await asyncio.sleep(0)
+    assert order == ["a", "b", "c"] and held.held == 90
+    big = asyncio.ensure_future(call("big", 500))  # alone, once the others are done
+    await asyncio.sleep(0)
+    assert order == ["a", "b", "c"]
+    release["b"].set()
+    release["c"].set()
+    await asyncio.gather(second, third)
+    await asyncio.sleep(0)
+    assert order[-1] == "big" and held.held == 500
+    waiting = asyncio.ensure_future(call("w", 10))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    let_in = asyncio.ensure_future(call("x", 10))
+    await asyncio.sleep(0)
+    release["big"].set()
+    await big  # frees the room: x is let in; cancelled before it runs
+    let_in.cancel()
+    for task in (waiting, let_in):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert held.held == 0 and held.peak == 500
+
+
+def test_the_held_estimate_covers_a_render_and_its_base64() -> None:
+    """What a call reserves for its answer is at least what the render holds (bytes and
+    base64), for grain and flat images, so the bound is a bound."""
+    from engine.emulator._generate import RenderJob
+
+    for grain in (True, False):
+        job = RenderJob(
+            model="m",
+            instruction="a ceramic mug on an oak table",
+            base=None,
+            base_sha256=b"",
+            width=256,
+            height=256,
+            seed=1,
+            grain=grain,
+        )
+        result = job.run()
+        assert len(result.data) + len(result.b64) <= job.estimated_bytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
 import sys
@@ -166,9 +167,32 @@ def _log_to_stderr() -> None:
         )
 
 
+def unmap_freed_blocks() -> bool:
+    """Make glibc give each large block back to the system when it is freed; False where that
+    cannot be set (another C library, another system).
+
+    glibc raises its mmap threshold after large blocks are freed (up to 32 MiB), and blocks
+    below the threshold come from heaps that keep what was freed: an emulator process that
+    had held 3 GiB of requests and answers (6,000 concurrent 1K grain edits) kept 8 GB of RSS
+    after they were sent, and twice that load was killed for lack of memory. With the
+    threshold fixed at its initial 128 KiB, its RSS fell back to 1-2 GB as the answers went
+    out. Done for the emulator's own process only: a library must not change an
+    application's allocator.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 128 * 1024))
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; print the base URL on stdout first. Returns the exit code."""
     _log_to_stderr()
+    unmap_freed_blocks()
     try:
         settings = _settings(args)
     except ConfigError as exc:

@@ -32,6 +32,12 @@ Behaviour worth knowing
       `sig_last` fault puts it on a trailing empty text part), the image whole in one event,
       then a finishing chunk (empty text part, finishReason, final usage). No [DONE].
     - Latency: a quarter before the first event, the rest while rendering; asyncio.sleep only.
+    - Memory: a generateContent call holds its request and then its answer until the last
+      byte is sent; together calls hold at most `EmulatorSettings.held_bytes` (an eighth of
+      the machine's memory by default, estimated from Content-Length and the image size), and
+      beyond it a call waits for room before reading its body, as a busy server answers later
+      (/emulator/stats: render.held_bytes_peak, render.held_waits). The emulator's own process
+      (`nanoedit emulator`) also gives freed blocks back to the system at once (glibc).
 
 Auth: with an api_key set, Gemini calls need `x-goog-api-key` or `?key=`, OpenAI calls
 `Authorization: Bearer KEY` (or the bare key): missing -> 401, wrong -> 403.

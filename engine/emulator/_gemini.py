@@ -341,12 +341,10 @@ class Job:
     grain: bool
 
 
-async def _render_all(
-    state: ServerState, job: Job
-) -> tuple[RenderResult | None, RenderResult | None]:
-    """The output image and, with includeThoughts, a small interim thought image."""
+def _render_jobs(job: Job) -> list[RenderJob]:
+    """The output image's render and, with includeThoughts, a small interim thought image's."""
     if not job.params.want_image:
-        return None, None
+        return []
     base = job.turn.base
     render = RenderJob(
         model=job.spec.id,
@@ -359,7 +357,7 @@ async def _render_all(
         grain=job.grain,
     )
     if not job.params.include_thoughts:
-        return await state.pool.render(render), None
+        return [render]
     draft = RenderJob(
         model=render.model,
         instruction=render.instruction,
@@ -370,7 +368,40 @@ async def _render_all(
         seed=render.seed,
         grain=False,
     )
-    image, thought_image = await asyncio.gather(state.pool.render(render), state.pool.render(draft))
+    return [render, draft]
+
+
+def _default_image_bytes(grain: bool) -> int:
+    job = RenderJob(
+        model="",
+        instruction="",
+        base=None,
+        base_sha256=b"",
+        width=1024,
+        height=1024,
+        seed=0,
+        grain=grain,
+    )
+    return job.estimated_bytes()
+
+
+# What a call holds per byte of its request (the body, the history images decoded from it, the
+# parsed JSON around them), and the allowance it takes for its answer before its request is
+# read: a 1K image, flat or grain (indexed by `grain`).
+_HELD_PER_REQUEST_BYTE = 3
+_DEFAULT_IMAGE_BYTES = (_default_image_bytes(False), _default_image_bytes(True))
+
+
+async def _render_all(
+    state: ServerState, job: Job
+) -> tuple[RenderResult | None, RenderResult | None]:
+    """The output image and, with includeThoughts, a small interim thought image."""
+    renders = _render_jobs(job)
+    if not renders:
+        return None, None
+    if len(renders) == 1:
+        return await state.pool.render(renders[0]), None
+    image, thought_image = await asyncio.gather(*(state.pool.render(r) for r in renders))
     return image, thought_image
 
 
@@ -621,6 +652,18 @@ async def _error_outcome(request: web.Request, decision: Decision) -> web.Stream
 
 
 async def _generate(request: web.Request, state: ServerState, model: str) -> web.StreamResponse:
+    # The call holds its request and then its answer until the last byte is sent: room for
+    # the request (by its Content-Length) and a default image is taken before the body is read,
+    # so calls beyond the emulator's memory bound wait before they take any (see HeldBytes).
+    length = request.content_length or state.settings.max_request_bytes
+    reserved = length * _HELD_PER_REQUEST_BYTE + _DEFAULT_IMAGE_BYTES[not state.settings.flat]
+    async with state.pool.held.holding(reserved) as grow:
+        return await _generate_held(request, state, model, grow)
+
+
+async def _generate_held(
+    request: web.Request, state: ServerState, model: str, grow: Callable[[int], None]
+) -> web.StreamResponse:
     stream = request.match_info["name"].endswith(":streamGenerateContent")
     endpoint = "streamGenerateContent" if stream else "generateContent"
     body = await admit(request, state, endpoint, model)
@@ -640,6 +683,8 @@ async def _generate(request: web.Request, state: ServerState, model: str) -> web
         "image_safety",
         "no_image",
     )
+    if not blocked:  # an image larger than the default allowance: hold the difference too
+        grow(sum(r.estimated_bytes() for r in _render_jobs(job)) - _DEFAULT_IMAGE_BYTES[job.grain])
     log.debug(
         "emulator.generate",
         endpoint=endpoint,

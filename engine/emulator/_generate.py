@@ -8,14 +8,15 @@ their own (a load test sending one request from 1,000 sessions renders once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import io
 import math
 import os
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -260,6 +261,12 @@ class RenderJob:
     grain: bool
     mime_type: str = "image/png"
 
+    def estimated_bytes(self) -> int:
+        """About what the rendered image holds in memory, its bytes and their base64 (a grain
+        PNG takes about 1.3 bytes per pixel, a flat one a fiftieth of that), rounded up."""
+        per_pixel = 1.5 if self.grain else 0.05
+        return math.ceil(self.width * self.height * per_pixel * 7 / 3) + 4096
+
     def key(self) -> bytes:
         """Cache key: a hash of every field except the base bytes (their hash stands in)."""
         h = hashlib.sha256()
@@ -358,10 +365,84 @@ def previews(data: bytes, count: int) -> list[bytes]:
     return out
 
 
-class RenderPool:
-    """Worker threads for CPU-bound work, and the render cache."""
+class HeldBytes:
+    """The memory model calls in progress hold, kept under a limit.
 
-    def __init__(self, *, threads: int, max_entries: int, max_bytes: int) -> None:
+    A call holds its request (the body, the history images decoded from it) and then its
+    rendered answer until its last byte is sent, the emulated latency included. A call that
+    would go over the limit waits for room before it reads its body, first come first served,
+    as a busy server answers later; one larger than the whole limit goes alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.waits = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def holding(self, size: int) -> AsyncIterator[Callable[[int], None]]:
+        """Hold `size` bytes for the block, waiting for room first. The block may hold more
+        once it knows it needs more (`grow(n)`, no wait: it holds its request already)."""
+        await self._acquire(size)
+        total = size
+
+        def grow(more: int) -> None:
+            nonlocal total
+            if more > 0:
+                total += more
+                self._take(more)
+
+        try:
+            yield grow
+        finally:
+            self._release(total)
+
+    def _fits(self, size: int) -> bool:
+        return self.held + size <= self.limit or self.held == 0
+
+    def _take(self, size: int) -> None:
+        self.held += size
+        self.peak = max(self.peak, self.held)
+
+    async def _acquire(self, size: int) -> None:
+        if not self._waiters and self._fits(size):
+            self._take(size)
+            return
+        self.waits += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(size)  # room was given just before the cancellation
+            else:
+                waiter.cancel()  # skipped when the queue is served
+            raise
+
+    def _release(self, size: int) -> None:
+        self.held -= size
+        while self._waiters:
+            size, waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(size):
+                break
+            self._waiters.popleft()
+            self._take(size)
+            waiter.set_result(None)
+
+
+class RenderPool:
+    """Worker threads for CPU-bound work, the render cache, and the memory calls hold."""
+
+    def __init__(
+        self, *, threads: int, max_entries: int, max_bytes: int, max_held_bytes: int = 1 << 62
+    ) -> None:
+        self.held = HeldBytes(max_held_bytes)
         self._limiter = anyio.CapacityLimiter(threads or max(2, os.cpu_count() or 2))
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -419,6 +500,8 @@ class RenderPool:
         self._cache_bytes = 0
         self.renders = 0
         self.hits = 0
+        self.held.peak = self.held.held
+        self.held.waits = 0
 
     async def aclose(self) -> None:
         """Wait for renders in flight (threads cannot be interrupted)."""

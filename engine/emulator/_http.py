@@ -117,6 +117,7 @@ class ServerState:
                 threads=settings.render_threads,
                 max_entries=settings.render_cache_entries,
                 max_bytes=settings.render_cache_bytes,
+                max_held_bytes=settings.held_bytes,
             ),
             rng=random.Random(settings.seed),
             files=FileVault(ttl=settings.file_ttl),
@@ -127,7 +128,14 @@ class ServerState:
         return {
             "requests": {name: self.requests.get(name, 0) for name in ENDPOINTS},
             "faults": dict(sorted(self.faults.items())),
-            "render": {"renders": self.pool.renders, "cache_hits": self.pool.hits},
+            "render": {
+                "renders": self.pool.renders,
+                "cache_hits": self.pool.hits,
+                # Memory held by model calls in progress: the most at once, and how many calls
+                # waited for room (EmulatorSettings.held_bytes).
+                "held_bytes_peak": self.pool.held.peak,
+                "held_waits": self.pool.held.waits,
+            },
             # The whole process (render threads included): benchmarks report the emulator's
             # CPU apart from the client's.
             "cpu_s": _process_cpu(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from engine._config import EmulatorOptions
@@ -13,6 +14,13 @@ __all__ = ["EmulatorSettings"]
 
 
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024  # Google's documented inline limit, gateways' too
+
+
+def _eighth_of_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 2 GiB
+        return 2 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,10 @@ class EmulatorSettings:
     render_cache_entries: int = 65_536
     render_cache_bytes: int = 512 * 1024 * 1024
     render_threads: int = 0  # 0: one per CPU, at least 2
+    # Memory held by model calls in progress (the request, its history images, the rendered
+    # answer; from the read to the last byte sent, the latency included); beyond it calls wait
+    # for room. Default: an eighth of the machine's memory.
+    held_bytes: int = field(default_factory=lambda: _eighth_of_memory())
     catalog: Catalog = field(default=BUILTIN, repr=False)  # every model it serves
     # How chat completions carry images: "images" (message.images[]), "parts" (image_url parts
     # in content), "markdown" (a data URL in the text), "json" (a JSON object in the text).
@@ -61,6 +73,8 @@ class EmulatorSettings:
             raise ConfigError("openai_dialect must be images, parts, markdown or json")
         if self.render_cache_entries < 0 or self.render_cache_bytes < 0:
             raise ConfigError("render cache limits must be >= 0")
+        if self.held_bytes < 1:
+            raise ConfigError("held_bytes must be positive")
         if not (self.file_ttl > 0 and self.batch_expiry > 0 and self.max_file_bytes > 0):
             raise ConfigError("file_ttl, batch_expiry and max_file_bytes must be positive")
         if self.upload_mbps < 0 or self.batch_seconds < 0:
