@@ -33,7 +33,7 @@ Behaviour worth knowing
       then a finishing chunk (empty text part, finishReason, final usage). No [DONE].
     - Latency: a quarter before the first event, the rest while rendering; asyncio.sleep only.
     - Memory: a generateContent call holds its request and then its answer until the last
-      byte is sent; together calls hold at most `EmulatorSettings.held_bytes` (an eighth of
+      byte is sent; together calls hold at most `EmulatorSettings.held_bytes` (a quarter of
       the machine's memory by default, estimated from Content-Length and the image size), and
       beyond it a call waits for room before reading its body, as a busy server answers later
       (/emulator/stats: render.held_bytes_peak, render.held_waits). The emulator's own process

@@ -263,9 +263,9 @@ class RenderJob:
 
     def estimated_bytes(self) -> int:
         """About what the rendered image holds in memory, its bytes and their base64 (a grain
-        PNG takes about 1.3 bytes per pixel, a flat one a fiftieth of that), rounded up."""
-        per_pixel = 1.5 if self.grain else 0.05
-        return math.ceil(self.width * self.height * per_pixel * 7 / 3) + 4096
+        PNG takes about 1.3 bytes per pixel, a flat one a sixtieth of that), rounded up."""
+        per_pixel = 1.5 if self.grain else 0.025
+        return math.ceil(self.width * self.height * per_pixel * 7 / 3) + 8192
 
     def key(self) -> bytes:
         """Cache key: a hash of every field except the base bytes (their hash stands in)."""

@@ -16,9 +16,9 @@ __all__ = ["EmulatorSettings"]
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024  # Google's documented inline limit, gateways' too
 
 
-def _eighth_of_memory() -> int:
+def _quarter_of_memory() -> int:
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 2 GiB
         return 2 * 1024**3
 
@@ -47,8 +47,8 @@ class EmulatorSettings:
     render_threads: int = 0  # 0: one per CPU, at least 2
     # Memory held by model calls in progress (the request, its history images, the rendered
     # answer; from the read to the last byte sent, the latency included); beyond it calls wait
-    # for room. Default: an eighth of the machine's memory.
-    held_bytes: int = field(default_factory=lambda: _eighth_of_memory())
+    # for room. Default: a quarter of the machine's memory.
+    held_bytes: int = field(default_factory=lambda: _quarter_of_memory())
     catalog: Catalog = field(default=BUILTIN, repr=False)  # every model it serves
     # How chat completions carry images: "images" (message.images[]), "parts" (image_url parts
     # in content), "markdown" (a data URL in the text), "json" (a JSON object in the text).
