@@ -24,6 +24,7 @@ from engine.emulator._generate import (
     answer_text,
     canonical_json,
     closest_ratio,
+    estimated_image_bytes,
     invalid,
     read_turn,
     seed_for,
@@ -371,26 +372,12 @@ def _render_jobs(job: Job) -> list[RenderJob]:
     return [render, draft]
 
 
-def _default_image_bytes(grain: bool) -> int:
-    job = RenderJob(
-        model="",
-        instruction="",
-        base=None,
-        base_sha256=b"",
-        width=1024,
-        height=1024,
-        seed=0,
-        grain=grain,
-    )
-    return job.estimated_bytes()
-
-
 # What a call holds per byte of its request (the body, and the history images decoded from its
 # base64: three quarters of it; tracemalloc of 40 calls in flight: 3.7 MB each with a 1.74 MB
 # body), and the allowance it takes for its answer before its request is read: a 1K image,
 # flat or grain (indexed by `grain`).
 _HELD_PER_REQUEST_BYTE = 2
-_DEFAULT_IMAGE_BYTES = (_default_image_bytes(False), _default_image_bytes(True))
+_DEFAULT_IMAGE_BYTES = tuple(estimated_image_bytes(1024, 1024, grain=g) for g in (False, True))
 
 
 async def _render_all(

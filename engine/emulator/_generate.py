@@ -32,12 +32,14 @@ from sessions._b64 import b64encode
 
 __all__ = [
     "ApiFailure",
+    "HeldBytes",
     "InputImage",
     "RenderJob",
     "RenderPool",
     "TurnInput",
     "answer_text",
     "closest_ratio",
+    "estimated_image_bytes",
     "read_turn",
     "seed_for",
     "thought_text",
@@ -247,6 +249,13 @@ def answer_text(result: RenderResult, *, edited: bool) -> str:
 # --- rendering ---------------------------------------------------------------------------
 
 
+def estimated_image_bytes(width: int, height: int, *, grain: bool) -> int:
+    """About what a rendered image holds in memory, its bytes and their base64 (a grain PNG
+    takes about 1.3 bytes per pixel, a flat one a sixtieth of that), rounded up."""
+    per_pixel = 1.5 if grain else 0.025
+    return math.ceil(width * height * per_pixel * 7 / 3) + 8192
+
+
 @dataclass(frozen=True, slots=True)
 class RenderJob:
     """Everything the pixels depend on."""
@@ -262,10 +271,8 @@ class RenderJob:
     mime_type: str = "image/png"
 
     def estimated_bytes(self) -> int:
-        """About what the rendered image holds in memory, its bytes and their base64 (a grain
-        PNG takes about 1.3 bytes per pixel, a flat one a sixtieth of that), rounded up."""
-        per_pixel = 1.5 if self.grain else 0.025
-        return math.ceil(self.width * self.height * per_pixel * 7 / 3) + 8192
+        """About what the rendered image holds in memory (see `estimated_image_bytes`)."""
+        return estimated_image_bytes(self.width, self.height, grain=self.grain)
 
     def key(self) -> bytes:
         """Cache key: a hash of every field except the base bytes (their hash stands in)."""
