@@ -137,3 +137,32 @@ def test_the_pieces_match_msgspec_whatever_the_codec(monkeypatch: pytest.MonkeyP
     assert p.encode_body(request).join() == p.encode(request)
     monkeypatch.setattr(gemini, "b64encode", lambda s: binascii.b2a_base64(s, newline=False))
     assert p.encode_body(request).join() == p.encode(request)
+
+
+@pytest.mark.parametrize("settings_", [SessionSettings(), FULL_SETTINGS])
+@pytest.mark.parametrize("n_images", [0, 1, 3])
+def test_chat_lazy_body_equals_encode(settings_: SessionSettings, n_images: int) -> None:
+    """The chat provider's body, each history image's base64 written as it goes, is exactly
+    encode()'s bytes, sized right, and again for a retry; a user text that happens to hold
+    the image marker gets the whole body instead."""
+    from engine.providers.openai_chat import _MARKER, OpenAIChatProvider
+
+    chat = OpenAIChatProvider(Transport(), base_url="http://127.0.0.1:1", api_key=Secret(""))
+    history: list[Content] = []
+    for i in range(n_images):
+        image = Blob(mime_type="image/webp" if i else "image/png", data=PNG + bytes([i]) * 999)
+        history.append(Content(role="user", parts=[Part(text=f"turn {i} é ✓")]))
+        history.append(Content(role="model", parts=[Part(text="Here."), Part(inline_data=image)]))
+    for last in ("next", f"a marker {_MARKER} in the text"):
+        request = GenerateRequest(
+            "gemini-3.1-flash-image",
+            [*history, Content(role="user", parts=[Part(text=last)])],
+            settings_,
+        )
+        body = chat.encode_body(request)
+        assert isinstance(body, LazyBody) is (n_images > 0 and last == "next")
+        joined = body.join() if isinstance(body, LazyBody) else body
+        assert joined == chat.encode(request)
+        assert body_size(body) == len(joined)
+        if isinstance(body, LazyBody):
+            assert body.join() == joined

@@ -272,3 +272,94 @@ async def test_a_plain_answer_to_a_stream_request_is_read() -> None:
         async with Engine(config) as engine:
             turn = await (await engine.create_session()).send("a mug", stream=True)
     assert len(turn.images) == 1 and turn.text == "ok"
+
+
+def _restored(node: Any) -> Any:
+    """A decode_chat result with every spliced URL back as plain text (for comparison)."""
+    from engine.providers.openai_chat import _SplicedUrl
+
+    if isinstance(node, dict):
+        return {k: _restored(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_restored(v) for v in node]
+    if isinstance(node, _SplicedUrl):
+        assert node.blob is not None
+        return f"data:{node.blob.mime_type};base64,{base64.b64encode(node.blob.data).decode()}"
+    return node
+
+
+def test_long_data_urls_are_decoded_from_the_bytes_and_nothing_else_changes() -> None:
+    """An image's data URL in a `url` field comes out decoded from the received bytes (its
+    image attached), equal to what parsing it would give; the same long string elsewhere (a
+    text content, a list item) comes back as its text; a URL-safe one takes the regular path;
+    short documents are parsed as they are."""
+    from engine.providers.openai_chat import _image_parts, _SplicedUrl, decode_chat
+
+    image = png(64, 64) + bytes(range(256)) * 100
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    safe = "data:image/png;base64," + base64.urlsafe_b64encode(b"\xfb\xff" * 20_000).decode()
+    doc = {
+        "choices": [
+            {
+                "delta": {
+                    "images": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "image_url", "image_url": {"url": safe}},
+                    ],
+                    "content": url,
+                },
+                "finish_reason": None,
+            }
+        ],
+        "extra": [url, "short"],
+    }
+    raw = msgspec.json.encode(doc)
+    decoded = decode_chat(raw)
+    images = decoded["choices"][0]["delta"]["images"]
+    spliced = images[0]["image_url"]["url"]
+    assert isinstance(spliced, _SplicedUrl) and spliced.blob is not None
+    assert spliced.blob.data == image and spliced.blob.mime_type == "image/png"
+    assert not isinstance(images[1]["image_url"]["url"], _SplicedUrl)
+    assert decoded["choices"][0]["delta"]["content"] == url
+    assert decoded["extra"] == [url, "short"]
+    assert _restored(decoded) == json.loads(raw)
+    assert [b.data for b in _image_parts(images)] == [image, b"\xfb\xff" * 20_000]
+    small = msgspec.json.encode({"url": "data:image/png;base64,AAAA"})
+    assert decode_chat(small) == {"url": "data:image/png;base64,AAAA"}
+
+
+_BIG_URLS = [
+    "data:image/png;base64," + base64.b64encode(bytes([i]) * 20_000).decode() for i in (1, 2)
+] + ["data:image/webp;base64," + base64.urlsafe_b64encode(b"\xfb" * 20_000).decode()]
+
+
+def _documents() -> Any:
+    from hypothesis import strategies as st
+
+    leaves = st.one_of(st.sampled_from(_BIG_URLS), st.text(max_size=8), st.integers(), st.none())
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3),
+            st.dictionaries(
+                st.sampled_from(["url", "content", "image_url", "x"]), inner, max_size=3
+            ),
+        ),
+        max_leaves=8,
+    )
+
+
+def test_any_document_decodes_as_parsing_it_would() -> None:
+    """Wherever long data URLs sit in a document, decode_chat gives what parsing gives, with
+    only `url` values carrying their decoded image."""
+    from hypothesis import given, settings
+
+    from engine.providers.openai_chat import decode_chat
+
+    @settings(max_examples=150, deadline=None)
+    @given(doc=_documents())
+    def check(doc: Any) -> None:
+        raw = msgspec.json.encode(doc)
+        assert _restored(decode_chat(raw)) == json.loads(raw)
+
+    check()
