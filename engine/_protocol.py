@@ -7,7 +7,8 @@ naming styles.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -23,6 +24,7 @@ __all__ = [
     "PromptFeedback",
     "ResponseContent",
     "UsageMetadata",
+    "cut_strings",
     "decode_response",
     "request_decoder",
     "response_decoder",
@@ -198,39 +200,64 @@ def decode_response(data: bytes | str) -> GenerateContentResponse:
         return response_decoder.decode(data)
 
 
+T = TypeVar("T")
+
+
+def cut_strings(
+    data: bytes, opener: bytes, quote: int, take: Callable[[bytes, int, int], T | None]
+) -> tuple[bytes, list[T]] | None:
+    """``data`` with some JSON strings replaced by short placeholders (``"\\u0000<i>"``), so
+    a parser never scans them; None when nothing was cut.
+
+    Each candidate string starts at a match of ``opener``, its opening quote ``quote`` bytes
+    into the match, and ends at its first following quote (base64 has none; data with an
+    escaped quote is not base64 and, cut there, fails as malformed either way).
+    ``take(data, start, end)`` sees the text between the quotes and returns what to keep for
+    it, or None to leave the string in place. Returns the shortened document and the kept
+    values, placeholder ``i`` standing for ``kept[i]``.
+    """
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    kept: list[T] = []
+    copied = searched = 0
+    find = data.find
+    while (match := find(opener, searched)) >= 0:
+        opening = match + quote
+        end = find(b'"', opening + 1)
+        if end < 0:
+            break
+        searched = end + 1
+        value = take(data, opening + 1, end)
+        if value is None:
+            continue
+        # A NUL escape then the index: never base64 nor a string the splice made.
+        pieces += (view[copied:opening], b'"\\u0000%d"' % len(kept))
+        kept.append(value)
+        copied = end + 1
+    if not kept:
+        return None
+    pieces.append(view[copied:])
+    return b"".join(pieces), kept
+
+
+def _payload(data: bytes, start: int, end: int) -> memoryview | None:
+    # The whole JSON string, quotes included, for msgspec.Raw (a view: no copy).
+    return memoryview(data)[start - 1 : end + 1] if end - start >= _SPLICE_MIN else None
+
+
 def _splice(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
     """``data`` with each long plain ``"data":"..."`` string replaced by a short placeholder.
 
     Returns the shortened document and the cut strings (quotes included) by placeholder, or
-    None when there is nothing to cut. A string ends at its first quote: base64 has none, and
-    escapes such as ``\\/`` are left in the cut string for `sessions` to decode. Data with an
-    escaped quote is not base64; cut there, it leaves a malformed document or a string that
-    fails base64 decoding, an error either way. Where the key pattern sits in an unusual place
-    (a key ending in an escaped quote, say), `_restore` notices and the whole document is
-    parsed.
+    None when there is nothing to cut (see `cut_strings`); escapes such as ``\\/`` are left in
+    the cut string for `sessions` to decode. Where the key pattern sits in an unusual place (a
+    key ending in an escaped quote, say), `_restore` notices and the whole document is parsed.
     """
-    view = memoryview(data)
-    pieces: list[bytes | memoryview] = []
-    cut: dict[bytes, memoryview] = {}
-    copied = searched = 0
-    find = data.find
-    while (key := find(_PAYLOAD_KEY, searched)) >= 0:
-        start = key + len(_PAYLOAD_KEY)
-        end = find(b'"', start)
-        if end < 0:
-            break
-        searched = end + 1
-        if end - start >= _SPLICE_MIN:
-            # A NUL escape then the index: never a base64 string nor one the splice made.
-            placeholder = b'"\\u0000%d"' % len(cut)
-            pieces.append(view[copied : start - 1])
-            pieces.append(placeholder)
-            cut[placeholder] = view[start - 1 : end + 1]
-            copied = end + 1
-    if not cut:
+    spliced = cut_strings(data, _PAYLOAD_KEY, len(_PAYLOAD_KEY) - 1, _payload)
+    if spliced is None:
         return None
-    pieces.append(view[copied:])
-    return b"".join(pieces), cut
+    doc, kept = spliced
+    return doc, {b'"\\u0000%d"' % i: payload for i, payload in enumerate(kept)}
 
 
 def _restore(doc: bytes, cut: dict[bytes, memoryview]) -> GenerateContentResponse | None:

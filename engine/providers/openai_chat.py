@@ -31,6 +31,7 @@ import msgspec
 from engine import sse
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
 from engine._merge import ImageDelta, TextDelta
+from engine._protocol import cut_strings
 from engine._transport import LazyBody, RequestBody, malformed
 from engine.providers._base import (
     GenerateRequest,
@@ -176,6 +177,10 @@ _SPLICE_MIN = 16 * 1024
 _MIME = re.compile(rb"image/[\w.+-]+")
 
 
+# A data URL cut out of an answer: its text (a view of the received bytes) and its image.
+_Cut = tuple[memoryview, Blob | None]
+
+
 class _SplicedUrl(str):
     """A data URL decoded straight from the answer's bytes; its text is a placeholder."""
 
@@ -195,34 +200,28 @@ def decode_chat(data: bytes) -> Any:
     """
     if type(data) is not bytes or len(data) < _SPLICE_MIN or _URL_STRING not in data:
         return _any.decode(data)
-    view = memoryview(data)
-    pieces: list[bytes | memoryview] = []
-    cut: dict[str, tuple[memoryview, Blob | None]] = {}
-    copied = searched = 0
-    while (key := data.find(_URL_STRING, searched)) >= 0:
-        start = key + 1
-        end = data.find(b'"', start)
-        if end < 0:
-            break
-        searched = end + 1
-        comma = data.find(b";base64,", start, min(end, start + 128))
-        if end - start < _SPLICE_MIN or comma < 0 or not _MIME.fullmatch(data, start + 5, comma):
-            continue
-        try:
-            raw = b64decode_strict(view[comma + 8 : end])
-        except ValueError:
-            continue
-        mime = data[start + 5 : comma].decode("ascii")
-        pieces += (view[copied:key], b'"\\u0000%d"' % len(cut))
-        cut[f"\x00{len(cut)}"] = (view[start:end], Blob(mime_type=mime, data=raw) if raw else None)
-        copied = end + 1
-    if not cut:
+    spliced = cut_strings(data, _URL_STRING, 0, _data_url_image)
+    if spliced is None:
         return _any.decode(data)
-    pieces.append(view[copied:])
-    return _put_back(_any.decode(b"".join(pieces)), cut)
+    doc, kept = spliced
+    return _put_back(_any.decode(doc), {f"\x00{i}": value for i, value in enumerate(kept)})
 
 
-def _put_back(node: Any, cut: dict[str, tuple[memoryview, Blob | None]], key: Any = None) -> Any:
+def _data_url_image(data: bytes, start: int, end: int) -> _Cut | None:
+    # A long standard-base64 data URL: its text and its image; anything else stays in place.
+    view = memoryview(data)
+    comma = data.find(b";base64,", start, min(end, start + 128))
+    if end - start < _SPLICE_MIN or comma < 0 or not _MIME.fullmatch(data, start + 5, comma):
+        return None
+    try:
+        raw = b64decode_strict(view[comma + 8 : end])
+    except ValueError:
+        return None
+    mime = data[start + 5 : comma].decode("ascii")
+    return view[start:end], Blob(mime_type=mime, data=raw) if raw else None
+
+
+def _put_back(node: Any, cut: dict[str, _Cut], key: Any = None) -> Any:
     """`node` with its placeholders replaced: a `url` value by a `_SplicedUrl`, any other by the
     original text."""
     if isinstance(node, str):
