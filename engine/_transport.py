@@ -300,10 +300,11 @@ class _Attempt:
     secrets: tuple[str, ...] = field(repr=False)
     request_bytes: int = 0
     headers_at: float = 0.0
-    # The attempt's one timer (see Transport._watch): the task waiting for the headers until
-    # the response is in, whether the wait for them ran out, when the current read began (None
-    # between reads).
+    # The attempt's one timer (see Transport._watch): when the wait for the headers runs out,
+    # the task waiting for them until the response is in, whether the wait ran out, when the
+    # current read began (None between reads).
     watchdog: asyncio.TimerHandle | None = None
+    headers_due: float = 0.0
     waiting: asyncio.Task[Any] | None = field(default=None, repr=False)
     resp: aiohttp.ClientResponse | None = field(default=None, repr=False)
     expired: bool = False
@@ -652,6 +653,7 @@ class Transport:
         assert task is not None
         cancelling = task.cancelling()
         attempt.waiting = task
+        attempt.headers_due = attempt.started + wait
         loop = asyncio.get_running_loop()
         attempt.watchdog = loop.call_at(
             attempt.started + min(wait, self.timeouts.idle), self._watch, attempt
@@ -740,7 +742,7 @@ class Transport:
         now, since, idle = loop.time(), attempt.reading_since, self.timeouts.idle
         resp = attempt.resp
         if resp is None:
-            due = attempt.started + min(self.timeouts.first_byte, self.timeouts.total)
+            due = attempt.headers_due
             task = attempt.waiting
             if now >= due:
                 attempt.watchdog = None

@@ -48,7 +48,7 @@ class EmulatorSettings:
     # Memory held by model calls in progress (the request, its history images, the rendered
     # answer; from the read to the last byte sent, the latency included); beyond it calls wait
     # for room. Default: a quarter of the machine's memory.
-    held_bytes: int = field(default_factory=lambda: _quarter_of_memory())
+    held_bytes: int = field(default_factory=_quarter_of_memory)
     catalog: Catalog = field(default=BUILTIN, repr=False)  # every model it serves
     # How chat completions carry images: "images" (message.images[]), "parts" (image_url parts
     # in content), "markdown" (a data URL in the text), "json" (a JSON object in the text).
