@@ -10,7 +10,8 @@ every scan of them a trip to memory). What producing the chunks costs is measure
 same run and taken off. The image is random bytes of the given size (a 2K grain PNG from the
 emulator is about 9 MB; decode and hash costs depend on the size only). Two receivers:
 
-- nanoedit: `GeminiProvider._read_events` (SSE decoder, wire decoding, merging) with the
+- nanoedit: `GeminiProvider._read_events` (the image's base64 decoded chunk by chunk as it
+  arrives and cut out of the stream, then SSE decoder, wire decoding, merging) with the
   pipeline's image handling (`Image.from_blob`: dimensions and sha256, once);
 - SIMD floor: pybase64 decoding of the image's base64 (already cut out) and sha256 only: the
   physical limit, which the ratio is taken against (what nanoedit adds is finding the event

@@ -7,12 +7,15 @@ naming styles.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 
-from sessions._wire import Content, StrictPart, _WireContent
+from engine._exceptions import EventTooLarge
+from sessions._b64 import b64decode_strict, b64encode
+from sessions._wire import Content, DecodedBlob, StrictPart, _WireContent
 
 __all__ = [
     "Candidate",
@@ -21,6 +24,7 @@ __all__ = [
     "GenerateContentRequest",
     "GenerateContentResponse",
     "ModalityTokenCount",
+    "PayloadCutter",
     "PromptFeedback",
     "ResponseContent",
     "UsageMetadata",
@@ -178,7 +182,9 @@ _SPLICE_MIN = 16 * 1024
 """A JSON string this long under a "data" key is cut out before parsing (see `_splice`)."""
 
 
-def decode_response(data: bytes | str) -> GenerateContentResponse:
+def decode_response(
+    data: bytes | str, payloads: dict[bytes, bytes] | None = None
+) -> GenerateContentResponse:
     """Decode a response or stream chunk; parts come out as `StrictPart` or raw JSON.
 
     Server-shaped parts (camelCase, standard base64, modelled fields) are decoded in the same
@@ -187,7 +193,16 @@ def decode_response(data: bytes | str) -> GenerateContentResponse:
     the SIMD base64 decoder reads (scanning 12 MB of base64 cost msgspec 3.1 ms, more than
     decoding it). Anything else (snake_case, unknown fields) fails the strict shape and is
     decoded with raw parts, which `sessions.part_from_wire` turns into Parts either way.
+
+    ``payloads`` are the strings a `PayloadCutter` took out of the stream ``data`` came from:
+    each placeholder found in an image part's data becomes that part's decoded bytes, and is
+    removed from ``payloads``.
     """
+    if payloads and type(data) is bytes and _CUT_MARK in data:
+        response = _restore_cut(data, payloads)
+        if response is not None:
+            return response
+        data = _put_back(data, payloads)
     if type(data) is bytes and len(data) > _SPLICE_MIN:
         spliced = _splice(data)
         if spliced is not None:
@@ -288,3 +303,177 @@ def _restore(doc: bytes, cut: dict[bytes, memoryview]) -> GenerateContentRespons
 
 
 request_decoder = msgspec.json.Decoder(IncomingRequest)
+
+
+# --- image payloads cut out of a stream as it arrives ----------------------------------------
+
+_CUT_MARK = b"\\u0000p"
+"""How a `PayloadCutter` placeholder starts (a NUL escape: never base64, never `_splice`'s)."""
+
+
+class PayloadCutter:
+    """Takes long base64 strings under ``"data"`` keys out of a byte stream as it arrives.
+
+    `feed` returns the stream with each such string's text replaced by a short placeholder, so
+    the SSE decoder and the JSON parser see small events; the string is decoded piece by piece
+    as the socket hands it over (the validating SIMD decoder is also what finds its end, so a
+    12 MB string is read once, in cache, with no line or quote searches and no join of its
+    text), and `decode_response` puts the bytes in the image part the placeholder sits in.
+
+    What is not a plain standard base64 string of at least ``min_len`` characters (an escape, a
+    line end or padding inside, non-canonical padding) is given back unchanged: the output is
+    always the input, placeholders aside, so nothing here can change what a response means. A
+    placeholder that lands anywhere but an image part's data (the key pattern inside another
+    string) is put back by `decode_response`. Placeholders carry a random token, so no server
+    can send one.
+    """
+
+    __slots__ = (
+        "_carry",
+        "_count",
+        "_decoded",
+        "_inside",
+        "_mark",
+        "_size",
+        "_tail",
+        "limit",
+        "min_len",
+        "payloads",
+    )
+
+    def __init__(self, limit: int, min_len: int = _SPLICE_MIN) -> None:
+        self.limit = limit
+        self.min_len = min_len
+        self.payloads: dict[bytes, bytes] = {}  # quoted placeholder -> decoded bytes
+        self._mark = _CUT_MARK + os.urandom(6).hex().encode() + b"-"
+        self._count = 0
+        self._inside = False
+        self._tail = b""  # the last bytes given out, for a key split between two chunks
+        self._decoded: list[bytes] = []
+        self._size = 0  # characters of the current string decoded so far
+        self._carry = b""  # its characters not yet decoded (the end of a chunk)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The stream's next bytes as they should be parsed (placeholders in, payloads out)."""
+        out: list[bytes] = []
+        while chunk:
+            chunk = self._in_string(chunk, out) if self._inside else self._outside(chunk, out)
+        return out
+
+    def _outside(self, data: bytes, out: list[bytes]) -> bytes:
+        key = _PAYLOAD_KEY
+        start = -1
+        if self._tail:
+            # A key begun in the previous chunk: look across the boundary first.
+            across = (self._tail + data[: len(key) - 1]).find(key)
+            if across >= 0:
+                start = across + len(key) - len(self._tail)
+        if start < 0:
+            at = data.find(key)
+            start = at + len(key) if at >= 0 else -1
+        if start < 0:
+            out.append(data)
+            keep = len(key) - 1
+            self._tail = data[-keep:] if len(data) >= keep else (self._tail + data)[-keep:]
+            return b""
+        if start:
+            out.append(data[:start])
+        self._tail = b""
+        self._inside = True
+        return data[start:]
+
+    def _in_string(self, data: bytes, out: list[bytes]) -> bytes:
+        buf = self._carry + data if self._carry else data
+        whole = len(buf) & ~3
+        if whole and buf[whole - 1] == 0x3D:
+            whole -= 4  # a padded group can only end the string: wait for what follows it
+        if whole > 0 and buf[whole - 1] != 0x3D:
+            try:
+                piece = b64decode_strict(memoryview(buf)[:whole])
+            except ValueError:
+                pass  # the string ends in this chunk, or is not plain base64
+            else:
+                self._take(piece, whole)
+                self._carry = buf[whole:]
+                return b""
+        end = buf.find(b'"')
+        if end < 0:
+            if len(buf) >= 8:
+                return self._give_back(buf, out)  # not plain base64
+            self._carry = buf
+            return b""
+        try:
+            piece = b64decode_strict(memoryview(buf)[:end])
+        except ValueError:
+            return self._give_back(buf, out)
+        last = buf[max(0, end - 4) : end]
+        if last.endswith(b"=") and b64encode(b64decode_strict(last)) != last:
+            return self._give_back(buf, out)  # non-canonical padding: decoding would lose it
+        self._take(piece, end)
+        if self._size < self.min_len:
+            return self._give_back(buf[end:], out)
+        self._count += 1
+        placeholder = self._mark + b"%d" % self._count
+        self.payloads[b'"' + placeholder + b'"'] = b"".join(self._decoded)
+        out.append(placeholder)
+        self._reset()
+        return buf[end:]
+
+    def _take(self, piece: bytes, chars: int) -> None:
+        self._decoded.append(piece)
+        self._size += chars
+        if self._size > self.limit:
+            size = self._size
+            self._reset()
+            raise EventTooLarge(self.limit, size)
+
+    def _give_back(self, rest: bytes, out: list[bytes]) -> bytes:
+        """Stop cutting this string: emit what was decoded as the text it came from (whole
+        groups, and a canonical last one: encoding them again gives that exact text), then
+        return ``rest`` to be read as ordinary stream bytes."""
+        if self._decoded:
+            out.append(b64encode(b"".join(self._decoded)))
+        self._reset()
+        return rest
+
+    def _reset(self) -> None:
+        self._inside = False
+        self._decoded = []
+        self._size = 0
+        self._carry = b""
+        self._tail = b""
+
+
+def _restore_cut(data: bytes, payloads: dict[bytes, bytes]) -> GenerateContentResponse | None:
+    """Parse a document holding `PayloadCutter` placeholders, each image part getting its
+    decoded bytes; None (put them back and parse again) unless every placeholder in it sits in
+    an image part's data."""
+    try:
+        response = _typed_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    found: list[tuple[StrictPart, bytes]] = []
+    for candidate in response.candidates:
+        for part in candidate.content.parts if candidate.content is not None else ():
+            blob = part.inline_data
+            if blob is not None and (key := bytes(blob.data)) in payloads:
+                found.append((part, key))
+    if len(found) != data.count(_CUT_MARK) or len({key for _, key in found}) != len(found):
+        return None
+    for part, key in found:
+        blob = part.inline_data
+        assert blob is not None
+        part.inline_data = DecodedBlob(
+            mime_type=blob.mime_type,
+            data=blob.data,
+            display_name=blob.display_name,
+            decoded=payloads.pop(key),
+        )
+    return response
+
+
+def _put_back(data: bytes, payloads: dict[bytes, bytes]) -> bytes:
+    """``data`` with every `PayloadCutter` placeholder replaced by the text it stood for."""
+    for key in [key for key in payloads if key in data]:
+        data = data.replace(key, b'"' + b64encode(payloads.pop(key)) + b'"')
+    return data

@@ -22,6 +22,7 @@ from sessions._errors import NanoeditError
 __all__ = [
     "Blob",
     "Content",
+    "DecodedBlob",
     "FileData",
     "Part",
     "StrictPart",
@@ -182,6 +183,13 @@ class _StrictBlob(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     display_name: str | None = None
 
 
+class DecodedBlob(_StrictBlob, kw_only=True):
+    """A strict blob whose payload the stream reader decoded as it arrived (`decoded`); its
+    `data` is only the placeholder that stood in the JSON. Never produced by decoding JSON."""
+
+    decoded: bytes
+
+
 class _StrictFile(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     file_uri: str
     mime_type: str | None = None
@@ -245,7 +253,9 @@ def _from_strict(sp: StrictPart) -> Part:
         inline_data=None
         if blob is None
         else Blob(
-            mime_type=blob.mime_type, data=_payload(blob.data), display_name=blob.display_name
+            mime_type=blob.mime_type,
+            data=blob.decoded if type(blob) is DecodedBlob else _payload(blob.data),
+            display_name=blob.display_name,
         ),
         file_data=None
         if file is None

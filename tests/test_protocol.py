@@ -6,8 +6,12 @@ import base64
 
 import msgspec
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from engine._protocol import _splice, decode_response, response_decoder
+from engine._exceptions import EventTooLarge
+from engine._protocol import PayloadCutter, _put_back, _splice, decode_response, response_decoder
+from engine.sse import RawSSEDecoder
 from sessions import decode_part
 from sessions._wire import StrictPart, part_from_wire
 
@@ -161,3 +165,138 @@ def test_an_escaped_quote_in_a_long_image_string_is_an_error_either_way() -> Non
     with pytest.raises(Exception) as whole:
         _unspliced(data)
     assert type(spliced.value) is type(whole.value)
+
+
+# --- image payloads cut out of a stream as it arrives -------------------------------------------
+
+
+def _sse(*docs: bytes, crlf: bool = False) -> bytes:
+    end = b"\r\n" if crlf else b"\n"
+    return b"".join(b"data: " + doc + end + end for doc in docs)
+
+
+def _chunks(stream: bytes, sizes: list[int]) -> list[bytes]:
+    out, at = [], 0
+    for size in sizes:
+        out.append(stream[at : at + size])
+        at += size
+    return [c for c in [*out, stream[at:]] if c]
+
+
+def _read(chunks: list[bytes], cutter: PayloadCutter | None) -> list[object]:
+    """Parts of every event, read the way GeminiProvider._read_events reads a stream."""
+    decoder = RawSSEDecoder(1 << 30)
+    parts: list[object] = []
+    for chunk in chunks:
+        for piece in cutter.feed(chunk) if cutter is not None else [chunk]:
+            for event in decoder.feed(piece):
+                payloads = cutter.payloads if cutter is not None else None
+                try:
+                    response = decode_response(event.data, payloads)
+                    parts += [
+                        part_from_wire(p)
+                        for c in response.candidates
+                        for p in (c.content.parts if c.content is not None else [])
+                    ]
+                except Exception as exc:  # the same failure either way is what is compared
+                    parts.append(type(exc))
+    return parts
+
+
+def _output(chunks: list[bytes], cutter: PayloadCutter) -> bytes:
+    return b"".join(piece for chunk in chunks for piece in cutter.feed(chunk))
+
+
+def test_a_streamed_image_is_cut_decoded_and_put_in_its_part() -> None:
+    """A 2K-sized payload in 64 KiB chunks: the SSE decoder sees a placeholder, the part gets
+    every byte, and the cutter keeps nothing once the event is decoded."""
+    image = bytes(range(256)) * 9000  # 2.3 MB
+    stream = _sse(
+        body({"text": "planning", "thought": True}),
+        body({**_image(image), "thoughtSignature": "c2ln"}),
+        crlf=True,
+    )
+    chunks = _chunks(stream, [65536] * (len(stream) // 65536))
+    cutter = PayloadCutter(1 << 30)
+    assert len(_output(chunks, PayloadCutter(1 << 30))) < 1000
+    parts = _read(chunks, cutter)
+    assert parts == _read(chunks, None)
+    assert parts[1].inline_data.data == image  # type: ignore[attr-defined]
+    assert parts[1].thought_signature == b"sig"  # type: ignore[attr-defined]
+    assert cutter.payloads == {}
+
+
+def test_a_payload_over_the_event_limit_raises_while_it_arrives() -> None:
+    """The limit the SSE decoder enforces holds for the text the cutter takes out of it."""
+    stream = _sse(body(_image(BIG)))
+    cutter = PayloadCutter(limit=20_000)
+    with pytest.raises(EventTooLarge) as caught:
+        for chunk in _chunks(stream, [4096] * 20):
+            cutter.feed(chunk)
+    assert caught.value.limit == 20_000 and caught.value.size > 20_000
+
+
+def test_placeholders_differ_per_stream() -> None:
+    """A server cannot spell a placeholder: each cutter's carries its own random token."""
+    stream = _sse(body(_image(BIG)))
+    assert _output([stream], PayloadCutter(1 << 30)) != _output([stream], PayloadCutter(1 << 30))
+
+
+_B64 = st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode())
+_DATA_STRINGS = st.one_of(
+    _B64,
+    _B64.map(lambda s: s.replace("/", "\\/")),  # escaped slashes: valid JSON, not plain
+    st.just("QR=="),  # non-canonical padding: decodes, but not back to the same text
+    st.just("QQ==QQ=="),  # padding inside
+    st.sampled_from(["", "A", "AB\\nCD", "\\u0000p1", "AAAA\\u0000pAAA"]),
+)
+_TEXTS = st.text(alphabet='ab"\\:/=\x00p\n', max_size=30)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> bytes:
+    parts: list[str] = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["image", "text", "call", "key"]))
+        if kind == "image":
+            data = draw(_DATA_STRINGS)
+            parts.append('{"inlineData":{"mimeType":"image/png","data":"' + data + '"}}')
+        elif kind == "text":
+            parts.append(msgspec.json.encode({"text": draw(_TEXTS)}).decode())
+        elif kind == "call":
+            args = {"data": draw(_B64), "x": draw(_TEXTS)}
+            call = {"functionCall": {"name": "f", "args": args}}
+            parts.append(msgspec.json.encode(call).decode())
+        else:  # the key pattern after an escaped quote, inside another key
+            parts.append('{"text":"t","future":{"x\\"data":"' + draw(_B64) + '"}}')
+    joined = ",".join(parts)
+    return ('{"candidates":[{"content":{"role":"model","parts":[' + joined + "]}}]}").encode()
+
+
+_PADDED = body({"inlineData": {"mimeType": "image/png", "data": "QQ==QQ=="}})
+
+
+@settings(max_examples=1500, deadline=None)
+@example(  # padding inside, the chunk ending just after it
+    docs=[_PADDED],
+    crlf=False,
+    sizes=[len(b"data: ") + _PADDED.index(b"QQ==QQ==") + 8],
+    min_len=0,
+)
+@given(
+    docs=st.lists(_documents(), min_size=1, max_size=3),
+    crlf=st.booleans(),
+    sizes=st.lists(st.integers(1, 40), max_size=60),
+    min_len=st.integers(0, 12),
+)
+def test_a_cut_stream_reads_exactly_as_the_whole_one(
+    docs: list[bytes], crlf: bool, sizes: list[int], min_len: int
+) -> None:
+    """Any answer, split anywhere: the cutter's output with its placeholders put back is the
+    input byte for byte, and the parts read (or the failure) are the same as without it."""
+    stream = _sse(*docs, crlf=crlf)
+    chunks = _chunks(stream, sizes)
+    cutter = PayloadCutter(1 << 30, min_len=min_len)
+    out = _output(chunks, cutter)
+    assert _put_back(out, dict(cutter.payloads)) == stream
+    assert _read(chunks, PayloadCutter(1 << 30, min_len=min_len)) == _read(chunks, None)

@@ -27,6 +27,7 @@ from engine._protocol import (
     GenerateContentRequest,
     GenerateContentResponse,
     ModalityTokenCount,
+    PayloadCutter,
     UsageMetadata,
     decode_response,
 )
@@ -526,18 +527,22 @@ class GeminiProvider(FilesAndBatches, HttpProvider):
         start: float,
     ) -> None:
         decoder = sse.RawSSEDecoder(self._max_event_bytes)
+        # Image payloads leave the stream before the SSE decoder sees it (see PayloadCutter).
+        cutter = PayloadCutter(self._max_event_bytes)
+        payloads = cutter.payloads
         async for data in resp:
             # An oversized event raises engine._exceptions.EventTooLarge (sse uses it).
-            for event in decoder.feed(data):
-                text = event.data
-                if not text or text == b"[DONE]":
-                    continue
-                try:
-                    response = decode_response(text)
-                except (msgspec.DecodeError, RecursionError) as exc:
-                    message = f"malformed stream event: {exc}"
-                    raise malformed(answer.status, message, self._secrets) from exc
-                await self._chunk(response, answer, merger, on_delta, timings, start)
+            for piece in cutter.feed(data):
+                for event in decoder.feed(piece):
+                    text = event.data
+                    if not text or text == b"[DONE]":
+                        continue
+                    try:
+                        response = decode_response(text, payloads)
+                    except (msgspec.DecodeError, RecursionError) as exc:
+                        message = f"malformed stream event: {exc}"
+                        raise malformed(answer.status, message, self._secrets) from exc
+                    await self._chunk(response, answer, merger, on_delta, timings, start)
         decoder.close()
 
     @staticmethod
