@@ -38,12 +38,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -61,6 +60,11 @@ from sessions._records import (
 )
 from sessions._store import LeaseHolder, MemoryBlobStore, SessionStore, lease_lost
 from sessions._wire import Content, WireError, decode_content, wire_contents
+
+if TYPE_CHECKING:
+    # Imported where a database is opened: SQLite's library is 1.5 MiB of a process's RSS
+    # that an engine on another store never needs (peak RSS, benchmarks/compare_clients.py).
+    import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "SqliteBlobStore", "SqliteStore", "default_store_path"]
 
@@ -289,6 +293,8 @@ class SqliteStore(SessionStore):
         # blocks the event loop. A cancelled caller waits for the thread: a commit that has
         # started finishes (or rolls back) before the cancellation is delivered.
         def call() -> T:
+            import sqlite3
+
             try:
                 return fn(self._connect())
             except sqlite3.Error as exc:
@@ -309,6 +315,8 @@ class SqliteStore(SessionStore):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
+        import sqlite3
+
         db = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout,

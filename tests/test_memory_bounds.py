@@ -3,6 +3,8 @@ event windows are dropped past a count, closed sessions are forgotten."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from engine import Engine, EngineConfig
@@ -101,3 +103,19 @@ async def test_a_committed_turn_leaves_few_objects_for_the_collector(tmp_path: P
         gc.collect()
         per_turn = (len(gc.get_objects()) - before) / 60
     assert per_turn < 16, per_turn
+
+
+def test_an_engine_on_another_store_does_not_load_sqlite() -> None:
+    """SQLite's library (1.5 MiB of RSS) is loaded when a SQLite store opens its database,
+    not by importing the engine; the store still works once it does."""
+    code = (
+        "import sys, asyncio\n"
+        "import engine, engine.runtime, engine.providers, sessions\n"
+        "assert 'sqlite3' not in sys.modules, 'imported with the engine'\n"
+        "store = sessions.SqliteStore(':memory:')\n"
+        "assert 'sqlite3' not in sys.modules, 'imported by the constructor'\n"
+        "asyncio.run(store.list())\n"
+        "assert 'sqlite3' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
