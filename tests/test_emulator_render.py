@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -103,6 +104,28 @@ def test_image_size_png_from_header_only() -> None:
     assert image_size(data) == (300, 170)
     idat = data.index(b"IDAT")
     assert image_size(data[: idat + 4]) == (300, 170)
+
+
+def test_png_sizes_are_read_without_pillow_when_the_header_checks_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PNG whose IHDR CRC holds is measured without opening it; a damaged or oversized one
+    is left to Pillow, which rejects it as before."""
+    data = render_scene(SCENE, 300, 170, seed=1, grain=False).data
+    damaged = data[:17] + bytes([data[17] ^ 1]) + data[18:]  # width changed, CRC not
+    huge = bytearray(data)
+    huge[16:24] = (100_000).to_bytes(4, "big") * 2
+    huge[29:33] = zlib.crc32(bytes(huge[12:29])).to_bytes(4, "big")
+    with pytest.raises(ValueError, match="not a decodable image"):
+        image_size(damaged)
+    with pytest.raises(ValueError, match="too many pixels"):
+        image_size(bytes(huge))
+
+    def no_pillow(data: bytes) -> None:
+        raise AssertionError("Pillow opened the image")
+
+    monkeypatch.setattr("engine.emulator.render._open_image", no_pillow)
+    assert image_size(data) == (300, 170)
 
 
 @pytest.mark.parametrize("garbage", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
