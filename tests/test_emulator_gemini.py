@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -534,6 +535,27 @@ async def test_stream_order_text_then_one_image_then_finish(
         p["text"] for p in parts_of(plain[1]) if "text" in p and not p.get("thought")
     )
     assert streamed_text == answer_text
+
+
+async def test_stream_events_ready_together_share_one_write(
+    http: aiohttp.ClientSession, emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thought goes out alone; the text pieces, the image and the finish chunk, ready at
+    the same moment after the render, go out in one write; the client reads every event."""
+    writes: list[int] = []
+    write = web.StreamResponse.write
+
+    async def counting(self: web.StreamResponse, data: bytes) -> None:
+        writes.append(data.count(b"data: "))
+        await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", counting)
+    url = gemini_url(emu, method="streamGenerateContent")
+    thinking = {"thinkingConfig": {"includeThoughts": True}}
+    status, raw, _ = await call(http, url, body(user("a red apple"), **thinking))
+    assert status == 200
+    assert writes[0] == 1 and len(writes) == 2
+    assert sum(writes) == len(list(sse_payloads(raw))) >= 5
 
 
 async def test_streamed_signature_on_trailing_empty_part(

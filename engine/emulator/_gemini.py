@@ -33,6 +33,7 @@ from engine.emulator._generate import (
 from engine.emulator._http import (
     STATE,
     Event,
+    Events,
     ServerState,
     check_gemini_key,
     failure_for,
@@ -703,7 +704,7 @@ async def _generate_held(
 
 async def _sse_events(
     state: ServerState, job: Job, decision: Decision, latency: float, blocked: bool
-) -> AsyncGenerator[Event, None]:
+) -> AsyncGenerator[Events, None]:
     """SSE events: the thought first (a quarter of the latency in), the rest after the render."""
     render_task: asyncio.Task[tuple[RenderResult | None, RenderResult | None]] | None = None
     if not blocked:
@@ -730,8 +731,7 @@ async def _sse_events(
         answer = build_answer(state, job, image, thought_image, decision)
         if thought_sent:
             answer.parts = answer.parts[1:]  # the thought text, already sent
-        async for event in _events(state, answer, decision):
-            yield event
+        yield [event async for event in _events(state, answer, decision)]
     finally:
         if render_task is not None and not render_task.done():
             render_task.cancel()

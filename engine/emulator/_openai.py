@@ -43,6 +43,7 @@ from engine.emulator._generate import (
 from engine.emulator._http import (
     STATE,
     Event,
+    Events,
     ServerState,
     check_openai_key,
     failure_for,
@@ -399,7 +400,7 @@ async def _chat(request: web.Request, state: ServerState) -> web.StreamResponse:
         }
         return await send_plain(request, json_body(answer), decision=decision)
 
-    async def events() -> AsyncGenerator[Event, None]:
+    async def events() -> AsyncGenerator[Events, None]:
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
             return json_body(
@@ -413,10 +414,12 @@ async def _chat(request: web.Request, state: ServerState) -> web.StreamResponse:
             await asyncio.sleep(latency * 3 / 4)
             image = await task
             text, finish, usage = reply(image)
-            for delta in _dialect_deltas(dialect, text, image, state.settings.stream_text_chunks):
-                yield None, chunk(delta)
-            yield None, chunk({}, finish, usage=usage)
-            yield None, b"[DONE]"
+            deltas = _dialect_deltas(dialect, text, image, state.settings.stream_text_chunks)
+            yield [
+                *((None, chunk(delta)) for delta in deltas),
+                (None, chunk({}, finish, usage=usage)),
+                (None, b"[DONE]"),
+            ]
         finally:
             if not task.done():
                 task.cancel()
