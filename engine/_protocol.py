@@ -32,6 +32,7 @@ __all__ = [
     "decode_response",
     "request_decoder",
     "response_decoder",
+    "splice_payloads",
 ]
 
 
@@ -258,6 +259,13 @@ def cut_strings(
 def _payload(data: bytes, start: int, end: int) -> memoryview | None:
     # The whole JSON string, quotes included, for msgspec.Raw (a view: no copy).
     return memoryview(data)[start - 1 : end + 1] if end - start >= _SPLICE_MIN else None
+
+
+def splice_payloads(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
+    """``data`` with each long plain ``"data":"..."`` string replaced by a short placeholder,
+    and the cut strings (quotes included) by placeholder; None when there is nothing to cut.
+    For a reader that puts them back itself (`sessions.decode_part`'s ``payloads``)."""
+    return _splice(data) if len(data) > _SPLICE_MIN else None
 
 
 def _splice(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:

@@ -214,14 +214,24 @@ class StrictPart(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=
 _strict_part = msgspec.json.Decoder(StrictPart)
 
 
-def decode_part(raw: msgspec.Raw | bytes) -> Part:
-    """Decode one Part from JSON, accepting both naming styles and both base64 alphabets."""
+def decode_part(raw: msgspec.Raw | bytes, payloads: dict[bytes, memoryview] | None = None) -> Part:
+    """Decode one Part from JSON, accepting both naming styles and both base64 alphabets.
+
+    ``payloads`` maps placeholders (JSON strings, quotes included) that stand for cut-out
+    base64 strings to those strings: a placeholder that is this part's inline data is
+    replaced by its string, decoded, and removed from ``payloads``; one anywhere else stays
+    where it is (and in ``payloads``, for the caller to notice).
+    """
     # Fast path, one pass over the (possibly megabytes of) base64: what servers send, camelCase
     # with standard base64 and only modelled fields. Anything else takes the general path.
     try:
         sp = _strict_part.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return _decode_part_general(raw)
+    if payloads and sp.inline_data is not None:
+        payload = payloads.pop(bytes(sp.inline_data.data), None)
+        if payload is not None:
+            sp.inline_data.data = msgspec.Raw(payload)
     return _from_strict(sp)
 
 

@@ -8,11 +8,12 @@ import base64
 import json
 import types
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import engine.emulator
@@ -760,3 +761,96 @@ async def test_calls_in_progress_hold_their_memory_under_the_bound(
         assert status == 200 and b'"inlineData"' in raw
     assert 0 < stats["held_bytes_peak"] <= 300_000
     assert stats["held_waits"] > 0
+
+
+_IMAGE = bytes(range(256)) * 100  # 25.6 KB: base64 long enough to be cut out
+_TEXT = base64.b64encode(_IMAGE).decode()
+_OTHER = base64.b64encode(_IMAGE[::-1] + b"12").decode()  # another image, unpadded
+_REQUEST_PARTS: dict[str, JSON] = {
+    "image": {"inlineData": {"mimeType": "image/png", "data": _TEXT}},
+    "signed image": {
+        "inlineData": {"mimeType": "image/png", "data": _OTHER},
+        "thoughtSignature": "c2ln",
+    },
+    "escaped slashes": {"inlineData": {"mimeType": "image/png", "data": _TEXT.replace("/", "\\/")}},
+    "url-safe": {
+        "inlineData": {"mimeType": "image/png", "data": _TEXT.replace("+", "-").replace("/", "_")}
+    },
+    "snake case": {"inline_data": {"mime_type": "image/png", "data": _OTHER[:-4]}},
+    "unknown field": {"inlineData": {"mimeType": "image/png", "data": _TEXT}, "extra": 1},
+    "function response": {"functionResponse": {"name": "f", "response": {"data": _TEXT}}},
+    "text": {"text": 'say "data":"AAAA" twice'},
+    "not base64": {"inlineData": {"mimeType": "image/png", "data": "!" * 20_000}},
+}
+
+
+def _read_whole(raw: bytes) -> object:
+    from engine.emulator._gemini import _contents, _decode_request, _system
+
+    try:
+        incoming = _decode_request(raw)
+        return _seen(incoming, _contents(incoming.contents), _system(incoming.systemInstruction))
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def _seen(incoming: Any, contents: object, system: object) -> object:
+    """What a request means to the emulator (the raw parts aside)."""
+    return contents, system, incoming.generationConfig, incoming.tools, incoming.safetySettings
+
+
+@settings(max_examples=300, deadline=None)
+@example(contents=[["image", "signed image"]], system=None, config_data=False)
+@given(
+    contents=st.lists(
+        st.lists(st.sampled_from(sorted(_REQUEST_PARTS)), min_size=1, max_size=3),
+        min_size=1,
+        max_size=3,
+    ),
+    system=st.none() | st.sampled_from(sorted(_REQUEST_PARTS)),
+    config_data=st.booleans(),
+)
+def test_requests_read_with_images_cut_out_equal_the_whole_parse(
+    contents: list[list[str]], system: str | None, config_data: bool
+) -> None:
+    """Cutting history images out before parsing gives exactly the whole parse: the same
+    contents, system instruction and config, or the same error."""
+    from engine.emulator._gemini import _read_request
+
+    request: JSON = {
+        "contents": [
+            {"role": "user" if i % 2 == 0 else "model", "parts": [_REQUEST_PARTS[n] for n in c]}
+            for i, c in enumerate(contents)
+        ]
+    }
+    if system is not None:
+        request["systemInstruction"] = {"parts": [_REQUEST_PARTS[system]]}
+    if config_data:  # the key pattern outside any part
+        request["generationConfig"] = {"data": _TEXT}
+    raw = json.dumps(request, separators=(",", ":")).encode()  # as clients send it
+    try:
+        cut: object = _seen(*_read_request(raw))
+    except Exception as exc:
+        cut = type(exc), str(exc)
+    assert cut == _read_whole(raw)
+
+
+def test_a_plain_history_is_parsed_without_its_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual request (images as servers and nanoedit send them) is parsed once, from a
+    document without the base64, and its images are the bytes sent."""
+    import engine.emulator._gemini as gemini
+
+    parsed: list[int] = []
+    decode = gemini._decode_request
+
+    def recording(raw: bytes) -> object:
+        parsed.append(len(raw))
+        return decode(raw)
+
+    monkeypatch.setattr(gemini, "_decode_request", recording)
+    request = {"contents": [{"role": "user", "parts": [_REQUEST_PARTS["image"], {"text": "t"}]}]}
+    raw = json.dumps(request, separators=(",", ":")).encode()  # as clients send it
+    _, contents, _ = gemini._read_request(raw)
+    assert len(parsed) == 1 and parsed[0] < 1000 < len(raw)
+    assert contents[0].parts[0].inline_data is not None
+    assert contents[0].parts[0].inline_data.data == _IMAGE

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from engine._exceptions import ConfigError
-from engine._protocol import IncomingRequest, RequestContent, request_decoder
+from engine._protocol import IncomingRequest, RequestContent, request_decoder, splice_payloads
 from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.emulator._faults import Decision
 from engine.emulator._generate import (
@@ -154,15 +154,46 @@ def _decode_request(body: bytes) -> IncomingRequest:
         raise invalid(f"Invalid JSON payload received. {exc}") from None
 
 
-def _contents(raw: list[RequestContent]) -> list[Content]:
+def _contents(
+    raw: list[RequestContent], payloads: dict[bytes, memoryview] | None = None
+) -> list[Content]:
     try:
-        return [Content(role=c.role, parts=[decode_part(p) for p in c.parts]) for c in raw]
+        return [
+            Content(role=c.role, parts=[decode_part(p, payloads) for p in c.parts]) for c in raw
+        ]
     except WireError as exc:
         raise invalid(f"Invalid JSON payload received. {exc}") from None
 
 
-def _system(raw: RequestContent | None) -> Content | None:
-    return None if raw is None else _contents([raw])[0]
+def _system(
+    raw: RequestContent | None, payloads: dict[bytes, memoryview] | None = None
+) -> Content | None:
+    return None if raw is None else _contents([raw], payloads)[0]
+
+
+def _read_request(body: bytes) -> tuple[IncomingRequest, list[Content], Content | None]:
+    """The request, its contents and its system instruction.
+
+    History images are cut out of the body before it is parsed (`splice_payloads`), so
+    msgspec never scans their base64: parsing the envelope and then each part scanned every
+    image twice (~0.26 ms per MB each time). Unless every cut string turns out to be an
+    image part's data, or whenever anything fails, the body is parsed whole, so errors and
+    odd requests are answered exactly as before.
+    """
+    spliced = splice_payloads(body)
+    if spliced is not None:
+        doc, payloads = spliced
+        try:
+            incoming = _decode_request(doc)
+            contents = _contents(incoming.contents, payloads)
+            system = _system(incoming.systemInstruction, payloads)
+        except ApiFailure:
+            pass
+        else:
+            if not payloads:
+                return incoming, contents, system
+    incoming = _decode_request(body)
+    return incoming, _contents(incoming.contents), _system(incoming.systemInstruction)
 
 
 def _ratio_key(ratio: str) -> tuple[int, int]:
@@ -583,11 +614,10 @@ async def admit(request: web.Request, state: ServerState, endpoint: str, model: 
 
 def _parse_and_prepare(state: ServerState, spec: ModelSpec, body: bytes) -> Job:
     """Decode and validate a generateContent body (pure; safe in a worker thread)."""
-    incoming = _decode_request(body)
-    contents = resolve_file_parts(_contents(incoming.contents), state.files)
+    incoming, contents, system = _read_request(body)
+    contents = resolve_file_parts(contents, state.files)
     if not contents:
         raise invalid("* GenerateContentRequest.contents: contents is not specified\n")
-    system = _system(incoming.systemInstruction)
     turn = read_turn(spec, contents, system)
     config = incoming.generationConfig or {}
     params = generation_params(spec, config, turn)
