@@ -375,7 +375,10 @@ def build_tables(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 mode,
                 _verdict(cpu_ga, TARGET_CPU_VS_GENAI),
                 _verdict(cpu_fl, TARGET_CPU_VS_FLOOR),
-                _verdict(cpu_fs, TARGET_CPU_VS_SIMD_FLOOR),
+                # The SIMD floor's target is the long sessions' one (--lockstep, 10 turns).
+                _verdict(cpu_fs, TARGET_CPU_VS_SIMD_FLOOR)
+                if ne.get("cpu_ms_by_turn")
+                else fmt(cpu_fs, 3),
                 _verdict(rss_ga, TARGET_RSS_VS_GENAI),
                 fmt(dlt_ga, 2),
             ]
