@@ -15,7 +15,7 @@ import msgspec
 
 from engine._exceptions import EventTooLarge
 from sessions._b64 import b64decode_strict, b64encode
-from sessions._wire import Content, DecodedBlob, StrictPart, _WireContent
+from sessions._wire import _PLACEHOLDER_MAX, Content, DecodedBlob, StrictPart, _WireContent
 
 __all__ = [
     "Candidate",
@@ -464,7 +464,11 @@ def _restore_cut(data: bytes, payloads: dict[bytes, bytes]) -> GenerateContentRe
     for candidate in response.candidates:
         for part in candidate.content.parts if candidate.content is not None else ():
             blob = part.inline_data
-            if blob is not None and (key := bytes(blob.data)) in payloads:
+            if (
+                blob is not None
+                and len(blob.data) <= _PLACEHOLDER_MAX
+                and (key := bytes(blob.data)) in payloads
+            ):
                 found.append((part, key))
     if len(found) != data.count(_CUT_MARK) or len({key for _, key in found}) != len(found):
         return None

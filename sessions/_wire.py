@@ -213,6 +213,9 @@ class StrictPart(msgspec.Struct, rename="camel", forbid_unknown_fields=True, gc=
 
 _strict_part = msgspec.json.Decoder(StrictPart)
 
+_PLACEHOLDER_MAX = 64
+"""The longest placeholder a reader that cuts strings out of JSON may use (quotes included)."""
+
 
 def decode_part(raw: msgspec.Raw | bytes, payloads: dict[bytes, memoryview] | None = None) -> Part:
     """Decode one Part from JSON, accepting both naming styles and both base64 alphabets.
@@ -228,10 +231,12 @@ def decode_part(raw: msgspec.Raw | bytes, payloads: dict[bytes, memoryview] | No
         sp = _strict_part.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return _decode_part_general(raw)
-    if payloads and sp.inline_data is not None:
-        payload = payloads.pop(bytes(sp.inline_data.data), None)
+    blob = sp.inline_data
+    # Placeholders are short: a long string is never one (and is not copied to look it up).
+    if payloads and blob is not None and len(blob.data) <= _PLACEHOLDER_MAX:
+        payload = payloads.pop(bytes(blob.data), None)
         if payload is not None:
-            sp.inline_data.data = msgspec.Raw(payload)
+            blob.data = msgspec.Raw(payload)
     return _from_strict(sp)
 
 
