@@ -204,8 +204,8 @@ def decode_response(
         if response is not None:
             return response
         data = _put_back(data, payloads)
-    if type(data) is bytes and len(data) > _SPLICE_MIN:
-        spliced = _splice(data)
+    if type(data) is bytes:
+        spliced = splice_payloads(data)
         if spliced is not None:
             response = _restore(*spliced)
             if response is not None:
@@ -289,25 +289,40 @@ def _restore(doc: bytes, cut: dict[bytes, memoryview]) -> GenerateContentRespons
     None (parse the original instead) unless every placeholder sits in an image part's data
     exactly once: anything else means the pattern matched something other than a payload.
     """
+
+    def put(part: StrictPart, payload: memoryview) -> None:
+        assert part.inline_data is not None
+        part.inline_data.data = msgspec.Raw(payload)
+
+    return _fill_image_parts(doc, cut, len(cut), put)
+
+
+def _fill_image_parts(
+    doc: bytes, values: dict[bytes, T], count: int, put: Callable[[StrictPart, T], None]
+) -> GenerateContentResponse | None:
+    """Parse ``doc`` and hand each image part whose data is a placeholder (a key of
+    ``values``) its value, removed from ``values``; None, with ``values`` untouched, unless
+    exactly ``count`` placeholders were found, each once, all in image parts' data."""
     try:
         response = _typed_decoder.decode(doc)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
-    left = dict(cut)
+    found: list[tuple[StrictPart, bytes]] = []
     for candidate in response.candidates:
-        if candidate.content is None:
-            continue
-        for part in candidate.content.parts:
+        for part in candidate.content.parts if candidate.content is not None else ():
             blob = part.inline_data
-            if blob is None:
-                continue
-            raw = bytes(blob.data)
-            if raw in cut:
-                payload = left.pop(raw, None)
-                if payload is None:
-                    return None
-                blob.data = msgspec.Raw(payload)
-    return None if left else response
+            # Placeholders are short: a long string is never one (nor copied to look it up).
+            if (
+                blob is not None
+                and len(blob.data) <= _PLACEHOLDER_MAX
+                and (key := bytes(blob.data)) in values
+            ):
+                found.append((part, key))
+    if len(found) != count or len({key for _, key in found}) != count:
+        return None
+    for part, key in found:
+        put(part, values.pop(key))
+    return response
 
 
 request_decoder = msgspec.json.Decoder(IncomingRequest)
@@ -391,19 +406,25 @@ class PayloadCutter:
         return data[start:]
 
     def _in_string(self, data: bytes, out: list[bytes]) -> bytes:
-        buf = self._carry + data if self._carry else data
-        whole = len(buf) & ~3
-        if whole and buf[whole - 1] == 0x3D:
+        skip = self._after_carry(data) if self._carry else 0
+        if skip < 0:
+            data, skip = self._carry + data, 0
+            self._carry = b""
+        # The string's next characters are data[skip:], read through a view: slicing would
+        # copy every 64 KiB chunk of a string that does not start on a group boundary.
+        whole = (len(data) - skip) & ~3
+        if whole and data[skip + whole - 1] == 0x3D:
             whole -= 4  # a padded group can only end the string: wait for what follows it
-        if whole > 0 and buf[whole - 1] != 0x3D:
+        if whole > 0 and data[skip + whole - 1] != 0x3D:
             try:
-                piece = b64decode_strict(memoryview(buf)[:whole])
+                piece = b64decode_strict(memoryview(data)[skip : skip + whole])
             except ValueError:
                 pass  # the string ends in this chunk, or is not plain base64
             else:
                 self._take(piece, whole)
-                self._carry = buf[whole:]
+                self._carry = data[skip + whole :]
                 return b""
+        buf = data[skip:] if skip else data
         end = buf.find(b'"')
         if end < 0:
             if len(buf) >= 8:
@@ -426,6 +447,22 @@ class PayloadCutter:
         out.append(placeholder)
         self._reset()
         return buf[end:]
+
+    def _after_carry(self, data: bytes) -> int:
+        """Complete the carried characters into whole groups with the first few of ``data``
+        and decode them; how many of ``data`` that took, or -1 (the carry stays) when they
+        do not make plain groups (the string may end there)."""
+        fill = -len(self._carry) % 4
+        head = self._carry + data[:fill]
+        if len(head) % 4 or 0x3D in head:
+            return -1
+        try:
+            piece = b64decode_strict(head)
+        except ValueError:
+            return -1
+        self._carry = b""
+        self._take(piece, len(head))
+        return fill
 
     def _take(self, piece: bytes, chars: int) -> None:
         self._decoded.append(piece)
@@ -456,32 +493,18 @@ def _restore_cut(data: bytes, payloads: dict[bytes, bytes]) -> GenerateContentRe
     """Parse a document holding `PayloadCutter` placeholders, each image part getting its
     decoded bytes; None (put them back and parse again) unless every placeholder in it sits in
     an image part's data."""
-    try:
-        response = _typed_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    found: list[tuple[StrictPart, bytes]] = []
-    for candidate in response.candidates:
-        for part in candidate.content.parts if candidate.content is not None else ():
-            blob = part.inline_data
-            if (
-                blob is not None
-                and len(blob.data) <= _PLACEHOLDER_MAX
-                and (key := bytes(blob.data)) in payloads
-            ):
-                found.append((part, key))
-    if len(found) != data.count(_CUT_MARK) or len({key for _, key in found}) != len(found):
-        return None
-    for part, key in found:
+
+    def put(part: StrictPart, decoded: bytes) -> None:
         blob = part.inline_data
         assert blob is not None
         part.inline_data = DecodedBlob(
             mime_type=blob.mime_type,
             data=blob.data,
             display_name=blob.display_name,
-            decoded=payloads.pop(key),
+            decoded=decoded,
         )
-    return response
+
+    return _fill_image_parts(data, payloads, data.count(_CUT_MARK), put)
 
 
 def _put_back(data: bytes, payloads: dict[bytes, bytes]) -> bytes:
