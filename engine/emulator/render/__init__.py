@@ -53,6 +53,7 @@ from engine.emulator.render._parse import (
     _tokens,
 )
 from engine.emulator.render._vocabulary import DEFAULT_GRADIENTS, MAX_CLAUSES
+from sessions._images import image_dimensions
 
 __all__ = ["RenderResult", "image_size", "render_edit", "render_scene"]
 
@@ -153,7 +154,10 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
         return None
     if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
         return None
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    size = image_dimensions(data)  # the IHDR's, now that it checks out
+    if size is None:
+        return None
+    width, height = size
     limit = Image.MAX_IMAGE_PIXELS
     if not width or not height or (limit is not None and width * height > limit):
         return None
