@@ -135,7 +135,7 @@ class NanoeditClient(PeerClient):
         await self._engine.start()
 
     async def open(self) -> Any:
-        from engine.catalog import ImageConfig
+        from sessions import ImageConfig
 
         return await self._engine.create_session(
             self.model,

@@ -34,8 +34,8 @@ from typing import Any
 import structlog
 from _common import RESULTS_PATH, append_results, fmt, machine_info, markdown_table
 
-from engine.bus import EventBus
 from engine.events import Event, TurnTextDelta
+from engine.state import EventBus
 
 SESSIONS = 10
 BUFFER = 1024

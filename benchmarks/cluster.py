@@ -48,7 +48,7 @@ from engine.cli._procs import serve_process, stop_process
 from sessions import PostgresStore, SessionStore, SqliteStore
 
 ADMIN = os.environ.get("NANOEDIT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("NANOEDIT_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+REDIS = os.environ.get("NANOEDIT_BENCH_REDIS", "redis://127.0.0.1:6379/15")
 
 
 async def _admin(sql: str) -> None:

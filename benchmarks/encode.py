@@ -27,8 +27,8 @@ import pybase64
 from _common import append_results, fmt, machine_info, markdown_table
 
 from engine import Secret
-from engine._transport import Transport
 from engine.providers import GeminiProvider, GenerateRequest
+from engine.wire import Transport
 from sessions import Blob, Content, Part, SessionSettings
 
 

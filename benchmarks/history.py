@@ -31,9 +31,9 @@ from _common import append_results, emulator_process, fmt, machine_info, markdow
 
 from engine import Engine, EngineConfig, NanoeditError
 from engine._config import HistoryImages
-from engine.catalog import ImageConfig
 from engine.cli._common import configure_logging
 from engine.events import Event
+from sessions import ImageConfig
 
 PROMPTS = [
     "A ceramic mug on an oak table, morning light",

@@ -35,7 +35,7 @@ from _common import (
 )
 
 from engine import Engine, EngineConfig, ImageConfig
-from engine.bus import EventBus
+from engine.state import EventBus
 from sessions import SqliteStore
 
 MiB = 1024 * 1024

@@ -36,11 +36,10 @@ import pybase64
 from _common import append_results, fmt, machine_info, markdown_table
 
 from engine import Secret
-from engine._merge import ContentMerger, ImageDelta
-from engine._transport import Transport
-from engine._types import Image
 from engine.providers import GeminiProvider
-from engine.providers.gemini import _Answer
+from engine.providers._gemini import _Answer
+from engine.runtime import Image
+from engine.wire import ContentMerger, ImageDelta, Transport
 
 CHUNK = 64 * 1024
 

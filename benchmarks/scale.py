@@ -81,8 +81,8 @@ def _quiet_logs() -> None:
 async def concurrent(base_url: str, args: argparse.Namespace, emulator_pid: int) -> dict[str, Any]:
     """Run every session at once through one Engine; wall time against T x latency."""
     from engine._config import EngineConfig, Timeouts
-    from engine.catalog import ImageConfig
     from engine.runtime import Engine
+    from sessions import ImageConfig
 
     cap = max(args.sessions, 1)
     cfg = EngineConfig(
@@ -175,9 +175,8 @@ def _median(values: list[float]) -> float | None:
 
 async def _idle(n: int, trace: bool) -> dict[str, Any]:
     from engine._config import EngineConfig
-    from engine.catalog import ImageConfig
     from engine.runtime import Engine
-    from sessions import MemoryStore
+    from sessions import ImageConfig, MemoryStore
 
     # Nothing is ever sent: the base URL only has to be well formed.
     cfg = EngineConfig(provider="custom", base_url="http://127.0.0.1:9")
@@ -238,9 +237,8 @@ def _run_child(*options: str) -> dict[str, Any]:
 
 async def _inflight(base_url: str, n: int, latency: float, trace: bool) -> dict[str, Any]:
     from engine._config import EngineConfig, Timeouts
-    from engine.catalog import ImageConfig
     from engine.runtime import Engine
-    from sessions import MemoryStore
+    from sessions import ImageConfig, MemoryStore
 
     cfg = EngineConfig(
         provider="custom",

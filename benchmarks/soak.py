@@ -38,9 +38,8 @@ import structlog
 from _common import append_results, emulator_process, emulator_stats, machine_info, markdown_table
 
 from engine import Budget, Engine, EngineConfig, NanoeditError, RetryPolicy
-from engine.budget import settle_cost
-from engine.catalog import resolve_model
-from sessions import SqliteStore, new_id
+from engine.policy import settle_cost
+from sessions import SqliteStore, new_id, resolve_model
 
 FAULTS = "rate=0.15:429,500,503,cut:1,reset,malformed,html502,drip:0.002:4096"
 PROMPTS = (

@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``engine.sse.SSEDecoder`` versus the ``httpx-sse`` decoder.
+"""Throughput benchmark: ``engine.wire._sse.SSEDecoder`` versus the ``httpx-sse`` decoder.
 
 Run as ``python benchmarks/sse.py [--json FILE]``. Both decoders get the same bytes in
 the same 64 KiB chunks. ``httpx-sse`` is given the pipeline it runs in production: an
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.sse import SSEDecoder
+from engine.wire import SSEDecoder
 
 CHUNK_SIZE = 64 * 1024
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"

@@ -11,6 +11,7 @@ from typing import Literal
 
 from engine._exceptions import ConfigError
 from engine._logs import Logger
+from sessions import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -30,7 +31,6 @@ __all__ = [
 
 _log = Logger("nanoedit.config")
 
-DEFAULT_MODEL = "gemini-3.1-flash-image"
 # Looked up in this order; the first one set wins.
 KEY_ENV_VARS = ("NANOEDIT_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "WISDOM_GATE_KEY")
 ApiName = Literal["gemini", "openai-chat", "openai-images"]
@@ -164,7 +164,7 @@ class EngineConfig:
     # seq, and the in-flight cap, hold across every node (engine.cluster). "": this process only.
     redis_url: str = ""
     redis_prefix: str = "nanoedit"  # the cluster's keys start with this (one Redis, many clusters)
-    # A TOML file of models to add or override (see engine.catalog.Catalog); None: built-in.
+    # A TOML file of models to add or override (see sessions._catalog.Catalog); None: built-in.
     catalog: Path | None = None
     user_agent: str = "nanoedit/0.1"
     # Another engine (another process) holds the session's store lease: "raise" SessionBusy at

@@ -34,15 +34,18 @@ NanoeditError
 
 from __future__ import annotations
 
-from sessions._errors import (
+from sessions import (
+    ConfigError,
+    EventTooLarge,
     NanoeditError,
     SessionBusy,
     SessionError,
     SessionNotFound,
+    SSEError,
     StoreError,
     TurnNotFound,
+    WireError,
 )
-from sessions._wire import WireError
 
 __all__ = [
     "ApiError",
@@ -76,10 +79,6 @@ __all__ = [
     "WireError",
     "api_error",
 ]
-
-
-class ConfigError(NanoeditError, ValueError):
-    """Configuration that cannot work; raised before anything is sent."""
 
 
 class TransportError(NanoeditError):
@@ -191,26 +190,6 @@ class BudgetExceeded(NanoeditError):
         self.limit = limit
         self.needed = needed
         self.allowed = allowed
-
-
-class SSEError(NanoeditError):
-    """An event stream that cannot be decoded."""
-
-
-class EventTooLarge(SSEError):
-    """One SSE event's buffered data exceeded the decoder's maximum size."""
-
-    def __init__(self, limit: int, size: int) -> None:
-        super().__init__(
-            f"server-sent event exceeds max_event_bytes={limit} "
-            f"({size} bytes buffered before the event was complete)"
-        )
-        self.limit = limit
-        self.size = size
-
-    def __reduce__(self) -> tuple[type[EventTooLarge], tuple[int, int]]:
-        # Pickle by constructor arguments, since they differ from `args`.
-        return (type(self), (self.limit, self.size))
 
 
 class Closed(NanoeditError):

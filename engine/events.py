@@ -12,8 +12,7 @@ from typing import Any
 
 import msgspec
 
-from sessions import WireError
-from sessions._records import Usage
+from sessions import Usage, WireError
 
 __all__ = [
     "ENGINE_WIDE",

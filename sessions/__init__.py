@@ -1,18 +1,49 @@
-"""nanoedit sessions: wire structs, turn tree, blob and session stores. No network, no engine."""
+"""nanoedit sessions: wire structs and their encoding, the model catalog, turn tree, blob and
+session stores. No network, no engine: the engine and the emulator both build on this."""
 
+from sessions._b64 import b64decode_strict, b64encode
+from sessions._catalog import (
+    BUILTIN,
+    DEFAULT_MODEL,
+    RATIOS,
+    Catalog,
+    ImageConfig,
+    ModelSpec,
+    Prices,
+    check_available,
+    estimate_text_tokens,
+    resolve_model,
+)
 from sessions._check import check_session, check_store
 from sessions._errors import (
+    ConfigError,
+    EventTooLarge,
     NanoeditError,
     SessionBusy,
     SessionError,
     SessionNotFound,
+    SSEError,
     StoreError,
     TurnNotFound,
 )
 from sessions._export import export_session, import_session
 from sessions._files import BatchRecord, FileRef
+from sessions._images import image_dimensions
 from sessions._ops import checkout, delete, fork, redo, undo
 from sessions._postgres import PostgresStore
+from sessions._protocol import (
+    GenerateContentRequest,
+    GenerateContentResponse,
+    IncomingRequest,
+    ModalityTokenCount,
+    PayloadCutter,
+    RequestContent,
+    UsageMetadata,
+    cut_strings,
+    decode_response,
+    request_decoder,
+    splice_payloads,
+)
 from sessions._records import (
     SessionRecord,
     SessionSettings,
@@ -42,22 +73,40 @@ from sessions._wire import (
     decode_contents,
     decode_part,
     encode_contents,
+    part_from_wire,
     wire_contents,
 )
+from sessions._wire import _WireContent as WireContent
 
 __all__ = [
+    "BUILTIN",
+    "DEFAULT_MODEL",
+    "RATIOS",
     "BatchRecord",
     "Blob",
     "BlobStore",
+    "Catalog",
+    "ConfigError",
     "Content",
+    "EventTooLarge",
     "FileData",
     "FileRef",
+    "GenerateContentRequest",
+    "GenerateContentResponse",
+    "ImageConfig",
+    "IncomingRequest",
     "LeaseHolder",
     "MemoryBlobStore",
     "MemoryStore",
+    "ModalityTokenCount",
+    "ModelSpec",
     "NanoeditError",
     "Part",
+    "PayloadCutter",
     "PostgresStore",
+    "Prices",
+    "RequestContent",
+    "SSEError",
     "SessionBusy",
     "SessionError",
     "SessionNotFound",
@@ -72,23 +121,36 @@ __all__ = [
     "TurnNotFound",
     "TurnRecord",
     "Usage",
+    "UsageMetadata",
+    "WireContent",
     "WireError",
+    "b64decode_strict",
+    "b64encode",
+    "check_available",
     "check_session",
     "check_store",
     "checkout",
+    "cut_strings",
     "decode_content",
     "decode_contents",
     "decode_part",
+    "decode_response",
     "default_store_path",
     "delete",
     "encode_contents",
+    "estimate_text_tokens",
     "export_session",
     "fork",
+    "image_dimensions",
     "import_session",
     "intern_content",
     "intern_turn",
     "new_id",
+    "part_from_wire",
     "redo",
+    "request_decoder",
+    "resolve_model",
+    "splice_payloads",
     "undo",
     "wire_contents",
 ]

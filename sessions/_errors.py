@@ -4,7 +4,10 @@ engine's hierarchy (engine/_exceptions.py, where the whole tree is drawn) has a 
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
+    "EventTooLarge",
     "NanoeditError",
+    "SSEError",
     "SessionBusy",
     "SessionError",
     "SessionNotFound",
@@ -35,3 +38,27 @@ class SessionBusy(SessionError):
 
 class StoreError(SessionError):
     """The store could not read or write; the operation had no effect."""
+
+
+class ConfigError(NanoeditError, ValueError):
+    """Configuration that cannot work; raised before anything is sent."""
+
+
+class SSEError(NanoeditError):
+    """An event stream that cannot be decoded."""
+
+
+class EventTooLarge(SSEError):
+    """One SSE event's buffered data exceeded the decoder's maximum size."""
+
+    def __init__(self, limit: int, size: int) -> None:
+        super().__init__(
+            f"server-sent event exceeds max_event_bytes={limit} "
+            f"({size} bytes buffered before the event was complete)"
+        )
+        self.limit = limit
+        self.size = size
+
+    def __reduce__(self) -> tuple[type[EventTooLarge], tuple[int, int]]:
+        # Pickle by constructor arguments, since they differ from `args`.
+        return (type(self), (self.limit, self.size))

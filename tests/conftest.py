@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import pytest
@@ -23,10 +24,9 @@ import structlog
 from PIL import Image as PILImage
 
 from engine import EngineConfig, RetryPolicy
-from engine._merge import ImageDelta, TextDelta
-from engine._transport import RequestBody
 from engine.emulator import Emulator, EmulatorSettings
 from engine.providers import GenerateRequest, OnDelta, Provider, ProviderResult
+from engine.wire import ImageDelta, RequestBody, TextDelta
 from sessions import (
     Blob,
     Content,
@@ -53,6 +53,75 @@ ENV_VARS = (
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 """Retries without waiting: three attempts, millisecond back-off."""
 
+PG_ADMIN = os.environ.get("NANOEDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+"""Where the test databases are created (each test its own, dropped afterwards)."""
+
+REDIS_URL = os.environ.get("NANOEDIT_TEST_REDIS", "redis://127.0.0.1:6379/15")
+"""The Redis the cluster tests use: db 15 unless told otherwise (never db 0), each test under a
+key prefix of its own."""
+
+CHROMIUM = os.environ.get("NANOEDIT_TEST_CHROMIUM", "/usr/bin/chromium")
+"""Debian's chromium, which the studio's browser tests drive through Playwright."""
+
+REQUIRE_SERVICES = os.environ.get("NANOEDIT_TEST_REQUIRE_SERVICES") == "1"
+"""CI sets it: a test whose service is missing fails instead of skipping."""
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def _browser_missing() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return (
+            f"chromium not found at {CHROMIUM} "
+            "(apt-get install -y chromium, or set NANOEDIT_TEST_CHROMIUM)"
+        )
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+def _server_missing(what: str, url: str, port: int, variable: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if _reachable(url, port):
+            return None
+        return f"{what} not reachable at {urlsplit(url).netloc} (start it, or set {variable})"
+
+    return check
+
+
+_SERVICE_CHECKS: dict[str, Callable[[], str | None]] = {
+    "postgres": _server_missing("PostgreSQL", PG_ADMIN, 5432, "NANOEDIT_TEST_PG"),
+    "redis": _server_missing("Redis", REDIS_URL, 6379, "NANOEDIT_TEST_REDIS"),
+    "browser": _browser_missing,
+}
+_missing_services: dict[str, str | None] = {}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked postgres, redis or browser skips with one line when that service is
+    missing, or fails where NANOEDIT_TEST_REQUIRE_SERVICES=1 (CI)."""
+    for name, check in _SERVICE_CHECKS.items():
+        if item.get_closest_marker(name) is None:
+            continue
+        if name not in _missing_services:
+            _missing_services[name] = check()
+        why = _missing_services[name]
+        if why is not None:
+            if REQUIRE_SERVICES:
+                pytest.fail(f"{why}; NANOEDIT_TEST_REQUIRE_SERVICES=1 requires it", pytrace=False)
+            pytest.skip(why)
+
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -66,10 +135,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     saved = structlog.get_config()
     yield path
     structlog.configure(**saved)
-
-
-PG_ADMIN = os.environ.get("NANOEDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-"""Where the test databases are created (each test its own, dropped afterwards)."""
 
 
 @contextlib.asynccontextmanager

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from engine import Engine
-from engine._batch import BatchItem, BatchJobFailed
 from engine._exceptions import ConfigError
-from engine.budget import settle_cost
-from engine.catalog import BUILTIN, ImageConfig
 from engine.cli import main
 from engine.emulator import EmulatorSettings
-from sessions import SqliteStore, Usage
+from engine.policy import settle_cost
+from engine.runtime import BatchItem, BatchJobFailed
+from sessions import BUILTIN, ImageConfig, SqliteStore, Usage
 from tests.conftest import ENV_VARS, EmulatorFactory, EmulatorThread, config_for, png
 
 

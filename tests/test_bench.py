@@ -1,4 +1,4 @@
-"""engine.cli.bench: percentiles, the summary, and small runs against the embedded emulator."""
+"""engine.cli._bench: percentiles, the summary, and small runs against the embedded emulator."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 from engine import ConfigError
-from engine.catalog import resolve_model
 from engine.cli import _load
 from engine.cli import bench as _bench
-from engine.cli.bench import (
+from engine.cli._bench import (
     TurnSample,
     add_arguments,
     arrival_offsets,
@@ -27,6 +26,7 @@ from engine.cli.bench import (
     percentile,
     summarize,
 )
+from sessions import resolve_model
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Tests for engine.budget: token and byte accounting, policies, pricing, the ledger."""
+"""Tests for engine.policy._budget: token and byte accounting, policies, pricing, the ledger."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from PIL import Image as PILImage
 from PIL import features
 
 from engine import BudgetExceeded, ConfigError
-from engine.budget import (
+from engine.events import BudgetExceededEvent, BudgetWarning, HistoryCompacted
+from engine.policy import (
     Budget,
     CostBreakdown,
     CostLedger,
@@ -28,9 +29,8 @@ from engine.budget import (
     settle_cost,
     turn_tokens,
 )
-from engine.catalog import MODELS, ModelSpec
-from engine.events import BudgetExceededEvent, BudgetWarning, HistoryCompacted
 from sessions import Blob, Content, Part, TurnRecord, Usage, encode_contents, wire_contents
+from sessions._catalog import MODELS, ModelSpec
 
 PRO = MODELS["gemini-3-pro-image"]
 FLASH31 = MODELS["gemini-3.1-flash-image"]

@@ -15,7 +15,6 @@ import structlog
 from structlog.testing import capture_logs
 
 from engine import Closed, SubscriberDisconnected
-from engine.bus import EventBus, Subscription
 from engine.events import (
     Event,
     EventsMissed,
@@ -27,6 +26,7 @@ from engine.events import (
     TurnTextDelta,
     Usage,
 )
+from engine.state import EventBus, Subscription
 
 
 def delta(session_id: str = "s", text: str = "x", turn: int | None = 1) -> TurnTextDelta:

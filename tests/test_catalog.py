@@ -1,4 +1,4 @@
-"""engine.catalog: model specs, pixel tables, validation."""
+"""sessions._catalog: model specs, pixel tables, validation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 import structlog
 
 from engine import ConfigError, Engine, EngineConfig
-from engine.catalog import ImageConfig, check_available, estimate_text_tokens, resolve_model
-from sessions import MemoryStore
+from sessions import ImageConfig, MemoryStore, check_available, estimate_text_tokens, resolve_model
 from tests.conftest import FakeProvider
 
 

@@ -10,8 +10,8 @@ import pytest
 import structlog
 
 from engine import ConfigError, Engine, EngineConfig
-from engine.catalog import Catalog
 from engine.cli import main
+from sessions import Catalog
 from tests.conftest import FakeProvider
 
 NB9 = """

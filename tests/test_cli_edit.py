@@ -17,10 +17,10 @@ import msgspec
 import pytest
 from PIL import Image
 
-from engine.catalog import resolve_model
 from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.events import TurnStarted, decode_event
+from sessions import resolve_model
 from tests.conftest import ENV_VARS, EmulatorThread
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")

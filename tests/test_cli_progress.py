@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from engine.cli.edit import Progress
+from engine.cli._edit import Progress
 from engine.events import ImageRef, TurnImage, TurnRetrying, TurnStarted, TurnTextDelta
 
 

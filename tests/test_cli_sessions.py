@@ -16,7 +16,7 @@ import anyio
 import pytest
 from PIL import Image
 
-from engine.cli.sessions import add_parser, run
+from engine.cli._sessions import add_parser, run
 from sessions import (
     Blob,
     Content,

@@ -21,13 +21,13 @@ import pytest
 
 from engine import Engine, EngineConfig, SessionBusy
 from engine.cli._procs import serve_process
-from engine.cluster import Cluster, ClusterBus
 from engine.events import TurnStarted
+from engine.state import Cluster, ClusterBus
 from sessions import PostgresStore
 from tests.conftest import ENV_VARS, EmulatorFactory, pg_database
+from tests.conftest import REDIS_URL as REDIS
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_leaked_tasks")]
-REDIS = os.environ.get("NANOEDIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -125,7 +125,16 @@ class Node:
 def _start_node(tmp_path: Path, dsn: str, prefix: str, emulator: str, *args: str) -> Node:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env["NANOEDIT_HOME"] = str(tmp_path / "home")
-    options = ["--store", dsn, "--redis", REDIS, "--redis-prefix", prefix, "--base-url", emulator]
+    options = [
+        "--store",
+        dsn,
+        "--redis",
+        REDIS,
+        "--redis-prefix",
+        prefix,
+        "--base-url",
+        emulator,
+    ]
     return Node(*serve_process([*options, *args], env=env))
 
 
@@ -258,7 +267,10 @@ async def test_a_node_killed_mid_turn_leaves_nothing_partial(nodes: Any) -> None
 
 
 async def test_a_node_whose_heartbeat_stopped_is_gone(prefix: str) -> None:
-    async with Cluster(REDIS, prefix=prefix) as alive, Cluster(REDIS, prefix=prefix) as other:
+    async with (
+        Cluster(REDIS, prefix=prefix) as alive,
+        Cluster(REDIS, prefix=prefix) as other,
+    ):
         await other.register("host:1:other", every=0.05)
         await alive.register("host:2:alive", every=0.05)
         assert not await alive.node_gone("host:1:other")

@@ -10,7 +10,7 @@ import sys
 import aiohttp
 import pytest
 
-from engine.cli.emulator import _settings, add_arguments
+from engine.emulator._command import _settings, add_arguments
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -78,7 +78,7 @@ def test_the_emulator_process_gives_freed_blocks_back_where_glibc_allows() -> No
     import subprocess
     import sys
 
-    probe = "from engine.cli.emulator import unmap_freed_blocks; print(unmap_freed_blocks())"
+    probe = "from engine.emulator import unmap_freed_blocks; print(unmap_freed_blocks())"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,8 +15,7 @@ from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import engine.emulator
-from engine import EmulatorOptions
+from engine import EmulatorOptions, Engine, EngineConfig, RetryPolicy, ServerError
 from engine.emulator import Emulator, EmulatorSettings
 from engine.emulator._gemini import _split
 from tests._emulator_fixtures import (
@@ -57,18 +55,6 @@ async def _turn1(http: aiohttp.ClientSession, emu: Emulator, prompt: str, **conf
     status, answer = await generate(http, emu, body(user(prompt), **config))
     assert status == 200, answer
     return answer
-
-
-def test_all_is_sorted_and_complete() -> None:
-    """engine.emulator exports exactly its public names, sorted."""
-    exported = list(engine.emulator.__all__)
-    assert exported == sorted(exported)
-    public = {
-        name
-        for name, value in vars(engine.emulator).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
-    assert public == set(exported)
 
 
 async def test_first_turn_has_thought_signed_text_and_signed_image(
@@ -688,12 +674,15 @@ async def test_grain_images_weigh_like_real_ones(http: aiohttp.ClientSession) ->
         assert is_grayscale(open_image(image_bytes(second)))
 
 
-async def test_engine_options_are_accepted(http: aiohttp.ClientSession) -> None:
-    """Emulator takes the engine's EmulatorOptions (flat, seed, faults) as its settings."""
+async def test_engine_options_reach_the_embedded_emulator() -> None:
+    """The engine's EmulatorOptions (flat, seed, faults) configure the emulator it embeds."""
     options = EmulatorOptions(flat=True, seed=5, faults="503")
-    async with Emulator(options) as emulator:
-        assert emulator.settings.seed == 5 and emulator.settings.flat
-        assert (await generate(http, emulator, body(user("a cat"))))[0] == 503
+    config = EngineConfig(emulator=options, retry=RetryPolicy(max_attempts=1))
+    async with Engine(config) as eng:
+        session = await eng.create_session()
+        with pytest.raises(ServerError) as caught:
+            await session.send("a cat")
+        assert caught.value.status == 503
 
 
 async def test_signatures_depend_on_the_seed(http: aiohttp.ClientSession) -> None:

@@ -9,11 +9,10 @@ import json
 import aiohttp
 import pytest
 
-from engine.catalog import resolve_model
 from engine.emulator import Emulator, EmulatorSettings
 from engine.emulator._generate import InputImage
 from engine.emulator._openai import openai_size
-from sessions import Blob
+from sessions import Blob, resolve_model
 from tests._emulator_fixtures import (
     FLASH,
     JSON,

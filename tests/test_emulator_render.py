@@ -588,8 +588,8 @@ def test_any_instruction_keeps_size_and_is_deterministic(words: list[str], punct
 async def test_render_cache_holds_a_load_of_more_than_256_images() -> None:
     """A second run of 400 distinct small renders is served from the default cache (it held
     256 entries, so a load of more sessions than that rendered every image again)."""
+    from engine.emulator import EmulatorSettings
     from engine.emulator._generate import RenderJob, RenderPool
-    from engine.emulator._settings import EmulatorSettings
 
     settings = EmulatorSettings()
     pool = RenderPool(

@@ -9,7 +9,6 @@ import msgspec
 import pytest
 
 from engine import Budget, BudgetExceeded, Engine, Session
-from engine.budget import settle_cost
 from engine.emulator import Emulator
 from engine.events import (
     BudgetExceededEvent,
@@ -18,6 +17,7 @@ from engine.events import (
     HistoryCompacted,
     TurnFailed,
 )
+from engine.policy import settle_cost
 from sessions import encode_contents
 from tests.conftest import EmulatorFactory, config_for
 

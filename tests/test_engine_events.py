@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine import Budget, Engine, Secret, WireError
-from engine.bus import Subscription
 from engine.events import Event, EventsMissed, decode_event, encode_event
+from engine.state import Subscription
 from tests.conftest import EmulatorFactory, config_for
 
 TERMINAL = ("turn.completed", "turn.failed", "turn.cancelled")

@@ -28,9 +28,8 @@ from engine import (
     Timeouts,
     Unauthorized,
 )
-from engine._merge import ImageDelta, PartialImageDelta, TextDelta
-from engine._transport import Transport
 from engine.providers import GeminiProvider, GenerateRequest, ProviderResult
+from engine.wire import ImageDelta, PartialImageDelta, TextDelta, Transport
 from sessions import (
     Content,
     Part,
@@ -658,7 +657,7 @@ async def test_cancel_mid_stream_leaves_no_connection_or_task(
 
 def test_usage_defaults_to_zero_without_metadata() -> None:
     """No usageMetadata means a zero Usage, not an error."""
-    from engine.providers.gemini import usage_from
+    from engine.providers._gemini import usage_from
 
     assert usage_from(None) == Usage()
     assert msgspec.structs.asdict(usage_from(None)) == msgspec.structs.asdict(Usage())

@@ -16,13 +16,13 @@ import pytest
 
 from engine import Engine, EngineConfig
 from engine._exceptions import BudgetExceeded, ConfigError, TransportError, Unauthorized
-from engine._files import missing_file_names
-from engine.budget import Budget
 from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.emulator._vault import FileVault, missing_file
 from engine.events import Event, TurnRetrying
-from engine.providers.gemini import GeminiProvider
+from engine.policy import Budget
+from engine.providers import GeminiProvider
+from engine.runtime import missing_file_names
 from sessions import FileRef, MemoryStore, SqliteStore, export_session
 from tests.conftest import EmulatorFactory, EmulatorThread, config_for
 

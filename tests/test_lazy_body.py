@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Secret
-from engine._transport import LazyBody, Transport, body_size
 from engine.providers import GeminiProvider, GenerateRequest
+from engine.wire import LazyBody, Transport, body_size
 from sessions import Blob, Content, Part, SessionSettings, decode_part
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +123,7 @@ def test_the_pieces_match_msgspec_whatever_the_codec(monkeypatch: pytest.MonkeyP
     to hold the sentinel's base64 falls back to msgspec rather than splitting wrongly."""
     import binascii
 
-    from engine.providers import gemini
+    from engine.providers import _gemini as gemini
 
     image = Part(inline_data=Blob(mime_type="image/png", data=bytes(range(256)) * 40))
     tricky = Part(text=gemini._SENTINEL_B64.decode())
@@ -145,7 +145,7 @@ def test_chat_lazy_body_equals_encode(settings_: SessionSettings, n_images: int)
     """The chat provider's body, each history image's base64 written as it goes, is exactly
     encode()'s bytes, sized right, and again for a retry; a user text that happens to hold
     the image marker gets the whole body instead."""
-    from engine.providers.openai_chat import _MARKER, OpenAIChatProvider
+    from engine.providers._openai_chat import _MARKER, OpenAIChatProvider
 
     chat = OpenAIChatProvider(Transport(), base_url="http://127.0.0.1:1", api_key=Secret(""))
     history: list[Content] = []

@@ -1,4 +1,4 @@
-"""Tests for engine.limits: FIFO slots, the in-flight cap, adaptive allowances, rates, shutdown."""
+"""Tests for engine.policy._limits: FIFO slots, the in-flight cap, adaptive allowances, rates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from engine import Closed, RateLimited, ServerError
 from engine.events import LimitsChanged
-from engine.limits import Limiter, SlotHandle
+from engine.policy import Limiter, SlotHandle
 
 MODEL = "gemini-3-pro-image"
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from engine import Engine, EngineConfig
-from engine.bus import EventBus
 from engine.events import SessionClosed, SessionCreated
+from engine.state import EventBus
 from sessions import (
     Blob,
     Content,
@@ -110,7 +110,7 @@ def test_an_engine_on_another_store_does_not_load_sqlite() -> None:
     not by importing the engine; the store still works once it does."""
     code = (
         "import sys, asyncio\n"
-        "import engine, engine.runtime, engine.providers, sessions\n"
+        "import engine, engine.runtime._engine, engine.providers, sessions\n"
         "assert 'sqlite3' not in sys.modules, 'imported with the engine'\n"
         "store = sessions.SqliteStore(':memory:')\n"
         "assert 'sqlite3' not in sys.modules, 'imported by the constructor'\n"

@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._merge import ContentMerger, ImageDelta, TextDelta
+from engine.wire import ContentMerger, ImageDelta, TextDelta
 from sessions import Blob, Content, Part, decode_part
 
 

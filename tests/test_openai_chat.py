@@ -18,7 +18,7 @@ from engine import Engine, EngineConfig, Secret, Unauthorized
 from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.events import Event, TurnRetrying
-from engine.providers.openai_chat import extract_images
+from engine.providers import extract_images
 from sessions import MemoryStore
 from tests._loopback import LoopbackServer, Reply, sse_body
 from tests.conftest import ENV_VARS, FAST_RETRY, EmulatorThread, png
@@ -276,7 +276,7 @@ async def test_a_plain_answer_to_a_stream_request_is_read() -> None:
 
 def _restored(node: Any) -> Any:
     """A decode_chat result with every spliced URL back as plain text (for comparison)."""
-    from engine.providers.openai_chat import _SplicedUrl
+    from engine.providers._openai_chat import _SplicedUrl
 
     if isinstance(node, dict):
         return {k: _restored(v) for k, v in node.items()}
@@ -293,7 +293,7 @@ def test_long_data_urls_are_decoded_from_the_bytes_and_nothing_else_changes() ->
     image attached), equal to what parsing it would give; the same long string elsewhere (a
     text content, a list item) comes back as its text; a URL-safe one takes the regular path;
     short documents are parsed as they are."""
-    from engine.providers.openai_chat import _image_parts, _SplicedUrl, decode_chat
+    from engine.providers._openai_chat import _image_parts, _SplicedUrl, decode_chat
 
     image = png(64, 64) + bytes(range(256)) * 100
     url = "data:image/png;base64," + base64.b64encode(image).decode()
@@ -354,7 +354,7 @@ def test_any_document_decodes_as_parsing_it_would() -> None:
     only `url` values carrying their decoded image."""
     from hypothesis import given, settings
 
-    from engine.providers.openai_chat import decode_chat
+    from engine.providers._openai_chat import decode_chat
 
     @settings(max_examples=150, deadline=None)
     @given(doc=_documents())

@@ -12,7 +12,7 @@ import structlog
 from engine import Engine, EngineConfig
 from engine.cli import main
 from engine.events import Event
-from engine.providers.openai_images import openai_size
+from engine.providers import openai_size
 from tests.conftest import ENV_VARS, EmulatorThread
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 import pytest
 
 from engine import Engine, EngineConfig, NanoeditError, StreamBroken
-from engine._merge import ImageDelta
 from engine.events import Event
 from engine.providers import ProviderResult
+from engine.wire import ImageDelta
 from sessions import Blob, Content, MemoryStore, Part, SessionRecord, SessionState, TurnRecord
 from tests.conftest import FAST_RETRY, Call, FakeProvider, Step, answer, fail, result_of
 
@@ -282,7 +282,7 @@ def test_a_turn_reuses_the_images_its_events_described_only_for_the_same_bytes()
     """Turn.from_record takes an Image made earlier for the very bytes object it holds (the
     one the turn's events described, hashed once); for equal bytes in another object it makes
     a new one, so a turn never holds a second copy of an interned image."""
-    from engine._types import Image, Turn
+    from engine.runtime import Image, Turn
 
     data = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     blob = Blob(mime_type="image/png", data=data)

@@ -1,4 +1,4 @@
-"""engine._protocol: response decoding, typed fast path and raw fallback."""
+"""sessions._protocol: response decoding, typed fast path and raw fallback."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine._exceptions import EventTooLarge
-from engine._protocol import PayloadCutter, _put_back, _splice, decode_response, response_decoder
-from engine.sse import RawSSEDecoder
+from engine.wire import RawSSEDecoder
 from sessions import decode_part
+from sessions._protocol import PayloadCutter, _put_back, _splice, decode_response, response_decoder
 from sessions._wire import StrictPart, part_from_wire
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8

@@ -33,7 +33,8 @@ from engine import (
     Unauthorized,
 )
 from engine._exceptions import api_error
-from engine._retry import parse_retry_after, parse_retry_info, retry_delay, should_retry
+from engine.policy import parse_retry_after, retry_delay, should_retry
+from engine.providers import parse_retry_info
 
 NOW = 1_700_000_000.0
 

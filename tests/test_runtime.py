@@ -1,4 +1,4 @@
-"""engine.runtime: multi-turn sessions end to end against the emulator on 127.0.0.1."""
+"""engine.runtime._engine: multi-turn sessions end to end against the emulator on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -393,7 +393,7 @@ async def test_failed_start_leaves_nothing_running(
     monkeypatch: pytest.MonkeyPatch, no_leaked_tasks: None
 ) -> None:
     """If start() fails after the embedded emulator is up, the emulator is stopped again."""
-    import engine.runtime as runtime
+    import engine.runtime._engine as runtime
 
     def broken_provider(*args: object, **kwargs: object) -> None:
         raise ConfigError("provider construction failed")

@@ -1,4 +1,4 @@
-"""Tests for engine.sse: WHATWG event-stream parsing, chunking independence, size limits."""
+"""Tests for engine.wire._sse: WHATWG event-stream parsing, chunking independence, size limits."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.sse import (
+from engine.wire._sse import (
     DEFAULT_MAX_EVENT_BYTES,
     EventTooLarge,
     RawServerSentEvent,

@@ -15,11 +15,10 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from engine import Engine
 from engine.serve import ServeOptions, create_app
-from tests.conftest import EmulatorFactory, config_for
+from tests.conftest import CHROMIUM, EmulatorFactory, config_for
 
 pytestmark = [pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -30,8 +30,8 @@ from engine import (
     TotalTimeout,
     Unauthorized,
 )
-from engine._transport import MAX_MESSAGE, Transport, clean_message, secrets_of
-from engine.providers._errors import error_from_body, json_http_error
+from engine.providers import error_from_body, json_http_error
+from engine.wire import MAX_MESSAGE, Transport, clean_message, secrets_of
 from tests._loopback import LoopbackServer, Reply, closed_port
 
 KEY = "AIzaSyTEST-secret-key-0123456789abcdefXYZ"

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine._protocol import decode_response
-from engine.budget import settle_cost
-from engine.catalog import resolve_model
-from engine.providers.gemini import usage_from
-from sessions import Usage
+from engine.policy import settle_cost
+from engine.providers._gemini import usage_from
+from sessions import Usage, decode_response, resolve_model
 
 # usageMetadata of a recorded 3.1 Flash Image answer: a 1K image and a sentence of text, the
 # details listing IMAGE only.

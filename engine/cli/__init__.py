@@ -17,7 +17,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from engine._exceptions import NanoeditError
-from engine.cli import batch, bench, edit, emulator, models, serve, sessions
+from engine.cli import _batch as batch
+from engine.cli import _bench as bench
+from engine.cli import _edit as edit
+from engine.cli import _emulator as emulator
+from engine.cli import _models as models
+from engine.cli import _serve as serve
+from engine.cli import _sessions as sessions
 from engine.cli._common import configure_logging, err
 
 __all__ = ["build_parser", "main"]

@@ -18,10 +18,9 @@ import structlog
 from engine._config import PRESETS, EmulatorOptions, EngineConfig, RetryPolicy, Secret
 from engine._exceptions import ConfigError
 from engine._gc import tuned_gc
-from engine.budget import Budget
-from engine.catalog import Catalog, ImageConfig
 from engine.events import Event, encode_event
-from sessions import MemoryStore, SessionError, SessionNotFound, SessionStore
+from engine.policy import Budget
+from sessions import Catalog, ImageConfig, MemoryStore, SessionError, SessionNotFound, SessionStore
 
 __all__ = [
     "EventWriter",

@@ -1,5 +1,5 @@
 """The load generator behind `nanoedit bench`: the closed and open loops, per-turn samples and
-their statistics (see the definitions in `engine.cli.bench`)."""
+their statistics (see the definitions in `engine.cli._bench`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import msgspec
 
 from engine._config import EngineConfig
 from engine._exceptions import ConfigError, NanoeditError
-from engine.catalog import ImageConfig, ModelSpec
+from sessions import ImageConfig, ModelSpec
 
 __all__ = [
     "DEFAULT_SCRIPT",

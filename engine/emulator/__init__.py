@@ -46,16 +46,22 @@ Faults: `EmulatorSettings.faults` or the per-request header `x-emulator-fault`; 
 in `engine.emulator._faults` (and `nanoedit emulator --help`).
 """
 
-from engine.emulator._faults import FaultPlan, parse_faults
+from engine.emulator._command import add_arguments, unmap_freed_blocks
+from engine.emulator._command import run as run_command
+from engine.emulator._faults import FAULT_GRAMMAR, FaultPlan, parse_faults
 from engine.emulator._http import RecordedRequest
 from engine.emulator._server import Emulator, create_app
 from engine.emulator._settings import EmulatorSettings
 
 __all__ = [
+    "FAULT_GRAMMAR",
     "Emulator",
     "EmulatorSettings",
     "FaultPlan",
     "RecordedRequest",
+    "add_arguments",
     "create_app",
     "parse_faults",
+    "run_command",
+    "unmap_freed_blocks",
 ]

@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.cli.emulator import main
+from engine.emulator._command import main
 
 sys.exit(main())

@@ -18,11 +18,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from engine.catalog import ModelSpec
 from engine.emulator._gemini import _spec, admit, answer_request
 from engine.emulator._generate import ApiFailure, invalid
 from engine.emulator._http import STATE, ServerState, check_gemini_key, json_body, json_response
 from engine.emulator._vault import BatchJob, rfc3339
+from sessions import ModelSpec
 
 __all__ = ["cancel_batches", "handle_batch", "handle_batch_create", "handle_list_batches"]
 

@@ -49,7 +49,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from engine._exceptions import ConfigError
+from sessions import ConfigError
 
 __all__ = [
     "FAULT_GRAMMAR",

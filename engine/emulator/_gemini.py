@@ -13,9 +13,6 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from engine._exceptions import ConfigError
-from engine._protocol import IncomingRequest, RequestContent, request_decoder, splice_payloads
-from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.emulator._faults import Decision
 from engine.emulator._generate import (
     ApiFailure,
@@ -49,7 +46,20 @@ from engine.emulator._http import (
 from engine.emulator._signatures import check_history
 from engine.emulator._vault import resolve_file_parts
 from engine.emulator.render import RenderResult
-from sessions import Blob, Content, Part, WireError, decode_part
+from sessions import (
+    Blob,
+    ConfigError,
+    Content,
+    IncomingRequest,
+    ModelSpec,
+    Part,
+    RequestContent,
+    WireError,
+    decode_part,
+    estimate_text_tokens,
+    request_decoder,
+    splice_payloads,
+)
 
 __all__ = [
     "METHODS",

@@ -24,11 +24,8 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from engine.catalog import ModelSpec, estimate_text_tokens
-from engine.emulator.render import RenderResult, image_size, render_edit, render_scene
-from engine.emulator.render._vocabulary import MAX_SIDE
-from sessions import Blob, Content
-from sessions._b64 import b64encode
+from engine.emulator.render import MAX_SIDE, RenderResult, image_size, render_edit, render_scene
+from sessions import Blob, Content, ModelSpec, b64encode, estimate_text_tokens
 
 __all__ = [
     "ApiFailure",

@@ -21,7 +21,6 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from engine._exceptions import ConfigError
 from engine.emulator._faults import (
     GOOGLE_STATUS,
     NO_FAULTS,
@@ -35,6 +34,7 @@ from engine.emulator._generate import ApiFailure, RenderPool
 from engine.emulator._settings import EmulatorSettings
 from engine.emulator._signatures import Signer
 from engine.emulator._vault import BatchJob, FileVault
+from sessions import ConfigError
 
 _log = structlog.get_logger("nanoedit.emulator")
 

@@ -22,9 +22,6 @@ import msgspec
 from aiohttp import BodyPartReader, ClientPayloadError, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from engine._config import DEFAULT_MODEL
-from engine._exceptions import ConfigError
-from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.emulator._faults import Decision
 from engine.emulator._gemini import check_limits, generation_params
 from engine.emulator._generate import (
@@ -57,7 +54,15 @@ from engine.emulator._http import (
     too_large,
 )
 from engine.emulator.render import RenderResult
-from sessions import Blob, Content, Part
+from sessions import (
+    DEFAULT_MODEL,
+    Blob,
+    ConfigError,
+    Content,
+    ModelSpec,
+    Part,
+    estimate_text_tokens,
+)
 
 __all__ = [
     "handle_chat_completions",

@@ -9,7 +9,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from engine._config import EmulatorOptions
 from engine.emulator._batches import (
     cancel_batches,
     handle_batch,
@@ -146,13 +145,11 @@ class Emulator:
 
     def __init__(
         self,
-        settings: EmulatorSettings | EmulatorOptions = EmulatorSettings(),  # noqa: B008
+        settings: EmulatorSettings = EmulatorSettings(),  # noqa: B008
         *,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        if isinstance(settings, EmulatorOptions):
-            settings = EmulatorSettings.from_options(settings)
         self.settings = settings
         self.host = host
         self.port = port

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from engine._config import EmulatorOptions
-from engine._exceptions import ConfigError
-from engine.catalog import BUILTIN, Catalog
 from engine.emulator._faults import MAX_SECONDS
+from sessions import BUILTIN, Catalog, ConfigError
 
 __all__ = ["EmulatorSettings"]
 
@@ -79,23 +77,3 @@ class EmulatorSettings:
             raise ConfigError("file_ttl, batch_expiry and max_file_bytes must be positive")
         if self.upload_mbps < 0 or self.batch_seconds < 0:
             raise ConfigError("upload_mbps and batch_seconds must be >= 0")
-
-    @classmethod
-    def from_options(
-        cls,
-        options: EmulatorOptions,
-        *,
-        api_key: str = "",
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        catalog: Catalog = BUILTIN,
-    ) -> EmulatorSettings:
-        """Settings for the embedded emulator from the engine's `EmulatorOptions`."""
-        return cls(
-            api_key=api_key,
-            latency=options.latency,
-            faults=options.faults,
-            flat=options.flat,
-            seed=options.seed,
-            max_request_bytes=max_request_bytes,
-            catalog=catalog,
-        )

@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine._config import AuthScheme, Secret
-from engine._merge import ImageDelta, PartialImageDelta, TextDelta
-from engine._transport import Headers, RequestBody, Transport
-from engine.sse import DEFAULT_MAX_EVENT_BYTES
-from sessions._records import SessionSettings, Usage
-from sessions._wire import Content
+from engine.wire import (
+    DEFAULT_MAX_EVENT_BYTES,
+    Headers,
+    ImageDelta,
+    PartialImageDelta,
+    RequestBody,
+    TextDelta,
+    Transport,
+)
+from sessions import Content, SessionSettings, Usage
 
 __all__ = [
     "AuthScheme",
@@ -103,7 +108,7 @@ class Provider(abc.ABC):
     name: str  # "google", "wisdom-gate", "custom", "local"
     supports_streaming: bool
     # Where uploads are valid: a fingerprint of the endpoint and the key (never the key). A
-    # provider with the Files and Batch APIs is a `FilesAndBatches` (engine.providers.gemini).
+    # provider with the Files and Batch APIs is a `FilesAndBatches` (engine.providers._gemini).
     scope: str = ""
 
     @abc.abstractmethod

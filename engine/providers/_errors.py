@@ -3,16 +3,22 @@ typed errors; each provider passes its mapper to the transport, which knows plai
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from engine._exceptions import ApiError, api_error
-from engine._retry import parse_retry_after, parse_retry_info
-from engine._transport import SNIPPET, clean_message, html_title, looks_like_html
+from engine.wire import SNIPPET, clean_message, html_title, looks_like_html, parse_retry_after
 
-__all__ = ["error_from_body", "google_error", "json_http_error"]
+__all__ = [
+    "error_from_body",
+    "google_error",
+    "json_http_error",
+    "parse_retry_info",
+]
 
 _any_json = msgspec.json.Decoder()
 # Google status strings for an in-stream error object whose numeric code is missing.
@@ -31,6 +37,37 @@ _GOOGLE_STATUS_CODES = {
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
 }
+
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+# protobuf JSON Duration: decimal seconds with an "s" suffix ("15s", "1.5s", "0.250s").
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)s\s*")
+
+
+def _duration(value: Any) -> float | None:
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        return float(match.group(1)) if match else None
+    if isinstance(value, Mapping):
+        # The object form; int64 seconds may arrive as a JSON string.
+        try:
+            seconds = float(value.get("seconds", 0) or 0)
+            nanos = float(value.get("nanos", 0) or 0)
+        except (TypeError, ValueError):
+            return None
+        total = seconds + nanos / 1e9
+        return total if math.isfinite(total) and total >= 0 else None
+    return None
+
+
+def parse_retry_info(details: Sequence[Mapping[str, Any]]) -> float | None:
+    """Seconds from a Google `google.rpc.RetryInfo` detail's `retryDelay`; None if there is none."""
+    for detail in details:
+        if not isinstance(detail, Mapping) or detail.get("@type") != _RETRY_INFO:
+            continue
+        delay = _duration(detail.get("retryDelay", detail.get("retry_delay")))
+        if delay is not None:
+            return delay
+    return None
 
 
 def _json_error(doc: Any) -> tuple[str, str, list[Any]] | None:

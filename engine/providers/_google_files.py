@@ -18,8 +18,8 @@ from urllib.parse import quote
 import msgspec
 
 from engine._exceptions import ApiError
-from engine._transport import Headers, Response, Transport, clean_message, malformed
 from engine.providers._errors import json_http_error
+from engine.wire import Headers, Response, Transport, clean_message, malformed
 
 __all__ = ["BatchOperation", "FilesAndBatches", "UploadedFile"]
 

@@ -44,11 +44,9 @@ from engine._exceptions import (
     TurnNotFound,
     WireError,
 )
-from engine._types import Image, Turn, sniff_mime
-from engine.budget import Budget
-from engine.catalog import ImageConfig
 from engine.events import Event
-from engine.runtime import Engine, Session
+from engine.policy import Budget
+from engine.runtime import Engine, Image, Session, Turn, sniff_mime
 from engine.serve._api import (
     CheckoutIn,
     ErrorBody,
@@ -67,7 +65,7 @@ from engine.serve._fanout import ClusterFanout, LocalFanout, SessionFanout, sse_
 from engine.serve._metrics import Metrics
 from engine.serve._openapi import openapi_document
 from engine.serve._tenants import RateWindow, Tenants
-from sessions import Blob, SessionError, StoreError, TurnRecord
+from sessions import Blob, ImageConfig, SessionError, StoreError, TurnRecord
 from sessions import delete as delete_stored
 from sessions import export_session as export_state
 

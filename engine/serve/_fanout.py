@@ -24,9 +24,8 @@ import structlog
 from aiohttp import web
 
 from engine._exceptions import NanoeditError
-from engine.bus import EventBus
-from engine.cluster import Cluster
 from engine.events import Event, EventsMissed, encode_event
+from engine.state import Cluster, EventBus
 
 __all__ = [
     "MAX_CLIENT_BUFFER",

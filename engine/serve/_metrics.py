@@ -10,8 +10,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.bus import EventBus
 from engine.events import Event, TurnCompleted, TurnFailed, TurnRetrying
+from engine.state import EventBus
 
 __all__ = ["Metrics"]
 

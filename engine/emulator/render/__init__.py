@@ -52,10 +52,10 @@ from engine.emulator.render._parse import (
     _split_clauses,
     _tokens,
 )
-from engine.emulator.render._vocabulary import DEFAULT_GRADIENTS, MAX_CLAUSES
-from sessions._images import image_dimensions
+from engine.emulator.render._vocabulary import DEFAULT_GRADIENTS, MAX_CLAUSES, MAX_SIDE
+from sessions import image_dimensions
 
-__all__ = ["RenderResult", "image_size", "render_edit", "render_scene"]
+__all__ = ["MAX_SIDE", "RenderResult", "image_size", "render_edit", "render_scene"]
 
 
 def render_scene(

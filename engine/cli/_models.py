@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from engine.catalog import Catalog, ModelSpec
+from sessions import Catalog, ModelSpec
 
 __all__ = ["add_parser", "run"]
 

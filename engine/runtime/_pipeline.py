@@ -13,23 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine._exceptions import ApiError, BudgetExceeded, NanoeditError, TransportError
-from engine._files import missing_file_names
-from engine._merge import ImageDelta, PartialImageDelta, TextDelta
-from engine._retry import retry_delay, should_retry
-from engine._shield import finish
-from engine._transport import RequestBody
-from engine._types import Image, Turn
-from engine.budget import RequestPlan as Plan
-from engine.budget import (
-    Reservation,
-    exceeded_event,
-    plan_request,
-    request_framing,
-    settle_cost,
-)
 from engine.events import (
     Event,
     TurnCancelled,
@@ -41,30 +29,103 @@ from engine.events import (
     TurnStarted,
     TurnTextDelta,
 )
-from engine.providers._base import GenerateRequest, OnDelta, ProviderResult
+from engine.policy import RequestPlan as Plan
+from engine.policy import (
+    Reservation,
+    exceeded_event,
+    plan_request,
+    request_framing,
+    retry_delay,
+    settle_cost,
+    should_retry,
+)
+from engine.providers import GenerateRequest, OnDelta, ProviderResult
+from engine.runtime._history_files import missing_file_names
+from engine.runtime._shield import finish
+from engine.runtime._turns import Image, Turn
+from engine.wire import ImageDelta, PartialImageDelta, RequestBody, TextDelta
 from sessions import Content, SessionState, TurnRecord, intern_turn, new_id
 
 if TYPE_CHECKING:
-    from engine.runtime import Session
+    from engine._config import EngineConfig
+    from engine.policy import Budget, CostLedger, SlotHandle
+    from engine.providers import Provider
+    from engine.runtime._history_files import HistoryFiles
+    from engine.state import Cluster, EventBus
+    from sessions import ModelSpec, SessionStore
 
-__all__ = ["Gate", "TurnRun"]
+__all__ = ["Framing", "Gate", "TurnContext", "TurnHost", "TurnRun"]
 
 Gate = Callable[[], Awaitable[None]]
 """Awaited just before the commit begins (a stream consumer's demand, see `TurnStream`)."""
+
+
+class TurnHost(Protocol):
+    """What a turn uses of its engine (the `Engine` is one)."""
+
+    @property
+    def provider(self) -> Provider: ...
+    @property
+    def config(self) -> EngineConfig: ...
+    @property
+    def bus(self) -> EventBus: ...
+    @property
+    def ledger(self) -> CostLedger: ...
+    @property
+    def cluster(self) -> Cluster | None: ...
+    @property
+    def store(self) -> SessionStore: ...
+    @property
+    def lease_owner(self) -> str: ...
+    def history_files(self, mode: str | None) -> HistoryFiles | None: ...
+    def request_slot(self, model: str) -> AbstractAsyncContextManager[SlotHandle]: ...
+
+
+class Framing:
+    """The request framing the budget planner measures, kept for the settings object it was
+    measured with (settings are replaced, never changed in place): three framing requests
+    encoded per turn were a tenth of planning a small turn."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: tuple[object, tuple[int, int]] | None = None
+
+    def get(self, settings: object, measure: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+        """The framing for `settings`, measured once."""
+        kept = self._kept
+        if kept is None or kept[0] is not settings:
+            kept = self._kept = (settings, measure())
+        return kept[1]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """What a turn may read of its session, and the door its commit goes through: the pipeline
+    never writes the Session; `commit` hands the committed state to it."""
+
+    host: TurnHost
+    id: str
+    spec: ModelSpec
+    budget: Budget
+    state: SessionState
+    log: Any
+    framing: Framing
+    commit: Callable[[SessionState], None]
 
 
 class TurnRun:
     """One turn of one session, from its draft to its commit."""
 
     def __init__(
-        self, session: Session, draft: Content, *, stream: bool | None, gate: Gate | None
+        self, ctx: TurnContext, draft: Content, *, stream: bool | None, gate: Gate | None
     ) -> None:
-        engine = session._engine
-        self.session = session
+        engine = ctx.host
+        self.ctx = ctx
         self.engine = engine
         self.provider = engine.provider
         self.draft = draft
-        self.state: SessionState = session._state
+        self.state: SessionState = ctx.state
         self.history = self.state.path()
         self.index = len(self.history) + 1
         self.settings = self.state.record.settings
@@ -77,7 +138,7 @@ class TurnRun:
         self.reservation: Reservation | None = None
         self.cluster_reservation: str | None = None
         self.image_size: str | None = (self.settings.image_config or {}).get("imageSize")
-        self._log = session._log
+        self._log = ctx.log
         # Set when the session's history images go by reference (the Files API).
         self.files = engine.history_files(self.settings.history_images)
 
@@ -88,13 +149,13 @@ class TurnRun:
 
     async def run(self) -> Turn:
         """Run the turn; the committed Turn, or the reason it was not committed."""
-        sid, index = self.session.id, self.index
+        sid, index = self.ctx.id, self.index
         try:
             await self._publish(
                 TurnStarted(
                     session_id=sid,
                     turn=index,
-                    model=self.session.spec.id,
+                    model=self.ctx.spec.id,
                     stream=self.stream,
                     history_turns=len(self.history),
                 )
@@ -139,7 +200,7 @@ class TurnRun:
     @property
     def spend_scopes(self) -> list[str]:
         """What this turn's money counts under in a cluster: its session, its tenant."""
-        return [f"session:{self.session.id}", f"tenant:{self.settings.owner}"]
+        return [f"session:{self.ctx.id}", f"tenant:{self.settings.owner}"]
 
     @property
     def reservation_ttl(self) -> float:
@@ -163,10 +224,10 @@ class TurnRun:
             contents = [self.files.view(c) for c in contents]
         return self.provider.encode_body(
             GenerateRequest(
-                self.session.spec.id,
+                self.ctx.spec.id,
                 contents,
                 self.settings,
-                signatures=self.session.spec.thinking,
+                signatures=self.ctx.spec.thinking,
             )
         )
 
@@ -183,7 +244,7 @@ class TurnRun:
         self._log.info("turn.files_missing", turn=self.index, files=len(gone))
         await self._publish(
             TurnRetrying(
-                session_id=self.session.id,
+                session_id=self.ctx.id,
                 turn=self.index,
                 attempt=self.attempts,
                 delay_s=0.0,
@@ -200,7 +261,7 @@ class TurnRun:
         attempts = max(getattr(exc, "attempts", 0) or 0, self.attempts)
         await self._publish(
             TurnFailed(
-                session_id=self.session.id,
+                session_id=self.ctx.id,
                 turn=self.index,
                 error=str(exc),
                 error_type=type(exc).__name__,
@@ -211,7 +272,7 @@ class TurnRun:
 
     async def _plan(self) -> Plan:
         """Price history + draft against the budget; apply its policy; publish its decisions."""
-        session, provider, settings = self.session, self.provider, self.settings
+        ctx, provider, settings = self.ctx, self.provider, self.settings
         # Money already spent on this session, by any engine (persisted turn costs), plus what
         # is reserved for calls in flight.
         spent = sum(t.cost_usd for t in self.state.turns.values())
@@ -220,37 +281,32 @@ class TurnRun:
             await files.prepare([c for t in self.history for c in (t.user, t.model)])
 
         def encode_size(contents: list[Content]) -> int:
-            request = GenerateRequest(
-                session.spec.id, contents, settings, signatures=session.spec.thinking
-            )
+            request = GenerateRequest(ctx.spec.id, contents, settings, signatures=ctx.spec.thinking)
             return len(provider.encode(request))
 
-        # Three framing requests encoded per turn were a tenth of planning a small turn.
-        kept = session._framing
-        if kept is None or kept[0] is not settings:
-            kept = session._framing = (settings, request_framing(encode_size))
+        framing = ctx.framing.get(settings, lambda: request_framing(encode_size))
         try:
             plan = plan_request(
-                spec=session.spec,
-                budget=session.budget,
+                spec=ctx.spec,
+                budget=ctx.budget,
                 engine_max_request_bytes=self.engine.config.request_byte_limit,
                 turns=self.history,
                 draft=self.draft,
                 encode_size=encode_size,
-                content_size=provider.content_sizer(signatures=session.spec.thinking),
+                content_size=provider.content_sizer(signatures=ctx.spec.thinking),
                 request_form=files.view if files is not None else None,
-                framing=kept[1],
+                framing=framing,
                 provider=provider.name,
                 image_size=self.image_size,
                 spent_usd=spent + await self._reserved_elsewhere(),
             )
         except BudgetExceeded as exc:
-            event = exceeded_event(exc, session.budget.policy)
-            event.session_id, event.turn = session.id, self.index
+            event = exceeded_event(exc, ctx.budget.policy)
+            event.session_id, event.turn = ctx.id, self.index
             await self._publish(event)
             raise
         for decision in plan.decisions:
-            decision.session_id = session.id
+            decision.session_id = ctx.id
             decision.turn = self.index
             await self._publish(decision)
         return plan
@@ -260,16 +316,16 @@ class TurnRun:
         every node's."""
         cluster = self.engine.cluster
         if cluster is None:
-            return self.engine.ledger.reserved_for(self.session.id)
-        return await cluster.reserved(f"session:{self.session.id}")
+            return self.engine.ledger.reserved_for(self.ctx.id)
+        return await cluster.reserved(f"session:{self.ctx.id}")
 
     async def _send(self, body: RequestBody) -> tuple[ProviderResult, dict[int, Image]]:
         """Send `body`, retrying what the policy says may be retried; the answer and its images
         as their events described them (hashed once), by id() of their bytes."""
-        engine, session = self.engine, self.session
+        engine, ctx = self.engine, self.ctx
         policy = engine.config.retry
         images_only = self.settings.response_modalities == ["IMAGE"]
-        model = session.spec.id
+        model = ctx.spec.id
         while True:
             self.attempts += 1
             attempt = self.attempts
@@ -306,7 +362,7 @@ class TurnRun:
                 )
                 await self._publish(
                     TurnRetrying(
-                        session_id=session.id,
+                        session_id=ctx.id,
                         turn=self.index,
                         attempt=attempt,
                         delay_s=delay,
@@ -317,7 +373,7 @@ class TurnRun:
                 await asyncio.sleep(delay)
 
     def _delta_publisher(self, attempt: int, images: dict[int, Image]) -> OnDelta:
-        sid, index = self.session.id, self.index
+        sid, index = self.ctx.id, self.index
 
         async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
             if isinstance(delta, PartialImageDelta):
@@ -367,8 +423,8 @@ class TurnRun:
 
     async def _commit(self, plan: Plan, result: ProviderResult, images: dict[int, Image]) -> Turn:
         """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""
-        engine, session, state = self.engine, self.session, self.state
-        spec = session.spec
+        engine, ctx, state = self.engine, self.ctx, self.state
+        spec = ctx.spec
         breakdown = settle_cost(
             spec, self.provider.name, result.usage, self.image_size, len(result.content.images())
         )
@@ -403,19 +459,19 @@ class TurnRun:
         )
         # Fenced: only while this engine still holds the session's lease.
         rec = await engine.store.commit_turn(
-            session.id,
+            ctx.id,
             record,
             expected_version=state.record.version,
             lease_owner=engine.lease_owner,
         )
-        session._state = SessionState.adopt(rec, {**state.turns, record.id: record})
+        ctx.commit(SessionState.adopt(rec, {**state.turns, record.id: record}))
         if self.files is not None:
             # Upload this turn's images now, so the next turn finds them uploaded.
             self.files.schedule((record.user, record.model))
         turn = Turn.from_record(record, engine.store.blobs, images)
         await self._publish(
             TurnCompleted(
-                session_id=session.id,
+                session_id=ctx.id,
                 turn=self.index,
                 finish_reason=turn.finish_reason,
                 attempts=self.attempts,

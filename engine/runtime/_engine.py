@@ -1,7 +1,7 @@
-"""The `Engine` and `Session` handles; the turn itself runs in `engine._pipeline`.
+"""The `Engine` and `Session` handles; the turn itself runs in `engine.runtime._pipeline`.
 
-A session's turns run one at a time under its lock and its store lease (`engine._lease`); head
-moves (undo, redo, checkout, regenerate) take both too. `stream()` hands out a turn's events as
+A session's turns run one at a time under its lock and its store lease (`_lease`); head moves
+(undo, redo, checkout, regenerate) take both too. `stream()` hands out a turn's events as
 they happen, and its consumer decides whether the turn may commit (see `TurnStream`).
 """
 
@@ -16,20 +16,10 @@ from typing import Any
 import anyio.lowlevel
 import msgspec
 
-from engine._batch import Batches, BatchItem, BatchResult, Progress
+import sessions as tree
 from engine._config import FILES_PRESETS, EngineConfig, HistoryImages
 from engine._exceptions import Closed, ConfigError
-from engine._files import HistoryFiles
-from engine._lease import Lease, new_owner
 from engine._logs import Logger
-from engine._pipeline import TurnRun
-from engine._shield import finish
-from engine._transport import Transport
-from engine._types import Image, ImageInput, Turn, build_user_content, sniff_mime
-from engine.budget import Budget, CostLedger
-from engine.bus import EventBus, Subscription
-from engine.catalog import Catalog, ImageConfig, ModelSpec, check_available
-from engine.cluster import Cluster, ClusterBus
 from engine.events import (
     Event,
     SessionClosed,
@@ -40,24 +30,37 @@ from engine.events import (
     TurnCompleted,
     TurnFailed,
 )
-from engine.limits import Limiter, SlotHandle
-from engine.providers._base import Provider
-from engine.providers._google_files import FilesAndBatches
-from engine.providers.gemini import GeminiProvider
-from engine.providers.openai_chat import OpenAIChatProvider
-from engine.providers.openai_images import OpenAIImagesProvider
+from engine.policy import Budget, CostLedger, Limiter, SlotHandle
+from engine.providers import (
+    FilesAndBatches,
+    GeminiProvider,
+    OpenAIChatProvider,
+    OpenAIImagesProvider,
+    Provider,
+)
+from engine.runtime._batch import Batches, BatchItem, BatchResult, Progress
+from engine.runtime._history_files import HistoryFiles
+from engine.runtime._lease import Lease, new_owner
+from engine.runtime._pipeline import Framing, TurnContext, TurnRun
+from engine.runtime._shield import finish
+from engine.runtime._turns import Image, ImageInput, Turn, build_user_content, sniff_mime
+from engine.state import Cluster, ClusterBus, EventBus, Subscription
+from engine.wire import Transport
 from sessions import (
+    BatchRecord,
+    Catalog,
     Content,
+    ImageConfig,
     MemoryStore,
+    ModelSpec,
     Part,
     SessionRecord,
     SessionSettings,
     SessionState,
     SessionStore,
+    check_available,
     new_id,
 )
-from sessions import _ops as ops
-from sessions._files import BatchRecord
 
 __all__ = [
     "Engine",
@@ -151,9 +154,15 @@ class Engine:
                 from engine.emulator import Emulator, EmulatorSettings
 
                 # The emulator enforces the same body limit the engine budgets for.
+                options = cfg.emulator
                 emu = Emulator(
-                    EmulatorSettings.from_options(
-                        cfg.emulator, max_request_bytes=cfg.request_byte_limit, catalog=self.catalog
+                    EmulatorSettings(
+                        latency=options.latency,
+                        faults=options.faults,
+                        flat=options.flat,
+                        seed=options.seed,
+                        max_request_bytes=cfg.request_byte_limit,
+                        catalog=self.catalog,
                     )
                 )
                 base_url = await emu.start()
@@ -286,7 +295,8 @@ class Engine:
             # What one node learns, every node obeys: the allowance is shared.
             await cluster.halve(model, cfg.max_in_flight)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise Closed unless the engine has started and is not closed."""
         if self._closed:
             raise Closed("engine is closed")
         if not self._started:
@@ -319,7 +329,7 @@ class Engine:
         `history_images` ("inline", "files", "auto"; None: the engine's setting) is how later
         requests carry this session's earlier images (see `EngineConfig.history_images`);
         `owner` the tenant it belongs to (`nanoedit serve`)."""
-        self._check_open()
+        self.check_open()
         if history_images is not None and history_images not in ("inline", "files", "auto"):
             raise ConfigError(
                 f"history_images must be inline, files or auto, not {history_images!r}"
@@ -328,7 +338,7 @@ class Engine:
             raise ConfigError(
                 f"history_images='files': provider {self.provider.name!r} has no Files API"
             )
-        spec = self._usable(model or self.config.model)
+        spec = self.usable(model or self.config.model)
         if image_config is not None:
             spec.validate(image_config)
         if budget is not None and not isinstance(budget, Budget):
@@ -368,9 +378,9 @@ class Engine:
 
     async def open_session(self, session_id: str) -> Session:
         """Resume a stored session where it was left; the next request carries its history."""
-        self._check_open()
+        self.check_open()
         state = await self.store.load(session_id)
-        self._usable(state.record.model)
+        self.usable(state.record.model)
         session = Session(self, state)
         head = state.record.head
         turns = state.turn(head).index if head else 0
@@ -379,7 +389,7 @@ class Engine:
         )
         return session
 
-    def _usable(self, model: str) -> ModelSpec:
+    def usable(self, model: str) -> ModelSpec:
         """The model's spec; a shut-down model through Google is a ConfigError, through anything
         else one warning per model (a gateway may still route it)."""
         spec = self.catalog.resolve(model)
@@ -483,11 +493,11 @@ class TurnStream:
 
     async def _start(self, session: Session) -> None:
         engine = session._engine
-        engine._check_open()
+        engine.check_open()
         lock = engine._lock(session.id)
         await lock.acquire()
         try:
-            engine._check_open()  # the engine may have closed while we waited for the lock
+            engine.check_open()  # the engine may have closed while we waited for the lock
             sub = engine.bus.subscribe(
                 session_id=session.id,
                 types=("turn.*", "budget.*", "history.*"),
@@ -578,9 +588,7 @@ class Session:
         self.spec: ModelSpec = engine.catalog.resolve(state.record.model)
         self._budget = Budget.from_builtins(state.record.settings.budget)
         self._log = log.bind(session_id=state.id)
-        # The request framing the budget planner measures (see `request_framing`), for the
-        # settings object it was measured with: settings are replaced, never changed in place.
-        self._framing: tuple[object, tuple[int, int]] | None = None
+        self._framing = Framing()  # measured once per settings object
 
     # --- read ------------------------------------------------------------------------------
 
@@ -637,7 +645,7 @@ class Session:
     async def _move(self, op: Callable[..., Awaitable[object]], *args: object) -> Turn | None:
         """Apply a head move (`sessions._ops`) under the lock and the lease; the new head."""
         engine = self._engine
-        engine._check_open()
+        engine.check_open()
         async with engine._lock(self.id), engine.lease(self.id).held():
             await op(engine.store, self.id, *args)
             await self._reload()
@@ -645,20 +653,20 @@ class Session:
 
     async def undo(self) -> Turn | None:
         """Move the head back one turn; returns the new head."""
-        return await self._move(ops.undo)
+        return await self._move(tree.undo)
 
     async def redo(self) -> Turn | None:
         """Move the head forward one turn along the branch; returns the new head."""
-        return await self._move(ops.redo)
+        return await self._move(tree.redo)
 
     async def checkout(self, turn: Turn | str | None) -> Turn | None:
         """Move the head to any turn (None: before the first)."""
-        return await self._move(ops.checkout, turn.id if isinstance(turn, Turn) else turn)
+        return await self._move(tree.checkout, turn.id if isinstance(turn, Turn) else turn)
 
     async def fork(self, at: Turn | int | None = None) -> Session:
         """A new session holding this branch's turns up to `at` (a Turn or 1-based index)."""
         index = at.index if isinstance(at, Turn) else at
-        record = await ops.fork(self._engine.store, self.id, at_index=index)
+        record = await tree.fork(self._engine.store, self.id, at_index=index)
         child = Session(self._engine, await self._engine.store.load(record.id))
         await child._publish(
             SessionForked(session_id=record.id, parent_id=self.id, at_turn=record.forked_at or 0)
@@ -670,7 +678,7 @@ class Session:
         if self._state.record.head is None:
             raise ConfigError("nothing to regenerate: the session has no turns")
         engine = self._engine
-        engine._check_open()
+        engine.check_open()
         async with engine._lock(self.id):
             return await self._tracked(self._leased_turn(None, stream=stream))
 
@@ -702,9 +710,9 @@ class Session:
         """Run one turn and return it once committed."""
         draft = build_user_content(text, images)
         engine = self._engine
-        engine._check_open()
+        engine.check_open()
         async with engine._lock(self.id):
-            engine._check_open()  # it may have closed while we waited for the lock
+            engine.check_open()  # it may have closed while we waited for the lock
             return await self._tracked(self._leased_turn(draft, stream=stream))
 
     def stream(
@@ -749,6 +757,22 @@ class Session:
     async def _publish(self, event: Event) -> Event:
         return await self._engine.bus.publish(event)
 
+    def _turn_context(self) -> TurnContext:
+        """What the next turn may read of this session, and the door its commit comes back by."""
+        return TurnContext(
+            host=self._engine,
+            id=self.id,
+            spec=self.spec,
+            budget=self._budget,
+            state=self._state,
+            log=self._log,
+            framing=self._framing,
+            commit=self._committed,
+        )
+
+    def _committed(self, state: SessionState) -> None:
+        self._state = state
+
     async def _leased_turn(
         self, draft: Content | None, *, stream: bool | None, gate: Any = None
     ) -> Turn:
@@ -766,7 +790,7 @@ class Session:
                 before = self._state
                 if draft is None:
                     draft = self._regenerate_draft()
-                run = TurnRun(self, draft, stream=stream, gate=gate)
+                run = TurnRun(self._turn_context(), draft, stream=stream, gate=gate)
                 try:
                     return await run.run()
                 except BaseException:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sessions._wire import Blob, Content, Part
+from sessions import Blob, Content, Part
 
 __all__ = ["ContentMerger", "Delta", "ImageDelta", "PartialImageDelta", "TextDelta"]
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from engine._exceptions import NanoeditError, SessionBusy
 from engine._logs import Logger
-from engine._shield import finish
+from engine.runtime._shield import finish
 from sessions import LeaseHolder, SessionStore
 
 __all__ = ["Lease", "describe_holder", "holder_is_dead", "new_owner"]

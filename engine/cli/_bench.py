@@ -47,7 +47,6 @@ import msgspec
 
 from engine._config import EngineConfig
 from engine._exceptions import ConfigError
-from engine.catalog import ImageConfig, resolve_model
 from engine.cli._common import add_history_option, config_from_args, retry_from_args, run_loop
 from engine.cli._load import (
     DEFAULT_SCRIPT,
@@ -65,6 +64,7 @@ from engine.cli._load import (
     summarize,
 )
 from engine.cli._procs import emulator_cpu, emulator_process
+from sessions import ImageConfig, resolve_model
 
 __all__ = [
     "DEFAULT_SCRIPT",

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from engine._exceptions import ConfigError
 from engine.events import ImageRef
-from sessions import Blob, BlobStore, Content, Part, TurnRecord, Usage
-from sessions._images import image_dimensions
+from sessions import Blob, BlobStore, Content, Part, TurnRecord, Usage, image_dimensions
 
 __all__ = ["Image", "ImageInput", "Turn", "build_user_content", "sniff_mime"]
 

@@ -19,9 +19,9 @@ import anyio
 import anyio.to_thread
 
 from engine._config import EngineConfig
-from engine._lease import Lease, describe_holder, holder_is_dead, new_owner
 from engine.cli._common import event_loop_name, open_store, resolve_session_id
-from engine.providers._base import scope_of
+from engine.providers import scope_of
+from engine.runtime import Lease, describe_holder, holder_is_dead, new_owner
 from sessions import (
     Blob,
     Content,
@@ -31,10 +31,15 @@ from sessions import (
     SessionStore,
     TurnRecord,
     check_store,
+    checkout,
+    delete,
+    export_session,
+    fork,
+    image_dimensions,
+    import_session,
+    redo,
+    undo,
 )
-from sessions._export import export_session, import_session
-from sessions._images import image_dimensions
-from sessions._ops import checkout, delete, fork, redo, undo
 
 __all__ = ["add_parser", "run"]
 

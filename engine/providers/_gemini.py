@@ -1,7 +1,7 @@
 """The Gemini-native REST provider (Google, Wisdom Gate, the emulator, any compatible gateway).
 
 Requests are encoded in one msgspec call; each SSE event is decoded in one msgspec call; streamed
-parts are merged into one model Content (`engine._merge`). Decisions worth knowing:
+parts are merged into one model Content (`engine.wire._merge`). Decisions worth knowing:
 
 - a response without any candidate and without a prompt block is a `MalformedResponse`;
 - an answer that finished with no parts at all is `ContentBlocked` (committing it would make the
@@ -19,25 +19,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from engine import sse
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
 from engine._memo import Memo
-from engine._merge import ContentMerger, Delta, ImageDelta, TextDelta
-from engine._protocol import (
-    GenerateContentRequest,
-    GenerateContentResponse,
-    ModalityTokenCount,
-    PayloadCutter,
-    UsageMetadata,
-    decode_response,
-)
-from engine._transport import (
-    LazyBody,
-    RequestBody,
-    StreamResponse,
-    html_title,
-    malformed,
-)
 from engine.providers._base import (
     GenerateRequest,
     HttpProvider,
@@ -47,14 +30,32 @@ from engine.providers._base import (
 )
 from engine.providers._errors import google_error, json_http_error
 from engine.providers._google_files import FilesAndBatches
-from sessions._b64 import b64encode
-from sessions._records import Usage
-from sessions._wire import (
+from engine.wire import (
+    ContentMerger,
+    Delta,
+    ImageDelta,
+    LazyBody,
+    RawSSEDecoder,
+    RequestBody,
+    StreamResponse,
+    TextDelta,
+    html_title,
+    malformed,
+)
+from sessions import (
     Blob,
     Content,
+    GenerateContentRequest,
+    GenerateContentResponse,
+    ModalityTokenCount,
     Part,
+    PayloadCutter,
+    Usage,
+    UsageMetadata,
+    WireContent,
     WireError,
-    _WireContent,
+    b64encode,
+    decode_response,
     part_from_wire,
     wire_contents,
 )
@@ -261,7 +262,7 @@ _SENTINEL = b"\x00nanoedit-image-payload\x00"
 _SENTINEL_B64 = b64encode(_SENTINEL)
 
 
-def _content_pieces(content: Content | _WireContent) -> Iterator[bytes | Blob]:
+def _content_pieces(content: Content | WireContent) -> Iterator[bytes | Blob]:
     """A Content's JSON in pieces: the JSON around each inline image, and each image's Blob in
     its place (whose base64 goes there: the same bytes msgspec would write)."""
     if not isinstance(content, Content) or not any(p.inline_data for p in content.parts):
@@ -526,7 +527,7 @@ class GeminiProvider(FilesAndBatches, HttpProvider):
         timings: dict[str, float],
         start: float,
     ) -> None:
-        decoder = sse.RawSSEDecoder(self._max_event_bytes)
+        decoder = RawSSEDecoder(self._max_event_bytes)
         # Image payloads leave the stream before the SSE decoder sees it (see PayloadCutter).
         cutter = PayloadCutter(self._max_event_bytes)
         payloads = cutter.payloads

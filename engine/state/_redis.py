@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine._exceptions import ConfigError, NanoeditError
 from engine._logs import Logger
-from engine.bus import EventBus
 from engine.events import ENGINE_WIDE, Event, decode_event, encode_event
+from engine.state._bus import EventBus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -21,11 +21,7 @@ from typing import Any
 
 import msgspec
 
-from engine import sse
 from engine._exceptions import ConfigError, ContentBlocked, StreamBroken, TransportError
-from engine._merge import ImageDelta, PartialImageDelta
-from engine._transport import Headers, LazyBody, RequestBody, malformed
-from engine.catalog import resolve_model
 from engine.providers._base import (
     GenerateRequest,
     HttpProvider,
@@ -34,8 +30,16 @@ from engine.providers._base import (
     loop_time,
 )
 from engine.providers._errors import json_http_error
-from sessions import Blob, Content, Part, Usage
-from sessions._b64 import b64decode_strict
+from engine.wire import (
+    Headers,
+    ImageDelta,
+    LazyBody,
+    PartialImageDelta,
+    RawSSEDecoder,
+    RequestBody,
+    malformed,
+)
+from sessions import Blob, Content, Part, Usage, b64decode_strict, resolve_model
 
 __all__ = ["PARTIAL_IMAGES", "ImagesBody", "OpenAIImagesProvider", "openai_size"]
 
@@ -264,7 +268,7 @@ class OpenAIImagesProvider(HttpProvider):
                 final = self._image(items[0] if isinstance(items, list) and items else {})
                 usage = _usage(doc.get("usage"))
             else:
-                decoder = sse.RawSSEDecoder(self._max_event_bytes)
+                decoder = RawSSEDecoder(self._max_event_bytes)
                 try:
                     async for chunk in resp:
                         for event in decoder.feed(chunk):

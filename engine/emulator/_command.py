@@ -1,4 +1,5 @@
-"""`nanoedit emulator`: run the emulator standalone until SIGINT/SIGTERM."""
+"""The emulator as a command (`nanoedit emulator`, `python -m engine.emulator`): serve until
+SIGINT/SIGTERM. Its options live here, with the emulator, which imports nothing of the engine."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import ctypes
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
-from engine._exceptions import ConfigError
-from engine.catalog import Catalog
-from engine.cli._common import non_negative, run_loop
-from engine.emulator import Emulator, EmulatorSettings, parse_faults
-from engine.emulator._faults import FAULT_GRAMMAR
+from engine.emulator._faults import FAULT_GRAMMAR, parse_faults
+from engine.emulator._server import Emulator
+from engine.emulator._settings import EmulatorSettings
+from sessions import Catalog, ConfigError
 
-__all__ = ["add_arguments", "add_parser", "main", "run"]
+__all__ = ["add_arguments", "main", "run", "unmap_freed_blocks"]
+
+LoopRunner = Callable[[Coroutine[Any, Any, None]], None]
 
 
 def _faults(value: str) -> str:
@@ -27,20 +31,6 @@ def _faults(value: str) -> str:
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `emulator`."""
-    p = sub.add_parser(
-        "emulator",
-        help="run the local Gemini/OpenAI-compatible server",
-        description="Serve the Gemini-native and OpenAI-compatible image APIs on loopback "
-        "until SIGINT/SIGTERM; the first line on stdout is the base URL.\n\n"
-        "example:\n  nanoedit emulator --port 8700 --latency 2 --faults 'rate=0.1:429'",
-        allow_abbrev=False,
-    )
-    add_arguments(p)
-    p.set_defaults(run=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +108,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
+def non_negative(value: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {value!r}")
+    return number
+
+
 def _positive(value: str) -> float:
     number = non_negative(value)
     if number <= 0:
@@ -189,8 +190,10 @@ def unmap_freed_blocks() -> bool:
     return bool(mallopt(m_mmap_threshold, 128 * 1024))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; print the base URL on stdout first. Returns the exit code."""
+def run(args: argparse.Namespace, run_loop: LoopRunner = asyncio.run) -> int:
+    """Serve until SIGINT/SIGTERM; print the base URL on stdout first. Returns the exit code.
+
+    `run_loop` runs the server coroutine (the nanoedit CLI passes its own: uvloop, tuned gc)."""
     _log_to_stderr()
     unmap_freed_blocks()
     try:

@@ -25,17 +25,16 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 
-from engine._batch import FINAL_STATES, BatchItem, BatchResult, read_items
 from engine._exceptions import ConfigError
-from engine.catalog import ImageConfig
 from engine.cli._common import (
     add_provider_options,
     config_from_args,
     open_store,
     run_loop,
 )
-from engine.providers._google_files import BatchOperation
-from engine.runtime import Engine
+from engine.providers import BatchOperation
+from engine.runtime import FINAL_STATES, BatchItem, BatchResult, Engine, read_items
+from sessions import ImageConfig
 
 __all__ = ["add_parser", "run"]
 

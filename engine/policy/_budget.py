@@ -29,11 +29,17 @@ import msgspec
 
 from engine._exceptions import BudgetExceeded, ConfigError
 from engine._memo import Memo
-from engine.catalog import ModelSpec, estimate_text_tokens
 from engine.events import BudgetExceededEvent, BudgetWarning, Event, HistoryCompacted
-from sessions._images import image_dimensions
-from sessions._records import TurnRecord, Usage
-from sessions._wire import Blob, Content, Part
+from sessions import (
+    Blob,
+    Content,
+    ModelSpec,
+    Part,
+    TurnRecord,
+    Usage,
+    estimate_text_tokens,
+    image_dimensions,
+)
 
 __all__ = [
     "Budget",
@@ -50,6 +56,7 @@ __all__ = [
     "plan_request",
     "rebase_content",
     "reply_tokens",
+    "request_framing",
     "settle_cost",
     "turn_tokens",
 ]

@@ -14,22 +14,40 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from engine._exceptions import ConfigError, ContentBlocked, NanoeditError
 from engine._logs import Logger
-from engine._types import Image, ImageInput, build_user_content
-from engine.budget import CostBreakdown, settle_cost
-from engine.catalog import ImageConfig, ModelSpec
-from engine.providers._base import GenerateRequest
-from engine.providers._google_files import BatchOperation, FilesAndBatches
-from engine.providers.gemini import GeminiProvider
-from sessions import BatchRecord, SessionSettings, Usage
+from engine.policy import CostBreakdown, settle_cost
+from engine.providers import BatchOperation, FilesAndBatches, GeminiProvider, GenerateRequest
+from engine.runtime._turns import Image, ImageInput, build_user_content
+from sessions import BatchRecord, ImageConfig, ModelSpec, SessionSettings, Usage
 
 if TYPE_CHECKING:
-    from engine.runtime import Engine
+    from engine._config import EngineConfig
+    from engine.policy import CostLedger
+    from engine.providers import Provider
+    from sessions import Catalog, SessionStore
+
+
+class BatchHost(Protocol):
+    """What batch jobs use of their engine (the `Engine` is one)."""
+
+    @property
+    def provider(self) -> Provider: ...
+    @property
+    def config(self) -> EngineConfig: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def ledger(self) -> CostLedger: ...
+    @property
+    def store(self) -> SessionStore: ...
+    def check_open(self) -> None: ...
+    def usable(self, model: str) -> ModelSpec: ...
+
 
 __all__ = [
     "FINAL_STATES",
@@ -135,7 +153,7 @@ Progress = Callable[[BatchOperation], Awaitable[None] | None]
 class Batches:
     """An engine's batch jobs (`engine.batches`)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: BatchHost) -> None:
         self._engine = engine
         self._settled: set[str] = set()  # jobs whose cost this engine put in its ledger
 
@@ -171,9 +189,9 @@ class Batches:
     ) -> BatchRecord:
         """Check and submit a job; returns its record (also saved in the store)."""
         engine = self._engine
-        engine._check_open()
+        engine.check_open()
         provider = self._provider
-        spec = engine._usable(model or engine.config.model)
+        spec = engine.usable(model or engine.config.model)
         items = [
             BatchItem(i.key, i.prompt, i.images, i.image_config or image_config) for i in items
         ]
@@ -227,7 +245,7 @@ class Batches:
 
     async def status(self, name: str) -> BatchOperation:
         """The job's operation now; its state is recorded in the store."""
-        self._engine._check_open()
+        self._engine.check_open()
         op = await self._provider.get_batch(name)
         await self._record_state(name, op.state)
         return op
@@ -263,7 +281,7 @@ class Batches:
 
     async def cancel(self, name: str) -> BatchOperation:
         """Ask for the job to be cancelled; its operation afterwards."""
-        self._engine._check_open()
+        self._engine.check_open()
         await self._provider.cancel_batch(name)
         return await self.status(name)
 

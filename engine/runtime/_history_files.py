@@ -27,7 +27,7 @@ import msgspec
 from engine._exceptions import ApiError, NanoeditError, TransportError
 from engine._logs import Logger
 from engine._memo import Memo
-from engine.providers._google_files import UploadedFile
+from engine.providers import UploadedFile
 from sessions import BlobStore, Content, FileData, FileRef, Part, SessionStore
 
 __all__ = ["EXPIRY_MARGIN_S", "FileUploader", "HistoryFiles", "missing_file_names"]
@@ -41,7 +41,7 @@ _MISSING_FILE = re.compile(r"\bFile ([A-Za-z0-9_\-./]+) or it may not exist", re
 
 
 class FileUploader(Protocol):
-    """What `HistoryFiles` needs of a provider (engine.providers.gemini has it)."""
+    """What `HistoryFiles` needs of a provider (engine.providers._gemini has it)."""
 
     scope: str
 

@@ -19,7 +19,6 @@ from aiohttp import web
 
 from engine._config import EngineConfig
 from engine._exceptions import ConfigError
-from engine.budget import Budget
 from engine.cli._common import (
     add_budget_options,
     add_emulator_options,
@@ -30,10 +29,9 @@ from engine.cli._common import (
     open_store,
     run_loop,
 )
+from engine.policy import Budget
 from engine.runtime import Engine
-from engine.serve import ServeOptions, create_app
-from engine.serve._app import GATEWAY
-from engine.serve._tenants import load_keys
+from engine.serve import GATEWAY, ServeOptions, create_app, load_keys
 
 __all__ = ["add_parser", "run"]
 

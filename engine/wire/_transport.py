@@ -46,7 +46,7 @@ from engine._exceptions import (
     api_error,
 )
 from engine._logs import Logger
-from engine._retry import parse_retry_after
+from engine.wire._retry_after import parse_retry_after
 
 __all__ = [
     "MAX_MESSAGE",

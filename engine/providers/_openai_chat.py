@@ -28,11 +28,7 @@ from typing import Any
 
 import msgspec
 
-from engine import sse
 from engine._exceptions import ContentBlocked, StreamBroken, TransportError
-from engine._merge import ImageDelta, TextDelta
-from engine._protocol import cut_strings
-from engine._transport import LazyBody, RequestBody, malformed
 from engine.providers._base import (
     GenerateRequest,
     HttpProvider,
@@ -41,8 +37,8 @@ from engine.providers._base import (
     loop_time,
 )
 from engine.providers._errors import json_http_error
-from sessions import Blob, Content, Part, Usage
-from sessions._b64 import b64decode_strict, b64encode
+from engine.wire import ImageDelta, LazyBody, RawSSEDecoder, RequestBody, TextDelta, malformed
+from sessions import Blob, Content, Part, Usage, b64decode_strict, b64encode, cut_strings
 
 __all__ = ["OpenAIChatProvider", "extract_images"]
 
@@ -480,7 +476,7 @@ class OpenAIChatProvider(HttpProvider):
                     resp.response_bytes,
                 )
                 return result
-            decoder = sse.RawSSEDecoder(self._max_event_bytes)
+            decoder = RawSSEDecoder(self._max_event_bytes)
             try:
                 async for data in resp:
                     for event in decoder.feed(data):

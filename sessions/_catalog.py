@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from engine._exceptions import ConfigError
+from sessions._errors import ConfigError
 
 __all__ = [
     "BUILTIN",
+    "DEFAULT_MODEL",
     "MODELS",
+    "RATIOS",
     "Catalog",
     "ImageConfig",
     "ModelSpec",
@@ -34,6 +36,8 @@ GEMINI_3_PRO = "gemini-3-pro-image"
 GEMINI_31_FLASH_PREVIEW = "gemini-3.1-flash-image-preview"
 GEMINI_3_PRO_PREVIEW = "gemini-3-pro-image-preview"
 GEMINI_25_FLASH = "gemini-2.5-flash-image"
+# The model a session uses when none is named (the engine, the CLI and the emulator alike).
+DEFAULT_MODEL = GEMINI_31_FLASH
 
 Status = Literal["GA", "preview", "shut down"]
 

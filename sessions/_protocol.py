@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine._exceptions import EventTooLarge
 from sessions._b64 import b64decode_strict, b64encode
+from sessions._errors import EventTooLarge
 from sessions._wire import _PLACEHOLDER_MAX, Content, DecodedBlob, StrictPart, _WireContent
 
 __all__ = [
