@@ -37,7 +37,7 @@ def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_missing_postgres_skips_with_one_line() -> None:
     """PostgreSQL tests against a server that is not there: skipped, the reason named."""
-    done = _pytest("tests/test_cli_postgres.py", "-rs", NANOEDIT_TEST_PG=NOWHERE)
+    done = _pytest("tests/cli/test_cli_postgres.py", "-rs", NANOEDIT_TEST_PG=NOWHERE)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "skipped" in done.stdout and "failed" not in done.stdout
     assert "PostgreSQL not reachable at postgres@127.0.0.1:1" in done.stdout
@@ -48,7 +48,9 @@ def test_missing_postgres_skips_with_one_line() -> None:
 def test_required_services_turn_a_skip_into_a_failure() -> None:
     """Under NANOEDIT_TEST_REQUIRE_SERVICES=1 the same run fails, saying what is required."""
     done = _pytest(
-        "tests/test_cli_postgres.py", NANOEDIT_TEST_PG=NOWHERE, NANOEDIT_TEST_REQUIRE_SERVICES="1"
+        "tests/cli/test_cli_postgres.py",
+        NANOEDIT_TEST_PG=NOWHERE,
+        NANOEDIT_TEST_REQUIRE_SERVICES="1",
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "NANOEDIT_TEST_REQUIRE_SERVICES=1 requires it" in done.stdout
@@ -58,7 +60,7 @@ def test_required_services_turn_a_skip_into_a_failure() -> None:
 def test_missing_chromium_skips_the_browser_tests() -> None:
     """Without chromium the studio's browser tests skip, saying how to install it."""
     done = _pytest(
-        "tests/test_studio_browser.py", "-rs", NANOEDIT_TEST_CHROMIUM="/nonexistent/chromium"
+        "tests/serve/test_studio_browser.py", "-rs", NANOEDIT_TEST_CHROMIUM="/nonexistent/chromium"
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "chromium not found at /nonexistent/chromium (apt-get install -y chromium" in done.stdout

@@ -1,5 +1,5 @@
-"""Child process for the engine durability tests (tests/test_engine_durable.py): an Engine on a
-SqliteStore, talking to an emulator whose base URL the parent passes.
+"""Child process for the engine durability tests (tests/runtime/test_engine_durable.py): an
+Engine on a SqliteStore, talking to an emulator whose base URL the parent passes.
 
     engine_child.py turns DB URL SID N         create SID, send N turns, print one JSON line per
                                                turn ({"id", "index"}), then a last line

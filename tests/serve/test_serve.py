@@ -118,6 +118,7 @@ async def serve(make_emulator: EmulatorFactory) -> AsyncIterator[Serve]:
 
 
 async def test_session_lifecycle(serve: Serve) -> None:
+    """A session is created, takes turns, is listed, fetched and deleted over HTTP."""
     api = await serve()
     session = await api.new_session(title="mug", image_config={"aspect_ratio": "16:9"})
     assert session["title"] == "mug" and session["turns"] == [] and session["head"] is None
@@ -153,6 +154,7 @@ async def test_session_lifecycle(serve: Serve) -> None:
 
 
 async def test_undo_redo_checkout_regenerate_fork(serve: Serve) -> None:
+    """Undo, redo, checkout, regenerate and fork move the head over HTTP as in Python."""
     api = await serve()
     sid = (await api.new_session())["id"]
     for text in ("a mug", "add a sprig", "make it warm"):
@@ -183,6 +185,7 @@ async def test_undo_redo_checkout_regenerate_fork(serve: Serve) -> None:
 
 
 async def test_streamed_turn_sends_its_events_then_ends(serve: Serve) -> None:
+    """Streamed turn sends its events then ends."""
     api = await serve()
     sid = (await api.new_session())["id"]
     async with api.http.post(
@@ -201,6 +204,7 @@ async def test_streamed_turn_sends_its_events_then_ends(serve: Serve) -> None:
 
 
 async def test_events_reconnect_mid_turn_with_last_event_id(serve: Serve) -> None:
+    """Events reconnect mid turn with last event id."""
     api = await serve(emulator={"latency": 0.6, "stream_text_chunks": 6})
     sid = (await api.new_session())["id"]
     turn = asyncio.ensure_future(api.turn(sid, "a mug on an oak table with a sprig of eucalyptus"))
@@ -228,6 +232,7 @@ async def test_events_reconnect_mid_turn_with_last_event_id(serve: Serve) -> Non
 
 
 async def test_a_client_leaving_a_streamed_turn_does_not_cancel_it(serve: Serve) -> None:
+    """A client leaving a streamed turn does not cancel it."""
     api = await serve(emulator={"latency": 0.4})
     sid = (await api.new_session())["id"]
     async with api.http.post(
@@ -247,6 +252,7 @@ async def test_a_client_leaving_a_streamed_turn_does_not_cancel_it(serve: Serve)
 
 
 async def test_cancel_stops_the_running_turn(serve: Serve) -> None:
+    """Cancel stops the running turn."""
     api = await serve(emulator={"latency": 5})
     sid = (await api.new_session())["id"]
     running = asyncio.ensure_future(api.turn(sid, "a mug"))
@@ -269,6 +275,7 @@ async def test_cancel_stops_the_running_turn(serve: Serve) -> None:
 
 
 async def test_bad_requests_are_400_and_change_nothing(serve: Serve) -> None:
+    """Bad requests are 400 and change nothing."""
     api = await serve()
     sid = (await api.new_session())["id"]
     bad = [
@@ -296,6 +303,7 @@ async def test_bad_requests_are_400_and_change_nothing(serve: Serve) -> None:
 
 
 async def test_body_over_the_limit_is_413(serve: Serve) -> None:
+    """Body over the limit is 413."""
     api = await serve(ServeOptions(max_body_bytes=100_000))
     sid = (await api.new_session())["id"]
     big = {"text": "x", "images": [{"data": base64.b64encode(os.urandom(200_000)).decode()}]}
@@ -304,6 +312,7 @@ async def test_body_over_the_limit_is_413(serve: Serve) -> None:
 
 
 async def test_engine_errors_map_to_their_status(serve: Serve) -> None:
+    """Engine errors come back with their documented HTTP status and error body."""
     fast = RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.01)
     api = await serve(emulator={"faults": "429:retry=1"}, retry=fast)
     sid = (await api.new_session())["id"]
@@ -325,6 +334,7 @@ async def test_engine_errors_map_to_their_status(serve: Serve) -> None:
 
 
 async def test_timeouts_are_504(serve: Serve) -> None:
+    """Timeouts are 504."""
     from engine import Timeouts
 
     api = await serve(
@@ -341,6 +351,7 @@ async def test_timeouts_are_504(serve: Serve) -> None:
 
 
 async def test_tenants_see_only_their_own(serve: Serve) -> None:
+    """Tenants see only their own."""
     anon = await serve(ServeOptions(keys=KEYS))
     alice, bob = anon.as_key("alice-key-0001"), anon.as_key("bob-key-0003")
     for who in (anon, anon.as_key("wrong-key-999"), anon.as_key("")):
@@ -373,6 +384,7 @@ async def test_tenants_see_only_their_own(serve: Serve) -> None:
 
 
 async def test_tenant_limits(serve: Serve) -> None:
+    """A tenant over its request rate or spend limit is refused with the documented status."""
     api = await serve(ServeOptions(keys=KEYS, tenant_turns_per_minute=2))
     alice = api.as_key("alice-key-0001")
     sid = (await alice.new_session())["id"]
@@ -394,6 +406,7 @@ async def test_tenant_limits(serve: Serve) -> None:
 
 
 async def test_health_metrics_openapi_and_studio(serve: Serve) -> None:
+    """/healthz, /metrics, /openapi.json and the studio page answer as documented."""
     api = await serve(ServeOptions(keys=KEYS, cors_origins=("https://app.example",)))
     alice = api.as_key("alice-key-0001")
     sid = (await alice.new_session())["id"]
@@ -430,6 +443,7 @@ async def test_health_metrics_openapi_and_studio(serve: Serve) -> None:
 async def test_keys_never_reach_logs_or_answers(
     serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Keys never reach logs or answers."""
     api = await serve(ServeOptions(keys=KEYS))
     alice = api.as_key("alice-key-0001")
     sid = (await alice.new_session())["id"]
@@ -461,6 +475,7 @@ def _serve_process(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], s
 
 
 async def test_sigterm_lets_the_running_turn_finish(tmp_path: Path) -> None:
+    """Sigterm lets the running turn finish."""
     proc, base = _serve_process(tmp_path, "--flat", "--latency", "1.5")
     try:
         async with aiohttp.ClientSession() as http:
@@ -496,6 +511,7 @@ async def test_sigterm_lets_the_running_turn_finish(tmp_path: Path) -> None:
 
 
 def test_without_keys_only_loopback_is_served(tmp_path: Path) -> None:
+    """Without keys only loopback is served."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     done = subprocess.run(
         [sys.executable, "-m", "engine", "serve", "--host", "0.0.0.0", "--port", "0"],
@@ -521,6 +537,7 @@ def test_without_keys_only_loopback_is_served(tmp_path: Path) -> None:
 
 
 async def test_events_stream_heartbeats_and_missed_marker(serve: Serve) -> None:
+    """Events stream heartbeats and missed marker."""
     api = await serve(ServeOptions(heartbeat_s=0.05))
     sid = (await api.new_session())["id"]
     async with api.http.get(f"{api.base}/v1/sessions/{sid}/events", headers=api.headers()) as resp:
@@ -531,6 +548,7 @@ async def test_events_stream_heartbeats_and_missed_marker(serve: Serve) -> None:
 
 
 async def test_events_say_what_the_window_lost(make_emulator: EmulatorFactory) -> None:
+    """Events say what the window lost."""
     emu = await make_emulator()
     async with Engine(config_for(emu.base_url)) as engine:
         engine.bus = type(engine.bus)(retain=5)  # a small window: the oldest events go
@@ -554,6 +572,7 @@ async def test_events_say_what_the_window_lost(make_emulator: EmulatorFactory) -
 
 
 async def test_multipart_turn_with_image_files(serve: Serve) -> None:
+    """A multipart turn with image files sends those images with the prompt."""
     api = await serve()
     sid = (await api.new_session())["id"]
     form = aiohttp.FormData()
@@ -576,6 +595,7 @@ async def test_multipart_turn_with_image_files(serve: Serve) -> None:
 
 
 async def test_images_stay_while_a_session_holds_them(serve: Serve) -> None:
+    """Images stay while a session holds them."""
     api = await serve()
     sid = (await api.new_session())["id"]
     status, turn = await api.turn(sid, "a mug")

@@ -42,6 +42,7 @@ async def prefix() -> AsyncIterator[str]:
 
 
 async def test_seq_is_one_sequence_across_nodes(prefix: str) -> None:
+    """Seq is one sequence across nodes."""
     async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
         bus_a, bus_b = ClusterBus(a), ClusterBus(b)
 
@@ -66,6 +67,7 @@ async def test_seq_is_one_sequence_across_nodes(prefix: str) -> None:
 
 
 async def test_the_window_is_trimmed_and_says_what_it_lost(prefix: str) -> None:
+    """The window is trimmed and says what it lost."""
     async with Cluster(REDIS, prefix=prefix, retain=10) as cluster:
         bus = ClusterBus(cluster)
         for i in range(300):
@@ -80,6 +82,7 @@ async def test_the_window_is_trimmed_and_says_what_it_lost(prefix: str) -> None:
 
 
 async def test_the_in_flight_cap_holds_across_nodes(prefix: str) -> None:
+    """The in flight cap holds across nodes."""
     async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
         now = 0
         most = 0
@@ -97,6 +100,7 @@ async def test_the_in_flight_cap_holds_across_nodes(prefix: str) -> None:
 
 
 async def test_a_dead_nodes_slots_expire(prefix: str) -> None:
+    """A dead node's slots expire."""
     async with (
         Cluster(REDIS, prefix=prefix, slot_ttl=0.3) as dead,
         Cluster(REDIS, prefix=prefix, slot_ttl=0.3) as alive,
@@ -177,6 +181,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, 
 
 @pytest.mark.postgres
 async def test_two_nodes_share_sessions_and_events(nodes: Any) -> None:
+    """Two nodes share sessions and events."""
     a, b, _ = await nodes(emulator={"latency": 0.3})
     async with aiohttp.ClientSession() as http:
         status, session = await _post(http, f"{a.base}/v1/sessions", {"title": "shared"})
@@ -221,6 +226,7 @@ async def test_two_nodes_share_sessions_and_events(nodes: Any) -> None:
 
 @pytest.mark.postgres
 async def test_the_cluster_wide_cap_holds_at_the_emulator(nodes: Any) -> None:
+    """The cluster wide cap holds at the emulator."""
     a, b, emu = await nodes("--max-in-flight", "2", emulator={"latency": 0.4})
     async with aiohttp.ClientSession() as http:
         sids = []
@@ -240,6 +246,7 @@ async def test_the_cluster_wide_cap_holds_at_the_emulator(nodes: Any) -> None:
 
 @pytest.mark.postgres
 async def test_a_node_killed_mid_turn_leaves_nothing_partial(nodes: Any) -> None:
+    """A node killed mid turn leaves nothing partial."""
     a, b, _ = await nodes(emulator={"latency": 3})
     async with aiohttp.ClientSession() as http:
         status, session = await _post(http, f"{a.base}/v1/sessions", {})
@@ -267,6 +274,7 @@ async def test_a_node_killed_mid_turn_leaves_nothing_partial(nodes: Any) -> None
 
 
 async def test_a_node_whose_heartbeat_stopped_is_gone(prefix: str) -> None:
+    """A node whose heartbeat stopped is gone."""
     async with (
         Cluster(REDIS, prefix=prefix) as alive,
         Cluster(REDIS, prefix=prefix) as other,
@@ -320,6 +328,7 @@ async def test_a_lease_of_a_node_gone_elsewhere_is_taken_over_at_once(
 
 
 async def test_spend_is_reserved_and_settled_across_nodes(prefix: str) -> None:
+    """Spend is reserved and settled across nodes."""
     async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
         first = await a.reserve(["session:s", "tenant:t"], 0.07, ttl=30)
         await b.reserve(["session:s2", "tenant:t"], 0.05, ttl=30)
@@ -337,6 +346,7 @@ async def test_spend_is_reserved_and_settled_across_nodes(prefix: str) -> None:
 
 
 async def test_rate_and_shared_allowance(prefix: str) -> None:
+    """The per-minute rate and the halved allowance after a 429 hold across nodes."""
     async with Cluster(REDIS, prefix=prefix) as a, Cluster(REDIS, prefix=prefix) as b:
         # 60 per minute: one a second, burst 1; the second node waits for the first's token.
         assert await a.take_token("m", 60) == 0

@@ -64,7 +64,7 @@ from tests.conftest import (
     live_owner,
 )
 
-CHILD = Path(__file__).parent / "_proc" / "engine_child.py"
+CHILD = Path(__file__).parent.parent / "_proc" / "engine_child.py"
 GENERATE = ("generateContent", "streamGenerateContent")
 JSON = dict[str, Any]
 

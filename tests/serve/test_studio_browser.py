@@ -74,6 +74,7 @@ async def _send(page: Page, prompt: str, turns: int) -> None:
 async def test_studio_session_turns_undo_fork(
     browser: Browser, make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
+    """The studio creates a session, runs turns, undoes and forks in Chromium."""
     server, engine = await _gateway(make_emulator)
     errors: list[str] = []
     try:
@@ -122,6 +123,7 @@ async def test_studio_session_turns_undo_fork(
 async def test_studio_asks_for_a_key_and_keeps_it(
     browser: Browser, make_emulator: EmulatorFactory
 ) -> None:
+    """The studio asks for a tenant key, then keeps it across reloads."""
     server, engine = await _gateway(make_emulator, ServeOptions(keys={"t": ["studio-key-123"]}))
     errors: list[str] = []
     try:

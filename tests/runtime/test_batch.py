@@ -43,6 +43,7 @@ def _items_file(path: Path, n: int, **extra: Any) -> Path:
 def test_batch_of_20_writes_20_results_at_half_price(
     home: Path, tmp_path: Path, batch_emulator: EmulatorThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Batch of 20 writes 20 results at half price."""
     items = _items_file(tmp_path / "items.jsonl", 20)
     out = tmp_path / "out"
     code = main(
@@ -76,6 +77,7 @@ def test_batch_of_20_writes_20_results_at_half_price(
 def test_no_wait_then_results_from_another_process(
     home: Path, tmp_path: Path, batch_emulator: EmulatorThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """No wait then results from another process."""
     items = _items_file(tmp_path / "items.jsonl", 3, image_config={"aspect_ratio": "16:9"})
     store = tmp_path / "jobs.db"
     url = batch_emulator.base_url
@@ -123,6 +125,7 @@ def test_no_wait_then_results_from_another_process(
 def test_results_of_a_running_job_say_to_wait(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Results of a running job say to wait."""
     slow = EmulatorThread(EmulatorSettings(flat=True, batch_seconds=60))
     slow.start()
     capsys.readouterr()  # the emulator's start-up log line
@@ -146,6 +149,7 @@ def test_results_of_a_running_job_say_to_wait(
 def test_bad_items_are_refused_before_anything_is_sent(
     home: Path, tmp_path: Path, batch_emulator: EmulatorThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Bad items are refused before anything is sent."""
     before = batch_emulator.stats()["batches"]
     url = batch_emulator.base_url
     cases = {
@@ -169,6 +173,7 @@ def test_bad_items_are_refused_before_anything_is_sent(
 async def test_engine_batch_keeps_item_errors_and_reads_file_input(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
+    """Engine batch keeps item errors and reads file input."""
     emu = await make_emulator(batch_seconds=0.2, faults="fail_first=1:500")
     image = tmp_path / "in.png"
     image.write_bytes(png(32, 32))
@@ -205,6 +210,7 @@ async def test_engine_batch_keeps_item_errors_and_reads_file_input(
 async def test_expired_and_failed_jobs_are_reported_as_such(
     make_emulator: EmulatorFactory,
 ) -> None:
+    """Expired and failed jobs are reported as such."""
     emu = await make_emulator(batch_seconds=5, batch_expiry=0.2)
     async with Engine(config_for(emu.base_url)) as engine:
         with pytest.raises(BatchJobFailed, match="expired") as failed:
@@ -219,6 +225,7 @@ async def test_expired_and_failed_jobs_are_reported_as_such(
 
 
 async def test_batch_needs_a_gemini_native_provider(make_emulator: EmulatorFactory) -> None:
+    """Batch needs a gemini native provider."""
     emu = await make_emulator()
     async with Engine(config_for(emu.base_url, api="openai-chat")) as engine:
         with pytest.raises(ConfigError, match="no Batch API"):

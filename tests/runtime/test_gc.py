@@ -11,6 +11,7 @@ from engine.cli._common import run_loop
 
 
 def test_thresholds_are_set_inside_and_restored_after_even_on_error() -> None:
+    """Thresholds are set inside and restored after even on error."""
     before = gc.get_threshold()
     with tuned_gc(12_345):
         assert gc.get_threshold() == (12_345, 20, 10)

@@ -26,7 +26,7 @@ from sessions import (
 )
 from tests.conftest import STORE_KINDS, open_store_kind, pg_database
 
-CHILD = Path(__file__).parent / "_proc" / "store_child.py"
+CHILD = Path(__file__).parent.parent / "_proc" / "store_child.py"
 
 
 def make_turn(parent: TurnRecord | None, text: str) -> TurnRecord:

@@ -72,6 +72,7 @@ async def seed(store: SessionStore, n: int, *, owner: str = "") -> tuple[str, li
 
 
 async def test_load_equals_what_was_committed(store: SessionStore) -> None:
+    """Load equals what was committed."""
     sid, turns = await seed(store, 3)
     state = await store.load(sid)
     assert state.record.version == 4 and state.record.head == turns[-1].id
@@ -83,6 +84,7 @@ async def test_load_equals_what_was_committed(store: SessionStore) -> None:
 
 
 async def test_a_stale_version_is_busy_and_changes_nothing(store: SessionStore) -> None:
+    """A stale version is busy and changes nothing."""
     sid, turns = await seed(store, 1)
     with pytest.raises(SessionBusy):
         await store.commit_turn(sid, make_turn(turns[0], "late"), expected_version=1)
@@ -92,6 +94,7 @@ async def test_a_stale_version_is_busy_and_changes_nothing(store: SessionStore) 
 
 
 async def test_moves_and_dangling_pointers(store: SessionStore) -> None:
+    """Head moves are stored, and a head or tip naming no turn is refused."""
     sid, turns = await seed(store, 2)
     rec = await store.move_head(sid, turns[0].id, turns[1].id, expected_version=3)
     assert rec.head == turns[0].id and rec.tip == turns[1].id and rec.version == 4
@@ -105,6 +108,7 @@ async def test_moves_and_dangling_pointers(store: SessionStore) -> None:
 
 
 async def test_unknown_sessions_and_double_create(store: SessionStore) -> None:
+    """An unknown session is SessionNotFound; creating the same id twice is refused."""
     for call in (
         store.load("nope"),
         store.load_record("nope"),
@@ -119,6 +123,7 @@ async def test_unknown_sessions_and_double_create(store: SessionStore) -> None:
 
 
 async def test_listing_order_counts_and_owner(store: SessionStore) -> None:
+    """Listings come newest first, with turn counts, filtered by owner."""
     a, _ = await seed(store, 2, owner="alice")
     b, _ = await seed(store, 1, owner="bob")
     listing = await store.list()
@@ -130,6 +135,7 @@ async def test_listing_order_counts_and_owner(store: SessionStore) -> None:
 
 
 async def test_fork_shares_blobs_and_delete_keeps_what_others_use(store: SessionStore) -> None:
+    """Fork shares blobs and delete keeps what others use."""
     sid, turns = await seed(store, 3)
     child = await fork(store, sid, at_index=2)
     assert [t.id for t in (await store.load(child.id)).path()] == [t.id for t in turns[:2]]
@@ -143,6 +149,7 @@ async def test_fork_shares_blobs_and_delete_keeps_what_others_use(store: Session
 
 
 async def test_blobs_are_stored_once_and_load_as_one_object(store: SessionStore) -> None:
+    """Blobs are stored once and load as one object."""
     sid = new_id()
     await store.create(SessionRecord(id=sid, model="m"))
     shared = random.Random(1).randbytes(20_000)
@@ -158,6 +165,7 @@ async def test_blobs_are_stored_once_and_load_as_one_object(store: SessionStore)
 
 
 async def test_leases(store: SessionStore) -> None:
+    """A lease is taken, renewed, refused to another owner while live, and released."""
     sid, _ = await seed(store, 0)
     assert await store.acquire_lease(sid, "a", 30)
     assert await store.acquire_lease(sid, "a", 30)  # renewal
@@ -176,6 +184,7 @@ async def test_leases(store: SessionStore) -> None:
 
 
 async def test_file_refs_and_batches(store: SessionStore) -> None:
+    """File references and batch records are saved, listed and loaded back as written."""
     live = FileRef(
         scope="s1",
         sha256="aa",
@@ -212,6 +221,7 @@ async def test_file_refs_and_batches(store: SessionStore) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_migrates_once_and_refuses_a_newer_schema(pg_dsn: str) -> None:
+    """Postgres migrates once and refuses a newer schema."""
     import asyncpg
 
     async with PostgresStore(pg_dsn) as first, PostgresStore(pg_dsn) as second:
@@ -230,6 +240,7 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(pg_dsn: str) ->
 
 @pytest.mark.postgres
 async def test_postgres_errors_are_store_errors_without_the_password() -> None:
+    """Postgres errors are store errors without the password."""
     store = PostgresStore("postgresql://postgres:s3cret-pw@127.0.0.1:1/none")
     with pytest.raises(StoreError) as failed:
         await store.list()

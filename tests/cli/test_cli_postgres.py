@@ -24,6 +24,7 @@ def test_edit_then_sessions_on_postgres(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """`edit` then `sessions ls/show/check` against a PostgreSQL store."""
     capsys.readouterr()
     out = str(tmp_path / "out")
     argv = ["edit", "a mug", "add a sprig", "--base-url", emulator_thread.base_url]
@@ -45,6 +46,7 @@ def test_edit_then_sessions_on_postgres(
 
 
 def test_bench_on_postgres(home: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench` runs its sessions against a PostgreSQL store."""
     argv = ["bench", "--sessions", "4", "--turns", "2", "--concurrency", "4", "--flat"]
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     done = subprocess.run(

@@ -24,6 +24,7 @@ def test_the_command_line_runs_on_uvloop_when_installed(monkeypatch: pytest.Monk
 
 
 def test_nanoedit_loop_asyncio_keeps_the_standard_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nanoedit loop asyncio keeps the standard loop."""
     monkeypatch.setenv("NANOEDIT_LOOP", "asyncio")
     assert event_loop_name() == "asyncio"
     assert run_loop(_loop_module()).startswith("asyncio")

@@ -38,7 +38,7 @@ from sessions import (
 )
 from sessions._sqlite import SCHEMA_VERSION
 
-CHILD = Path(__file__).parent / "_proc" / "store_child.py"
+CHILD = Path(__file__).parent.parent / "_proc" / "store_child.py"
 REF = random.Random("ref").randbytes(200 * 1024)
 
 

@@ -31,7 +31,7 @@ from sessions import (
 )
 from tests.conftest import pg_database
 
-CHILD = Path(__file__).parent / "_proc" / "store_child.py"
+CHILD = Path(__file__).parent.parent / "_proc" / "store_child.py"
 KILLS = 12  # each round starts a Python process; benchmarks/soak.py kills far more
 
 

@@ -46,6 +46,7 @@ def _parts(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 async def test_five_turns_upload_each_image_once_and_refer_to_it(
     make_emulator: EmulatorFactory,
 ) -> None:
+    """Five turns upload each image once and refer to it."""
     emu = await make_emulator(record_requests=True, flat=False)
     async with Engine(config_for(emu.base_url, history_images="files")) as engine:
         session = await engine.create_session()
@@ -85,6 +86,7 @@ async def test_five_turns_upload_each_image_once_and_refer_to_it(
 
 
 async def test_inline_is_todays_behaviour(make_emulator: EmulatorFactory) -> None:
+    """history_images='inline' sends every history image inline, as before the Files API."""
     emu = await make_emulator(record_requests=True)
     async with Engine(config_for(emu.base_url, history_images="inline")) as engine:
         session = await engine.create_session()
@@ -97,6 +99,7 @@ async def test_inline_is_todays_behaviour(make_emulator: EmulatorFactory) -> Non
 
 
 async def test_auto_uses_files_on_gemini_presets_only(make_emulator: EmulatorFactory) -> None:
+    """Auto uses files on gemini presets only."""
     async with Engine(EngineConfig()) as engine:  # the embedded emulator: the local preset
         session = await engine.create_session()
         await session.send("a mug")
@@ -117,6 +120,7 @@ async def test_auto_uses_files_on_gemini_presets_only(make_emulator: EmulatorFac
 
 
 async def test_files_without_a_files_api_is_refused(make_emulator: EmulatorFactory) -> None:
+    """Files without a files api is refused."""
     emu = await make_emulator()
     cfg = config_for(emu.base_url, api="openai-chat")
     async with Engine(cfg) as engine:
@@ -135,6 +139,7 @@ async def test_files_without_a_files_api_is_refused(make_emulator: EmulatorFacto
 async def test_an_expired_file_is_uploaded_again_and_the_turn_succeeds(
     make_emulator: EmulatorFactory,
 ) -> None:
+    """An expired file is uploaded again and the turn succeeds."""
     emu = await make_emulator(record_requests=True)
     events: list[Event] = []
     async with Engine(config_for(emu.base_url, history_images="files")) as engine:
@@ -159,6 +164,8 @@ async def test_an_expired_file_is_uploaded_again_and_the_turn_succeeds(
 async def test_a_file_that_stays_missing_fails_the_turn_cleanly(
     make_emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A file that stays missing fails the turn cleanly."""
+
     def never_there(self: FileVault, uri: str) -> Any:
         raise missing_file(uri.rpartition("/")[2])
 
@@ -178,6 +185,7 @@ async def test_a_file_that_stays_missing_fails_the_turn_cleanly(
 async def test_files_that_expire_soon_are_uploaded_again_before_use(
     make_emulator: EmulatorFactory,
 ) -> None:
+    """Files that expire soon are uploaded again before use."""
     emu = await make_emulator(record_requests=True, file_ttl=1800)  # under the 1 h margin
     async with Engine(config_for(emu.base_url, history_images="files")) as engine:
         session = await engine.create_session()
@@ -192,6 +200,7 @@ async def test_files_that_expire_soon_are_uploaded_again_before_use(
 async def test_a_resumed_session_in_a_new_engine_uploads_nothing_again(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
+    """A resumed session in a new engine uploads nothing again."""
     emu = await make_emulator()
     path = tmp_path / "s.db"
     cfg = config_for(emu.base_url, history_images="files", api_key=_secret("k-123"))
@@ -223,6 +232,7 @@ def _secret(value: str) -> Any:
 async def test_an_upload_that_fails_leaves_the_image_inline(
     make_emulator: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An upload that fails leaves the image inline."""
     emu = await make_emulator(record_requests=True)
 
     async def broken(self: GeminiProvider, data: bytes, mime: str, name: str = "") -> Any:
@@ -241,6 +251,7 @@ async def test_an_upload_that_fails_leaves_the_image_inline(
 async def test_the_byte_budget_counts_references_and_tokens_count_images(
     make_emulator: EmulatorFactory,
 ) -> None:
+    """The byte budget counts references and tokens count images."""
     emu = await make_emulator(flat=False)
     # 1K images are ~1.3 MB each: inline, the third turn's request passes 2.5 MB.
     budget = Budget(max_request_bytes=2_500_000)
@@ -267,6 +278,7 @@ async def test_the_byte_budget_counts_references_and_tokens_count_images(
 async def test_exports_are_self_contained_unless_refs_are_kept(
     make_emulator: EmulatorFactory,
 ) -> None:
+    """Exports are self contained unless refs are kept."""
     emu = await make_emulator()
     store = MemoryStore()
     async with Engine(config_for(emu.base_url, history_images="files"), store=store) as engine:
@@ -287,6 +299,7 @@ async def test_exports_are_self_contained_unless_refs_are_kept(
 
 
 def test_missing_file_names_reads_googles_403() -> None:
+    """Missing file names reads Google's 403."""
     gone = Unauthorized(
         "403 PERMISSION_DENIED: You do not have permission to access the File abc123 or it "
         "may not exist.",
@@ -334,6 +347,7 @@ async def _upload(
 
 
 async def test_emulator_files_api(make_emulator: EmulatorFactory) -> None:
+    """The emulator's Files API uploads, lists, gets, downloads and deletes files."""
     emu = await make_emulator(file_ttl=60)
     data = bytes(range(256)) * 4000
     async with aiohttp.ClientSession() as http:
@@ -367,6 +381,7 @@ async def test_emulator_files_api(make_emulator: EmulatorFactory) -> None:
 
 
 async def test_emulator_expires_files_after_their_ttl(make_emulator: EmulatorFactory) -> None:
+    """Emulator expires files after their ttl."""
     emu = await make_emulator(file_ttl=0.2)
     async with aiohttp.ClientSession() as http:
         name = (await _upload(http, emu.base_url, b"\x89PNG....."))["file"]["name"]
@@ -381,6 +396,7 @@ async def test_emulator_expires_files_after_their_ttl(make_emulator: EmulatorFac
 
 
 async def test_provider_uploads_in_chunks(make_emulator: EmulatorFactory) -> None:
+    """The provider uploads a large image to the Files API in resumable chunks."""
     emu = await make_emulator()
     async with Engine(config_for(emu.base_url)) as engine:
         provider = engine.provider
@@ -395,6 +411,7 @@ async def test_provider_uploads_in_chunks(make_emulator: EmulatorFactory) -> Non
 
 
 def test_file_ref_round_trips_and_knows_when_it_is_live() -> None:
+    """File ref round trips and knows when it is live."""
     ref = FileRef(
         scope="s",
         sha256="a",
@@ -417,6 +434,7 @@ def test_edit_history_images_flag_and_export_keep_file_refs(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Edit history images flag and export keep file refs."""
     emu = EmulatorThread(EmulatorSettings(flat=True, record_requests=True))
     url = emu.start()
     capsys.readouterr()  # the emulator's start-up log line
