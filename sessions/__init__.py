@@ -2,6 +2,7 @@
 session stores. No network, no engine: the engine and the emulator both build on this."""
 
 from sessions._b64 import b64decode_strict, b64encode
+from sessions._budget import Budget, Policy
 from sessions._catalog import (
     BUILTIN,
     DEFAULT_MODEL,
@@ -85,6 +86,7 @@ __all__ = [
     "BatchRecord",
     "Blob",
     "BlobStore",
+    "Budget",
     "Catalog",
     "ConfigError",
     "Content",
@@ -103,6 +105,7 @@ __all__ = [
     "NanoeditError",
     "Part",
     "PayloadCutter",
+    "Policy",
     "PostgresStore",
     "Prices",
     "RequestContent",

@@ -21,7 +21,10 @@ from typing import Any
 
 import msgspec
 
+from sessions._budget import Budget
+from sessions._catalog import BUILTIN, Catalog
 from sessions._check import check_session
+from sessions._errors import ConfigError
 from sessions._files import FileRef
 from sessions._records import SessionRecord, SessionSettings, SessionState, TurnRecord, Usage
 from sessions._records import new_id as _new_id
@@ -327,6 +330,12 @@ def _check_values(state: SessionState) -> None:
         _settings_dec.decode(_encoder.encode(state.record.settings))
     except msgspec.ValidationError as exc:
         raise WireError(f"invalid session settings: {exc}") from None
+    try:
+        Budget.from_builtins(state.record.settings.budget)
+    except ConfigError as exc:
+        raise WireError(str(exc)) from None
+    if state.record.forked_at is not None and state.record.forked_at not in _INT64:
+        raise WireError(f"forked_at {state.record.forked_at} is out of range")
     modalities = state.record.settings.response_modalities
     if modalities is not None and not set(modalities) <= {"TEXT", "IMAGE"}:
         raise WireError(f"responseModalities must be TEXT and/or IMAGE, not {modalities}")
@@ -354,13 +363,26 @@ def _check_tree(state: SessionState) -> None:
 
 
 async def import_session(
-    store: SessionStore, data: bytes, *, new_id: str | None = None, model: str = ""
+    store: SessionStore,
+    data: bytes,
+    *,
+    new_id: str | None = None,
+    model: str = "",
+    catalog: Catalog = BUILTIN,
 ) -> SessionRecord:
     """Store the session an export describes, under a fresh id (or `new_id`); lossless.
 
     A plain `{"contents": [...]}` request imports too (pairs of user and model Contents);
-    `model` names the model for files that do not.
+    `model` names the model for files that do not. A file that could not be opened afterwards
+    (a model `catalog` does not know, a budget that cannot work, counts past 64 bits) is a
+    WireError and stores nothing.
     """
     state = _decode(data, session_id=new_id if new_id is not None else _new_id(), model=model)
+    try:
+        catalog.resolve(state.record.model)
+    except ConfigError:
+        raise WireError(
+            f"unknown model {state.record.model!r}: the catalog has no such model or alias"
+        ) from None
     await store.create(state.record, list(state.turns.values()))
     return msgspec.structs.replace(state.record, version=1)

@@ -24,6 +24,7 @@ from engine.providers import scope_of
 from engine.runtime import Lease, describe_holder, holder_is_dead, new_owner
 from sessions import (
     Blob,
+    Catalog,
     Content,
     NanoeditError,
     SessionError,
@@ -453,6 +454,10 @@ async def _import(store: SessionStore, args: argparse.Namespace) -> None:
         data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
     else:
         data = await anyio.Path(args.file).read_bytes()
-    model = args.model or EngineConfig.from_env(warn=False).model
-    rec = await import_session(store, data, model=model)
+    cfg = EngineConfig.from_env(warn=False)
+    # The models this installation knows (NANOEDIT_CATALOG included): a session naming another
+    # could not be opened, so it is refused now.
+    rec = await import_session(
+        store, data, model=args.model or cfg.model, catalog=Catalog.load(cfg.catalog)
+    )
     print(rec.id)

@@ -799,6 +799,14 @@ class Session:
                         self._state = before
                     raise
         except BaseException as exc:
+            if (
+                run is not None
+                and run.committed is not None
+                and not isinstance(exc, KeyboardInterrupt | SystemExit)
+            ):
+                # Stored and announced: a cancellation that lands on the way out (the lease's
+                # release, a cluster reservation's) does not take the turn from the caller.
+                return run.committed
             if run is not None:
                 raise  # the turn published how it ended
             turn = len(self._state.path()) + 1

@@ -134,6 +134,8 @@ class TurnRun:
         self.gate = gate
         self.started = time.monotonic()
         self.attempts = 0
+        # The turn once it is stored: from then on nothing (no cancellation) can undo it.
+        self.committed: Turn | None = None
         self._uploaded_again = False
         self.reservation: Reservation | None = None
         self.cluster_reservation: str | None = None
@@ -469,6 +471,7 @@ class TurnRun:
             # Upload this turn's images now, so the next turn finds them uploaded.
             self.files.schedule((record.user, record.model))
         turn = Turn.from_record(record, engine.store.blobs, images)
+        self.committed = turn
         await self._publish(
             TurnCompleted(
                 session_id=ctx.id,

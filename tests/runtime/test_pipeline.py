@@ -208,6 +208,51 @@ async def test_a_caller_cancelled_during_the_commit_gets_the_committed_turn(canc
         assert len((await store.load(s.id)).path()) == 1
 
 
+class SlowReleaseStore(MemoryStore):
+    """A store whose lease release (after the commit) waits until told to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releasing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        self.releasing.set()
+        await self.go_on.wait()
+        await super().release_lease(session_id, owner)
+
+
+@pytest.mark.parametrize("cancel", ["task", "wait_for"])
+async def test_a_cancellation_after_the_commit_still_returns_the_turn(cancel: str) -> None:
+    """Cancelled after the commit, while the lease is given back on the way out of send():
+    the caller gets the committed turn, never a CancelledError or TimeoutError."""
+    store = SlowReleaseStore()
+    async with engine_with(answer(), store=store) as (e, _):
+        seen = collect(e)
+        s = await e.create_session()
+        if cancel == "task":
+            task = asyncio.create_task(s.send("a mug"))
+            await store.releasing.wait()
+            task.cancel()
+            await asyncio.sleep(0.01)
+            store.go_on.set()
+            turn = await task
+        else:
+
+            async def go_on_soon() -> None:
+                await store.releasing.wait()
+                await asyncio.sleep(0.05)
+                store.go_on.set()
+
+            releaser = asyncio.create_task(go_on_soon())
+            turn = await asyncio.wait_for(s.send("a mug"), 0.02)
+            await releaser
+        assert turn.index == 1
+        assert terminal_events(seen, s.id) == ["turn.completed"]
+        assert await store.lease_holder(s.id) is None
+        assert s.head is not None and s.head.id == turn.id
+
+
 async def test_cancelled_before_the_commit_commits_nothing() -> None:
     """Cancelled while waiting for the answer: turn.cancelled, nothing stored, lease free."""
     started, release = asyncio.Event(), asyncio.Event()

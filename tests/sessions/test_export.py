@@ -235,7 +235,7 @@ async def test_plain_import_accepts_sdk_spelling(store: SessionStore) -> None:
             "generation_config": {"image_config": {"aspectRatio": "4:3"}},
         }
     ).encode()
-    rec = await import_session(store, plain, model="m")
+    rec = await import_session(store, plain, model="gemini-3.1-flash-image")
     state = await store.load(rec.id)
     part = state.path()[0].model.parts[0]
     assert part.inline_data is not None and part.inline_data.data == IMAGE
@@ -284,3 +284,41 @@ def test_empty_session_exports() -> None:
     """A session without turns exports empty contents and imports back empty."""
     state = SessionState(SessionRecord(id="x", model="m"))
     assert json.loads(export_session(state))["contents"] == []
+
+
+def _exported(state: SessionState, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(export_session(state, include_all_branches=True))
+    body["nanoedit"]["session"].update(changes)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"forked_at": 2**63}, "out of range"),
+        ({"model": "no-such-model"}, "unknown model"),
+        ({"settings": {"budget": {"max_cost_usd": -1.0}}}, "invalid budget"),
+        ({"settings": {"budget": {"policy": "spend_it_all"}}}, "invalid budget"),
+    ],
+)
+async def test_imports_that_could_not_be_opened_are_refused(
+    store: SessionStore, change: dict[str, Any], match: str
+) -> None:
+    """A session that every later open would refuse is refused at import, with WireError, and
+    nothing is stored: counts past int64, a model the catalog does not know, a bad budget."""
+    state = await branched(store)
+    before = await store.list()
+    with pytest.raises(WireError, match=match):
+        await import_session(store, json.dumps(_exported(state, **change)).encode())
+    assert await store.list() == before
+
+
+async def test_a_turn_index_past_int64_is_refused(store: SessionStore) -> None:
+    """A turn index of 2**63 is a WireError, not an OverflowError from the database."""
+    state = await branched(store)
+    body = _exported(state)
+    body["nanoedit"]["turns"][0]["index"] = 2**63
+    before = await store.list()
+    with pytest.raises(WireError):
+        await import_session(store, json.dumps(body).encode())
+    assert await store.list() == before
