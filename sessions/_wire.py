@@ -299,9 +299,23 @@ def _decode_part_general(raw: msgspec.Raw | bytes) -> Part:
                 extra[key] = value.copy()
             else:
                 kw[spec[0]] = spec[1](value)
+                if spec[0] == "thought_signature" and _respelled(kw[spec[0]], value):
+                    # Sent back as it came (the URL-safe alphabet, no padding...): the string
+                    # is kept with the unmodelled fields, and written in place of the bytes.
+                    if extra is None:
+                        extra = {}
+                    extra[_SIGNATURE] = value.copy()
     except (msgspec.DecodeError, RecursionError) as exc:
         raise WireError(f"malformed part: {exc}") from exc
     return Part(**kw, extra=extra)
+
+
+_SIGNATURE = "thoughtSignature"
+
+
+def _respelled(data: bytes, raw: msgspec.Raw) -> bool:
+    """Whether the standard base64 of `data` is another string than the one received."""
+    return bytes(raw) != b'"' + base64.b64encode(data) + b'"'
 
 
 class _RawContent(msgspec.Struct):
@@ -349,7 +363,10 @@ class _WireContent(msgspec.Struct, omit_defaults=True, kw_only=True):
 def _part_to_raw(part: Part) -> msgspec.Raw:
     # Splice the unmodelled fields into the modelled object's JSON, so they go out under
     # their own names exactly as they came in.
-    body = _encoder.encode(msgspec.structs.replace(part, extra=None))
+    modelled = msgspec.structs.replace(part, extra=None)
+    if part.extra is not None and _SIGNATURE in part.extra:
+        modelled = msgspec.structs.replace(modelled, thought_signature=None)  # written as received
+    body = _encoder.encode(modelled)
     extra = _encoder.encode(part.extra)
     joiner = b"," if len(body) > 2 else b""
     return msgspec.Raw(body[:-1] + joiner + extra[1:])

@@ -54,9 +54,12 @@ class GenerateRequest:
     model: str  # resolved model id, e.g. "gemini-3.1-flash-image"
     contents: Sequence[Content]
     settings: SessionSettings
-    # The model wants its thought signatures back (Gemini 3): model turns that came without
-    # any (through an OpenAI-compatible gateway) get Google's documented placeholder.
+    # The model wants its thought signatures back (Gemini 3).
     signatures: bool = False
+    # Positions in `contents` of model Contents that came through another API (an
+    # OpenAI-compatible one: no signatures of their own). With `signatures` they get Google's
+    # documented placeholder; a Gemini answer is sent exactly as it came, signed or not.
+    foreign: frozenset[int] = frozenset()
 
     @property
     def images_only(self) -> bool:
@@ -107,6 +110,9 @@ class Provider(abc.ABC):
 
     name: str  # "google", "wisdom-gate", "custom", "local"
     supports_streaming: bool
+    # The API it speaks; a turn's record keeps it when it is not Gemini-native (see
+    # `GenerateRequest.foreign`).
+    api: str = "gemini"
     # Where uploads are valid: a fingerprint of the endpoint and the key (never the key). A
     # provider with the Files and Batch APIs is a `FilesAndBatches` (engine.providers._gemini).
     scope: str = ""

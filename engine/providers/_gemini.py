@@ -294,11 +294,12 @@ sent base64-encoded like any signature, as the official SDK does)."""
 
 
 def _signed(request: GenerateRequest) -> Sequence[Content]:
-    """The history, with the placeholder signature on model turns that have none at all (they
-    came through an OpenAI-compatible gateway): on the first answer text and on every image."""
-    if not request.signatures:
+    """The history, with the placeholder signature on the model turns that came through
+    another API and have none at all: on the first answer text and on every image."""
+    if not request.signatures or not request.foreign:
         return request.contents
-    return [_signed_content(c) for c in request.contents]
+    foreign = request.foreign
+    return [_signed_content(c) if i in foreign else c for i, c in enumerate(request.contents)]
 
 
 def _signed_content(content: Content) -> Content:
@@ -373,8 +374,15 @@ class GeminiProvider(FilesAndBatches, HttpProvider):
 
     def encode_body(self, request: GenerateRequest) -> LazyBody:
         """The same bytes as `encode`, produced one Content at a time while being written."""
-        template = self._template_of(request.signatures)
-        templates = [template(c) for c in request.contents]
+        plain = self._template_of(False)
+        foreign = request.foreign if request.signatures else frozenset()
+        if foreign:
+            signed = self._template_of(True)
+            templates = [
+                (signed if i in foreign else plain)(c) for i, c in enumerate(request.contents)
+            ]
+        else:
+            templates = [plain(c) for c in request.contents]
         skeleton = _encoder.encode(_envelope(request, []))
         # `contents` is the first field, so the skeleton starts with an empty contents array
         # that the history is written into.

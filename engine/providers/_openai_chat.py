@@ -273,6 +273,7 @@ def _usage(raw: Any) -> Usage:
 class OpenAIChatProvider(HttpProvider):
     """`/chat/completions` of an OpenAI-compatible gateway, every image dialect read."""
 
+    api = "openai-chat"
     supports_streaming = True
 
     @property

@@ -136,6 +136,7 @@ def _usage(raw: Any) -> Usage:
 class OpenAIImagesProvider(HttpProvider):
     """OpenAI's images API (or a gateway's): generations, then edits of the latest image."""
 
+    api = "openai-images"
     supports_streaming = True
 
     def encode(self, request: GenerateRequest) -> bytes:

@@ -230,7 +230,19 @@ class TurnRun:
                 contents,
                 self.settings,
                 signatures=self.ctx.spec.thinking,
+                foreign=self._foreign(plan),
             )
+        )
+
+    def _foreign(self, plan: Plan) -> frozenset[int]:
+        """Where in the request the model Contents of turns that came through another API
+        stand (each carried turn is a user and a model Content, in order)."""
+        history = self.history
+        carried = history if plan.carried is None else [history[i - 1] for i in plan.carried]
+        return frozenset(
+            2 * n + 1
+            for n, turn in enumerate(carried)
+            if turn.metadata.get("api", "gemini") != "gemini"
         )
 
     async def _upload_again(self, plan: Plan, exc: ApiError) -> RequestBody:
@@ -454,7 +466,7 @@ class TurnRun:
                 response_bytes=result.response_bytes,
                 carried=plan.carried,
                 rebased=plan.rebased,
-                metadata=_turn_metadata(result),
+                metadata=_api_metadata(_turn_metadata(result), self.provider.api),
             ),
             engine.store.blobs,
             {key: (image.data, image.sha256) for key, image in images.items()},
@@ -499,4 +511,12 @@ def _turn_metadata(result: ProviderResult) -> dict[str, Any]:
         meta["modelVersion"] = result.model_version
     if result.response_id:
         meta["responseId"] = result.response_id
+    return meta
+
+
+def _api_metadata(meta: dict[str, Any], api: str) -> dict[str, Any]:
+    # Gemini answers are recorded as they came; another API's are marked, so a later Gemini
+    # request knows they carry no signatures of their own.
+    if api != "gemini":
+        meta["api"] = api
     return meta

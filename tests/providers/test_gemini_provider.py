@@ -209,6 +209,31 @@ def test_encode_sends_the_history_verbatim_with_signatures(provider: GeminiProvi
     assert json.loads(body).keys() == {"contents"}
 
 
+UNSIGNED = [
+    Content(role="user", parts=[Part(text="a mug")]),
+    Content(role="model", parts=[Part(text="Here it is.")]),  # a real Gemini text turn, unsigned
+    Content(role="user", parts=[Part(text="add a sprig")]),
+]
+
+
+@pytest.mark.parametrize("foreign", [frozenset(), frozenset({1})])
+def test_the_placeholder_signature_only_for_turns_of_another_api(
+    provider: GeminiProvider, foreign: frozenset[int]
+) -> None:
+    """A Gemini answer without a signature goes back as it came; only a model turn that came
+    through another API (request.foreign) gets Google's placeholder -- encode and the lazy body
+    alike."""
+    request = GenerateRequest(
+        model=MODEL, contents=UNSIGNED, settings=SessionSettings(), signatures=True, foreign=foreign
+    )
+    body = provider.encode(request)
+    assert b"".join(provider.encode_body(request).pieces()) == body
+    placeholder = base64.b64encode(b"skip_thought_signature_validator")
+    assert (placeholder in body) == bool(foreign)
+    sent = json.loads(body)["contents"][1]["parts"][0]
+    assert ("thoughtSignature" in sent) == bool(foreign)
+
+
 def test_encode_carries_the_session_settings(provider: GeminiProvider) -> None:
     """Settings become systemInstruction, tools, toolConfig, safetySettings, generationConfig."""
     settings = SessionSettings(

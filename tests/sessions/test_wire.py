@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,6 +16,9 @@ from sessions import (
     Blob,
     Content,
     Part,
+    SessionRecord,
+    SqliteStore,
+    TurnRecord,
     WireError,
     decode_content,
     decode_contents,
@@ -250,3 +255,51 @@ def test_inline_data_that_is_not_a_string_is_a_wire_error(value: str) -> None:
     raw = b'{"inlineData": {"mimeType": "image/png", "data": ' + value.encode() + b"}}"
     with pytest.raises(WireError, match="base64"):
         decode_part(raw)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        base64.urlsafe_b64encode(b"\xfb\xff\xfe\x01sig").decode(),  # URL-safe, padded
+        base64.urlsafe_b64encode(b"\xfb\xff\xfe\x01").decode().rstrip("="),  # and unpadded
+        base64.b64encode(b"\xfb\xff\xfe\x01").decode().rstrip("="),  # standard, unpadded
+    ],
+)
+async def test_a_signature_goes_back_in_the_spelling_it_came_in(
+    spelling: str, tmp_path: Path
+) -> None:
+    """A thoughtSignature in another base64 spelling than the standard one is sent back as the
+    same string (after a store round trip too), and its bytes are still the part's."""
+    raw = json.dumps({"role": "model", "parts": [{"text": "ok", "thoughtSignature": spelling}]})
+    content = decode_content(raw.encode())
+    part = content.parts[0]
+    padded = spelling + "=" * (-len(spelling) % 4)
+    assert part.thought_signature == base64.b64decode(padded, altchars=b"-_")
+    assert f'"thoughtSignature":"{spelling}"'.encode() in encode_contents([content])
+    async with SqliteStore(tmp_path / "s.db") as store:
+        await store.create(SessionRecord(id="s", model="gemini-3.1-flash-image"))
+        user = Content(role="user", parts=[Part(text="hi")])
+        turn = TurnRecord(
+            id="t",
+            parent=None,
+            index=1,
+            user=user,
+            model=content,
+            model_id="gemini-3.1-flash-image",
+        )
+        await store.commit_turn("s", turn, expected_version=1)
+        stored = (await store.load("s")).turn("t").model
+    body = encode_contents([stored])
+    assert f'"thoughtSignature":"{spelling}"'.encode() in body
+    assert body.count(b"thoughtSignature") == 1
+
+
+def test_a_standard_signature_keeps_no_copy() -> None:
+    """A standard-alphabet signature is held as bytes only (no extra copy of its string)."""
+    spelling = base64.b64encode(b"\xfb\xff\xfe\x01").decode()
+    part = decode_content(
+        json.dumps(
+            {"role": "model", "parts": [{"thoughtSignature": spelling, "text": "x"}]}
+        ).encode()
+    ).parts[0]
+    assert part.extra is None
