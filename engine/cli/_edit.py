@@ -2,7 +2,8 @@
 disk.
 
 `DIR/session.json` is written once, when the command ends (also after a failed turn or Ctrl-C),
-and holds every committed turn of the session.
+and holds every committed turn of the session; `DIR/.nanoedit-session` names that session, so
+`edit --session ID --out DIR` continues in the directory where the session started.
 """
 
 from __future__ import annotations
@@ -124,12 +125,39 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 # --- output ------------------------------------------------------------------------------------
 
 
-def _prepare_out(out: Path, *, force: bool) -> None:
+_MARK = ".nanoedit-session"
+"""A file in --out naming the session whose output it holds (so `edit --session` continues)."""
+
+
+def _prepare_out(out: Path, *, force: bool, continuing: bool = False) -> None:
+    """Refuse a file, or a directory with anything in it (checked again once the session is
+    known when `continuing`: it may hold that session's own output)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(out.iterdir()) and not (force or continuing):
         raise ConfigError(f"--out {out} is not empty: choose another directory or add --force")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _holds_only(out: Path, session_id: str) -> bool:
+    """Whether `out` holds this session's output and nothing else (its mark, session.json and
+    turn images)."""
+    mark = out / _MARK
+    if not mark.is_file() or mark.read_text().strip() != session_id:
+        return False
+    return all(
+        p.name in (_MARK, "session.json") or (p.is_file() and p.name.startswith("turn-"))
+        for p in out.iterdir()
+    )
+
+
+def _check_continued_out(out: Path, session_id: str, *, force: bool) -> None:
+    if force or not any(out.iterdir()) or _holds_only(out, session_id):
+        return
+    raise ConfigError(
+        f"--out {out} is not empty and holds no output of session {session_id}: "
+        "choose another directory or add --force"
+    )
 
 
 def _turn_summary(turn: Turn, session: Session, paths: list[Path]) -> dict[str, Any]:
@@ -168,9 +196,11 @@ def _save_images(turn: Turn, out: Path) -> list[Path]:
     return paths
 
 
-def _write_history(session: Session, out: Path) -> Path:
+def _write_history(session: Session, out: Path, *, mark: bool) -> Path:
     path = out / "session.json"
     path.write_bytes(b'{"contents":' + encode_contents(session.contents()) + b"}\n")
+    if mark:
+        (out / _MARK).write_text(session.id + "\n")
     return path
 
 
@@ -330,11 +360,14 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
         created = False
         try:
             session, created = await _open_or_create(engine, args, cfg)
+            if not created:
+                _check_continued_out(out, session.id, force=args.force)
             if not args.json:
                 err(f"session {session.id} ({session.model})")
+            before = len(session.contents()) // 2  # the turns the session already has
             for n, prompt in enumerate(prompts, start=1):
                 if not args.json:
-                    err(f"turn {n}/{len(prompts)}: {prompt}")
+                    err(f"turn {before + n}/{before + len(prompts)}: {prompt}")
                 turn = await _run_turn(
                     engine,
                     session,
@@ -366,7 +399,8 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
                     await store.delete(session.id)
                     session = None
                 else:
-                    history = _write_history(session, out)
+                    # A memory store's session (the demo's) cannot be continued: no mark.
+                    history = _write_history(session, out, mark=args.store != "memory")
     assert session is not None
     if args.json:
         doc = {"session_id": session.id, "model": session.model, "turns": summaries}
@@ -388,5 +422,5 @@ def run(args: argparse.Namespace) -> int:
         path = Path(image)
         if not path.is_file():
             raise ConfigError(f"--image {image}: no such file")
-    _prepare_out(Path(args.out), force=args.force)
+    _prepare_out(Path(args.out), force=args.force, continuing=bool(args.session))
     return run_loop(_edit(args, cfg))

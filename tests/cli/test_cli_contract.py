@@ -202,3 +202,41 @@ def test_api_key_env_naming_an_unset_variable_says_so(
     assert err.strip() == (
         "error: ConfigError: --api-key-env NO_SUCH_KEY_VAR: the variable NO_SUCH_KEY_VAR is not set"
     )
+
+
+def test_a_session_continues_in_the_directory_it_was_started_in(tmp_path: Path) -> None:
+    """`edit --session ID` with the --out of that session's first edit continues there: turn
+    numbering goes on, session.json is rewritten, the progress line counts the session's turns."""
+    db, out = tmp_path / "s.db", tmp_path / "out"
+    first = run("edit", "a mug", "--flat", "--out", str(out), "--store", str(db))
+    assert first.returncode == 0, first.stderr
+    sid = first.stdout.strip()
+    again = run(
+        *("edit", "add a sprig", "make it warmer", "--flat", "--out", str(out)),
+        *("--store", str(db), "--session", sid),
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == sid
+    assert {p.name for p in out.iterdir() if p.name.startswith("turn-")} == {
+        "turn-01.png",
+        "turn-02.png",
+        "turn-03.png",
+    }
+    assert "turn 2/3: add a sprig" in again.stderr and "turn 3/3: make it warmer" in again.stderr
+    history = json.loads((out / "session.json").read_text())
+    assert len(history["contents"]) == 6
+
+
+def test_a_directory_holding_anything_else_is_refused(tmp_path: Path) -> None:
+    """Another session's output, or any other file, in --out is refused before a turn runs."""
+    db = tmp_path / "s.db"
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run("edit", "a mug", "--flat", "--out", str(one), "--store", str(db)).returncode == 0
+    other = run("edit", "a cat", "--flat", "--out", str(two), "--store", str(db))
+    sid = other.stdout.strip()
+    refused = run("edit", "more", "--flat", "--out", str(one), "--store", str(db), "--session", sid)
+    assert refused.returncode == 1 and "is not empty" in refused.stderr
+    (two / "notes.txt").write_text("mine")
+    refused = run("edit", "more", "--flat", "--out", str(two), "--store", str(db), "--session", sid)
+    assert refused.returncode == 1 and "is not empty" in refused.stderr
+    assert not (two / "turn-02.png").exists()

@@ -83,7 +83,14 @@ def test_edit_writes_three_images_and_the_history(
     session_id = capsys.readouterr().out.strip()
     assert len(session_id) == 32
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["session.json", "turn-01.png", "turn-02.png", "turn-03.png"]
+    assert files == [
+        ".nanoedit-session",
+        "session.json",
+        "turn-01.png",
+        "turn-02.png",
+        "turn-03.png",
+    ]
+    assert (out / ".nanoedit-session").read_text().strip() == session_id
     contents = read_history(out)
     assert [c["role"] for c in contents] == ["user", "model"] * 3
     for n, (user, model) in enumerate(zip(contents[::2], contents[1::2], strict=True), start=1):
@@ -223,6 +230,7 @@ def test_demo_runs_offline_without_any_key(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     files = sorted(p.name for p in out.iterdir())
+    # No .nanoedit-session: the demo's session lives in memory and cannot be continued.
     assert files == ["session.json", "turn-01.png", "turn-02.png", "turn-03.png"]
     contents = read_history(out)
     assert len(contents) == 6
