@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from engine._exceptions import ConfigError
 from engine._logs import Logger
@@ -181,6 +182,9 @@ class EngineConfig:
             raise ConfigError(f"unknown provider {self.provider!r}; one of {', '.join(PRESETS)}")
         if self.provider == "custom" and not self.base_url:
             raise ConfigError("provider 'custom' needs a base_url")
+        if self.base_url and urlsplit(self.base_url).scheme not in ("http", "https"):
+            # Refused now: an ftp:// or schemeless URL would only fail, and be retried, later.
+            raise ConfigError(f"base_url must be an http:// or https:// URL, not {self.base_url!r}")
         if self.provider in _KEYED and not self.api_key:
             raise ConfigError(f"provider {self.provider!r} needs an API key")
         if self.api not in ("", "gemini", "openai-chat", "openai-images"):

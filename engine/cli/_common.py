@@ -20,7 +20,15 @@ from engine._exceptions import ConfigError
 from engine._gc import tuned_gc
 from engine.events import Event, encode_event
 from engine.policy import Budget
-from sessions import Catalog, ImageConfig, MemoryStore, SessionError, SessionNotFound, SessionStore
+from sessions import (
+    Catalog,
+    ImageConfig,
+    MemoryStore,
+    SessionError,
+    SessionNotFound,
+    SessionStore,
+    check_available,
+)
 
 __all__ = [
     "EventWriter",
@@ -180,7 +188,12 @@ def config_from_args(
     if getattr(args, "catalog", None):
         cfg = _replace(cfg, catalog=Path(args.catalog))
     if getattr(args, "model", None):
-        changes["model"] = Catalog.load(cfg.catalog).resolve(args.model).id
+        spec = Catalog.load(cfg.catalog).resolve(args.model)
+        # Google refuses a shut-down model (ConfigError here); elsewhere it runs, said once.
+        warning = check_available(spec, cfg.provider)
+        if warning is not None:
+            err(f"warning: {warning}")
+        changes["model"] = spec.id
     if getattr(args, "no_stream", False):
         changes["stream"] = False
     if getattr(args, "on_busy", None):

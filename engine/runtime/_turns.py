@@ -197,6 +197,8 @@ def build_user_content(text: str, images: Iterable[ImageInput] = ()) -> Content:
         items = list(images)
     except TypeError:
         raise ConfigError(f"images must be a list, not {type(images).__name__}") from None
+    if text and text.isspace():
+        raise ConfigError("the prompt is only white space: say what to draw or change")
     parts = [Part(text=text)] if text else []
     parts.extend(_image_part(image, n) for n, image in enumerate(items))
     if not parts:

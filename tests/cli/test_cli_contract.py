@@ -240,3 +240,20 @@ def test_a_directory_holding_anything_else_is_refused(tmp_path: Path) -> None:
     refused = run("edit", "more", "--flat", "--out", str(two), "--store", str(db), "--session", sid)
     assert refused.returncode == 1 and "is not empty" in refused.stderr
     assert not (two / "turn-02.png").exists()
+
+
+def test_a_shut_down_model_is_said_once_on_stderr(tmp_path: Path) -> None:
+    """`--model nano-banana` (shut down) on the emulator runs, and says so in one stderr line."""
+    done = run("edit", "a mug", "--flat", "--model", "nano-banana", "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "was shut down" in line]
+    assert len(notices) == 1 and notices[0].startswith("warning: gemini-2.5-flash-image")
+
+
+def test_a_base_url_that_is_not_http_is_refused_at_once(tmp_path: Path) -> None:
+    """`--base-url ftp://x` is a one-line ConfigError before anything is tried (no retries)."""
+    done = run("edit", "a mug", "--base-url", "ftp://x", "--out", str(tmp_path / "o"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: ConfigError: base_url must be an http:// or https:// URL, not 'ftp://x'"
+    ]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine import Budget, ConfigError, Engine, EngineConfig, WireError
+from engine import Budget, ConfigError, EmulatorOptions, Engine, EngineConfig, WireError
 from sessions import (
     Content,
     MemoryStore,
@@ -167,3 +167,15 @@ async def test_import_refuses_files_that_would_make_a_session_unloadable(data: b
     with pytest.raises(WireError):
         await import_session(store, data, model="gemini-3.1-flash-image")
     assert await store.list() == []
+
+
+async def test_a_prompt_of_white_space_only_is_refused() -> None:
+    """A prompt of spaces, tabs or newlines only is a ConfigError; nothing is sent or stored."""
+    async with Engine(EngineConfig(emulator=EmulatorOptions(flat=True))) as engine:
+        s = await engine.create_session()
+        for text in ("   ", "\t\n "):
+            with pytest.raises(ConfigError, match="only white space"):
+                await s.send(text)
+        assert s.head is None
+        turn = await s.send("  a mug  ")  # text around spaces is a prompt
+        assert turn.index == 1
