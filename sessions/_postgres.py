@@ -27,6 +27,7 @@ from sessions._records import (
     SessionSettings,
     SessionState,
     SessionSummary,
+    TenantUsage,
     TurnRecord,
 )
 from sessions._sqlite import DEFAULT_BLOB_CACHE_BYTES, SqliteBlobStore, stored_turn, turn_row
@@ -434,6 +435,41 @@ class PostgresStore(SessionStore):
 
         result: list[SessionSummary] = await self._run(work, write=False)
         return result
+
+    async def tenant_usage(self, owner: str) -> TenantUsage:
+        """The owner's sessions, turns and spend, summed in SQL over the owner index."""
+
+        async def work(db: asyncpg.Connection) -> TenantUsage:
+            row = await db.fetchrow(
+                """SELECT (SELECT count(*) FROM sessions WHERE owner = $1) AS sessions,
+                          count(t.seq) AS turns,
+                          COALESCE(sum((convert_from(t.meta, 'UTF8')::jsonb ->> 'cost_usd')
+                                       ::double precision), 0.0) AS spent
+                   FROM sessions s JOIN turns t ON t.session_id = s.id
+                   WHERE s.owner = $1""",
+                owner,
+            )
+            return TenantUsage(
+                sessions=row["sessions"], turns=row["turns"], spent_usd=float(row["spent"])
+            )
+
+        usage: TenantUsage = await self._run(work, write=False)
+        return usage
+
+    async def holds_image(self, owner: str, sha256: str) -> bool:
+        """One look-up through the blob's index: does a turn of the owner's hold it?"""
+
+        async def work(db: asyncpg.Connection) -> bool:
+            found = await db.fetchval(
+                """SELECT 1 FROM turn_blobs b JOIN sessions s ON s.id = b.session_id
+                   WHERE b.sha256 = $1 AND s.owner = $2 LIMIT 1""",
+                sha256,
+                owner,
+            )
+            return found is not None
+
+        held: bool = await self._run(work, write=False)
+        return held
 
     async def delete(self, session_id: str) -> None:
         """Remove a session and its turns; blobs no other session uses go too."""

@@ -21,6 +21,7 @@ __all__ = [
     "SessionSettings",
     "SessionState",
     "SessionSummary",
+    "TenantUsage",
     "TurnRecord",
     "Usage",
     "new_id",
@@ -100,6 +101,14 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     parent_id: str | None = None  # forked from
     forked_at: int | None = None
     title: str = ""
+
+
+class TenantUsage(msgspec.Struct, kw_only=True):
+    """What one owner's stored sessions hold: sessions, turns (all branches), money spent."""
+
+    sessions: int = 0
+    turns: int = 0
+    spent_usd: float = 0.0
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):

@@ -56,6 +56,7 @@ from sessions._records import (
     SessionSettings,
     SessionState,
     SessionSummary,
+    TenantUsage,
     TurnRecord,
 )
 from sessions._store import LeaseHolder, MemoryBlobStore, SessionStore, lease_lost
@@ -563,6 +564,35 @@ class SqliteStore(SessionStore):
                 )
                 for sid, model, title, created, updated, turns, total, who in rows
             ]
+
+        return await self._run(work)
+
+    async def tenant_usage(self, owner: str) -> TenantUsage:
+        """The owner's sessions, turns and spend, summed in SQL over the owner index."""
+
+        def work(db: sqlite3.Connection) -> TenantUsage:
+            sessions, turns, spent = db.execute(
+                """SELECT (SELECT count(*) FROM sessions WHERE owner = ?1),
+                          count(t.seq),
+                          COALESCE(sum(json_extract(CAST(t.meta AS TEXT), '$.cost_usd')), 0.0)
+                   FROM sessions s JOIN turns t ON t.session_id = s.id
+                   WHERE s.owner = ?1""",
+                (owner,),
+            ).fetchone()
+            return TenantUsage(sessions=sessions, turns=turns, spent_usd=float(spent))
+
+        return await self._run(work)
+
+    async def holds_image(self, owner: str, sha256: str) -> bool:
+        """One look-up through the blob's index: does a turn of the owner's hold it?"""
+
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                """SELECT 1 FROM turn_blobs b JOIN sessions s ON s.id = b.session_id
+                   WHERE b.sha256 = ? AND s.owner = ? LIMIT 1""",
+                (sha256, owner),
+            ).fetchone()
+            return row is not None
 
         return await self._run(work)
 

@@ -22,7 +22,13 @@ import msgspec
 
 from sessions._errors import SessionBusy, SessionNotFound, StoreError, TurnNotFound
 from sessions._files import BatchRecord, FileRef
-from sessions._records import SessionRecord, SessionState, SessionSummary, TurnRecord
+from sessions._records import (
+    SessionRecord,
+    SessionState,
+    SessionSummary,
+    TenantUsage,
+    TurnRecord,
+)
 from sessions._wire import Blob, Content, Part
 
 __all__ = [
@@ -215,6 +221,16 @@ class SessionStore(abc.ABC):
         """Every stored session (of `owner`, if given), most recently updated first."""
 
     @abc.abstractmethod
+    async def tenant_usage(self, owner: str) -> TenantUsage:
+        """What `owner`'s stored sessions hold: how many, their turns and the money they spent
+        (read with the owner index, not by loading sessions)."""
+
+    @abc.abstractmethod
+    async def holds_image(self, owner: str, sha256: str) -> bool:
+        """Whether a turn of one of `owner`'s sessions holds the blob `sha256` (one indexed
+        look-up, whatever the number of sessions)."""
+
+    @abc.abstractmethod
     async def delete(self, session_id: str) -> None:
         """Remove a session and its turns (blobs other sessions use stay)."""
 
@@ -396,6 +412,30 @@ class MemoryStore(SessionStore):
         found = (s.summary() for s in self._states.values())
         mine = [s for s in found if owner is None or s.owner == owner]
         return sorted(mine, key=lambda s: s.updated, reverse=True)
+
+    async def tenant_usage(self, owner: str) -> TenantUsage:
+        """The owner's sessions, turns and spend (a scan: the memory store is one process's)."""
+        usage = TenantUsage()
+        for state in self._states.values():
+            if state.record.settings.owner == owner:
+                usage.sessions += 1
+                usage.turns += len(state.turns)
+                usage.spent_usd += sum(t.cost_usd for t in state.turns.values())
+        return usage
+
+    async def holds_image(self, owner: str, sha256: str) -> bool:
+        """Whether a turn of one of the owner's sessions holds the blob."""
+        data = self.blobs.get(sha256)
+        if data is None:
+            return False
+        for state in self._states.values():
+            if state.record.settings.owner != owner:
+                continue
+            for turn in state.turns.values():
+                for content in (turn.user, turn.model):
+                    if any(b.data is data for b in blob_refs(content)):
+                        return True
+        return False
 
     async def check_blobs(self) -> Sequence[str]:
         """Blobs whose bytes do not hash to their digest."""

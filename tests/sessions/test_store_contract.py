@@ -25,6 +25,7 @@ from sessions import (
     SessionSettings,
     SessionStore,
     StoreError,
+    TenantUsage,
     TurnNotFound,
     TurnRecord,
     encode_contents,
@@ -132,6 +133,24 @@ async def test_listing_order_counts_and_owner(store: SessionStore) -> None:
     assert [s.id for s in await store.list(owner="alice")] == [a]
     assert (await store.list(owner="alice"))[0].owner == "alice"
     assert await store.list(owner="carol") == []
+
+
+async def test_tenant_usage_and_images_by_owner(store: SessionStore) -> None:
+    """tenant_usage counts an owner's sessions, turns and spend; holds_image answers for the
+    owner's sessions only, and stops holding once the session is deleted."""
+    a, turns = await seed(store, 2, owner="alice")
+    await seed(store, 1, owner="alice")
+    await seed(store, 3, owner="bob")
+    usage = await store.tenant_usage("alice")
+    assert (usage.sessions, usage.turns) == (2, 3)
+    assert usage.spent_usd == pytest.approx(0.03)
+    assert await store.tenant_usage("carol") == TenantUsage()
+    digest = hashlib.sha256(turns[1].model.images()[0].data).hexdigest()
+    assert await store.holds_image("alice", digest)
+    assert not await store.holds_image("bob", digest)
+    assert not await store.holds_image("alice", "0" * 64)
+    await store.delete(a)
+    assert not await store.holds_image("alice", digest)
 
 
 async def test_fork_shares_blobs_and_delete_keeps_what_others_use(store: SessionStore) -> None:
