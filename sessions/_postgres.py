@@ -30,7 +30,8 @@ from sessions._records import (
     TenantUsage,
     TurnRecord,
 )
-from sessions._sqlite import DEFAULT_BLOB_CACHE_BYTES, SqliteBlobStore, stored_turn, turn_row
+from sessions._rows import stored_turn, turn_row
+from sessions._sqlite import DEFAULT_BLOB_CACHE_BYTES, SqliteBlobStore
 from sessions._store import LeaseHolder, SessionStore, lease_lost
 from sessions._wire import WireError
 

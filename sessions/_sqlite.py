@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -59,8 +59,9 @@ from sessions._records import (
     TenantUsage,
     TurnRecord,
 )
+from sessions._rows import TurnRow, stored_turn, turn_row
 from sessions._store import LeaseHolder, MemoryBlobStore, SessionStore, lease_lost
-from sessions._wire import Content, WireError, decode_content, wire_contents
+from sessions._wire import Content, WireError
 
 if TYPE_CHECKING:
     # Imported where a database is opened: SQLite's library is 1.5 MiB of a process's RSS
@@ -217,36 +218,6 @@ class SqliteBlobStore(MemoryBlobStore):
             if data is not None:
                 self._digests.pop(id(data), None)
                 self._size -= len(data)
-
-
-def _strip(content: Content, blobs: MemoryBlobStore, out: list[tuple[str, bytes]]) -> bytes:
-    """The Content's wire JSON with inline payloads emptied; (sha256, bytes) appended to `out`."""
-    if not any(p.inline_data is not None for p in content.parts):
-        return _encoder.encode(wire_contents([content])[0])
-    parts = []
-    for p in content.parts:
-        if p.inline_data is not None:
-            out.append(blobs.intern(p.inline_data.data))
-            p = msgspec.structs.replace(
-                p, inline_data=msgspec.structs.replace(p.inline_data, data=b"")
-            )
-        parts.append(p)
-    return _encoder.encode(wire_contents([Content(role=content.role, parts=parts)])[0])
-
-
-def _fill(content: Content, shas: Iterator[str], blobs: dict[str, bytes]) -> Content:
-    """The stored Content with each emptied payload replaced by its canonical bytes."""
-    if not any(p.inline_data is not None for p in content.parts):
-        return content
-    parts = []
-    for p in content.parts:
-        if p.inline_data is not None:
-            data = blobs[next(shas)]
-            p = msgspec.structs.replace(
-                p, inline_data=msgspec.structs.replace(p.inline_data, data=data)
-            )
-        parts.append(p)
-    return Content(role=content.role, parts=parts)
 
 
 def _record(row: Any) -> SessionRecord:
@@ -425,13 +396,8 @@ class SqliteStore(SessionStore):
                     held[sha] = self.blobs._adopt(sha, found[0])
             turns: dict[str, TurnRecord] = {}
             for (user, model, meta, _), shas in zip(rows, refs, strict=True):
-                it = iter(shas)
                 try:
-                    t = msgspec.structs.replace(
-                        _turn_dec.decode(meta),
-                        user=_fill(decode_content(user), it, held),
-                        model=_fill(decode_content(model), it, held),
-                    )
+                    t = stored_turn(user, model, meta, shas, held)
                 except StopIteration:
                     raise StoreError(f"{self.path}: turn of {session_id} lacks blobs") from None
                 turns[t.id] = t
@@ -752,37 +718,8 @@ class SqliteStore(SessionStore):
 
     # --- rows ----------------------------------------------------------------------------
 
-    def _turn_row(self, turn: TurnRecord) -> _TurnRow:
+    def _turn_row(self, turn: TurnRecord) -> TurnRow:
         return turn_row(turn, self.blobs)
-
-
-def turn_row(turn: TurnRecord, blobs: MemoryBlobStore) -> _TurnRow:
-    """A turn as stored: Contents with payloads emptied, the rest as JSON, the payloads."""
-    payloads: list[tuple[str, bytes]] = []
-    user = _strip(turn.user, blobs, payloads)
-    model = _strip(turn.model, blobs, payloads)
-    meta = _encoder.encode(msgspec.structs.replace(turn, user=_EMPTY, model=_EMPTY))
-    return _TurnRow(turn, user, model, meta, payloads)
-
-
-def stored_turn(
-    user: bytes, model: bytes, meta: bytes, shas: list[str], held: dict[str, bytes]
-) -> TurnRecord:
-    """The TurnRecord of a stored row, its payloads filled from `held` (sha256 -> bytes)."""
-    it = iter(shas)
-    return msgspec.structs.replace(
-        _turn_dec.decode(meta),
-        user=_fill(decode_content(user), it, held),
-        model=_fill(decode_content(model), it, held),
-    )
-
-
-class _TurnRow(NamedTuple):
-    turn: TurnRecord
-    user: bytes  # wire JSON, payloads emptied
-    model: bytes
-    meta: bytes
-    payloads: list[tuple[str, bytes]]  # (sha256, canonical bytes), user parts then model parts
 
 
 @contextlib.contextmanager
@@ -800,7 +737,7 @@ def _transaction(db: sqlite3.Connection, *, write: bool) -> Iterator[None]:
         raise
 
 
-def _insert_turn(db: sqlite3.Connection, session_id: str, row: _TurnRow) -> None:
+def _insert_turn(db: sqlite3.Connection, session_id: str, row: TurnRow) -> None:
     turn = row.turn
     for sha, data in row.payloads:
         db.execute(

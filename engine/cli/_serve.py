@@ -14,6 +14,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -32,6 +33,7 @@ from engine.cli._common import (
 from engine.policy import Budget
 from engine.runtime import Engine
 from engine.serve import GATEWAY, ServeOptions, create_app, load_keys
+from sessions import SessionNotFound, SessionStore, StoreError
 
 __all__ = ["add_parser", "run"]
 
@@ -129,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be within 0..65535, not {args.port}")
     if args.max_in_flight < 1:
         raise ConfigError("--max-in-flight must be at least 1")
+    if args.redis and args.store == "memory":
+        raise ConfigError(
+            "--redis with --store memory: the nodes of a cluster share one store "
+            "(--store postgresql://...)"
+        )
     cfg = replace(
         config_from_args(args),
         max_in_flight=args.max_in_flight,
@@ -148,6 +155,24 @@ def run(args: argparse.Namespace) -> int:
     return run_loop(_serve(args, cfg, options))
 
 
+async def _check_store(store: SessionStore, where: str) -> None:
+    try:
+        await store.load_record("startup-probe")
+    except SessionNotFound:
+        return
+    except StoreError as exc:
+        raise StoreError(f"--store {_redacted(where)}: cannot use it: {exc}") from None
+
+
+def _redacted(where: str) -> str:
+    # A DSN may carry a password: never print it.
+    parts = urlsplit(where)
+    if parts.password is None:
+        return where
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
 async def _serve(args: argparse.Namespace, cfg: EngineConfig, options: ServeOptions) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -155,6 +180,9 @@ async def _serve(args: argparse.Namespace, cfg: EngineConfig, options: ServeOpti
         loop.add_signal_handler(signum, stop.set)
     try:
         async with open_store(args.store, cfg) as store, Engine(cfg, store=store) as engine:
+            # Both checked before listening (Redis when the engine started): a server that
+            # could only answer errors says so now, in one line.
+            await _check_store(store, args.store)
             app = create_app(engine, options)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await runner.setup()

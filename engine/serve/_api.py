@@ -166,7 +166,10 @@ class ErrorOut(msgspec.Struct, kw_only=True):
 
 
 class Health(msgspec.Struct, kw_only=True):
-    """GET /healthz."""
+    """GET /healthz: 200 when it can serve, 503 while draining or while the store or Redis is
+    down."""
 
-    status: Literal["ok", "draining"]
+    status: Literal["ok", "draining", "unavailable"]
     turns_in_flight: int
+    store: Literal["ok", "down"] = "ok"
+    redis: Literal["ok", "down", "none"] = "none"

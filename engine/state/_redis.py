@@ -146,7 +146,11 @@ class Cluster:
         def connect(size: int) -> Redis:
             # Blocking pools: past `size` connections a command waits for one (500 turns
             # waiting for a slot at once ran a plain pool out: "Too many connections").
-            pool = BlockingConnectionPool.from_url(self.url, max_connections=size, timeout=60)
+            # Connecting is bounded, so a Redis that went away fails a request within seconds
+            # instead of holding it for the whole outage.
+            pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=size, timeout=60, socket_connect_timeout=5.0
+            )
             return Redis.from_pool(pool)  # closing the client closes its pool
 
         redis = connect(self.max_connections)
@@ -181,6 +185,15 @@ class Cluster:
             if redis is not None:
                 await redis.aclose()
         self._redis = self._readers = None
+
+    async def ping(self) -> bool:
+        """Whether Redis answers within two seconds."""
+        try:
+            async with asyncio.timeout(2.0):
+                await self.redis.ping()
+        except Exception:  # any failure means "down" here; the caller reports it
+            return False
+        return True
 
     @property
     def redis(self) -> Redis:

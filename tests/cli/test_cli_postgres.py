@@ -62,3 +62,34 @@ def test_bench_on_postgres(home: Path, pg_dsn: str, capsys: pytest.CaptureFixtur
     assert main(["sessions", "ls", "--json", "--store", pg_dsn]) == 0
     sessions = json.loads(capsys.readouterr().out)
     assert len(sessions) == 4 and all(s["turns"] == 2 for s in sessions)
+
+
+def _serve_once(*options: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--port", "0", "--flat", *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_serve_refuses_to_start_on_a_store_it_cannot_use() -> None:
+    """A PostgreSQL database that does not exist: one error line, exit 1, never "listening"."""
+    from tests.conftest import PG_ADMIN
+
+    missing = PG_ADMIN.rsplit("/", 1)[0] + "/nanoedit_no_such_database_here"
+    done = _serve_once("--store", missing)
+    assert done.returncode == 1
+    assert "listening" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: StoreError: --store "), done.stderr
+    assert "nanoedit_no_such_database_here" in lines[0]
+
+
+def test_serve_refuses_redis_with_a_memory_store() -> None:
+    """--redis with --store memory cannot make a cluster: refused at once."""
+    done = _serve_once("--store", "memory", "--redis", "redis://127.0.0.1:6379/15")
+    assert done.returncode == 1 and "--redis with --store memory" in done.stderr

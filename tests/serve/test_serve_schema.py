@@ -23,10 +23,10 @@ from schemathesis.checks import (
 
 from engine import Engine, EngineConfig
 from engine._config import EmulatorOptions
-from engine.serve import ServeOptions, create_app
+from engine.serve import ROUTES, ServeOptions, create_app
 from engine.serve._openapi import openapi_document
 
-SCHEMA = schemathesis.openapi.from_dict(json.loads(openapi_document()))
+SCHEMA = schemathesis.openapi.from_dict(json.loads(openapi_document(ROUTES)))
 KEY = "schema-test-key-1"
 
 
