@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``engine.wire._sse.SSEDecoder`` versus the ``httpx-sse`` decoder.
+"""Throughput benchmark: ``engine.wire.RawSSEDecoder`` versus the ``httpx-sse`` decoder.
 
 Run as ``python benchmarks/sse.py [--json FILE]``. Both decoders get the same bytes in
 the same 64 KiB chunks. ``httpx-sse`` is given the pipeline it runs in production: an
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.wire import SSEDecoder
+from engine.wire import RawSSEDecoder
 
 CHUNK_SIZE = 64 * 1024
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
@@ -119,13 +119,13 @@ def _peer_line_decoder(decoders: types.ModuleType) -> tuple[Callable[[], LineDec
 
 def run_nanoedit(chunks: Sequence[bytes]) -> list[str]:
     """Decode ``chunks`` with nanoedit's decoder and return the event data strings."""
-    decoder = SSEDecoder()
+    decoder = RawSSEDecoder()
     out: list[str] = []
     for chunk in chunks:
         for event in decoder.feed(chunk):
-            out.append(event.data)
+            out.append(event.data.decode())
     for event in decoder.close():
-        out.append(event.data)
+        out.append(event.data.decode())
     return out
 
 

@@ -1,4 +1,6 @@
-"""The store contract (`SessionStore`, `BlobStore`) and the in-memory implementations.
+"""The store contract (`SessionStore`, `BlobStore`) and the in-memory implementations; the
+contract's other homes are SQLite (`_sqlite`, one file) and PostgreSQL (`_postgres`, every node
+of a cluster), and `tests/sessions/test_store_contract.py` holds all three to it.
 
 Every write is all-or-nothing and guarded by the session's `version`: a writer that read version
 N may only write if the stored version is still N, otherwise it gets `SessionBusy` and nothing

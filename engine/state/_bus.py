@@ -10,7 +10,6 @@ Subscriber overflow policies (each subscriber has its own buffer of `maxsize` ev
 
 - ``"block"``: `publish` waits until the subscriber has room; only that publisher waits, and the
   event is already queued for the subscriber, so cancelling the waiting publisher loses nothing.
-  `publish_nowait` never waits: it queues past `maxsize` instead (no backpressure there).
 - ``"drop_oldest"``: the oldest buffered event is dropped; the next read first returns an
   `EventsMissed` marker counting the events dropped since the previous marker.
 - ``"disconnect"``: the subscriber is removed at the first overflow; its iterator yields what was
@@ -421,10 +420,6 @@ class EventBus:
             self._dormant[idle] = old.seq
         return log
 
-    def next_seq(self, session_id: str) -> int:
-        """The seq the session's next published event will get."""
-        return self.last_seq(session_id) + 1
-
     def retained(self, session_id: str) -> list[Event]:
         """The session's replay window, oldest first."""
         log = self._logs.get(session_id)
@@ -449,11 +444,6 @@ class EventBus:
         if waits is not None:
             for fut in waits:
                 await fut
-        return event
-
-    def publish_nowait(self, event: Event) -> Event:
-        """`publish` for sync code: never waits; "block" subscribers queue past their maxsize."""
-        self._emit(event, False, True)
         return event
 
     def _emit(self, event: Event, wait: bool, number: bool) -> list[asyncio.Future[None]] | None:

@@ -17,8 +17,6 @@ from engine.wire._sse import (
     DEFAULT_MAX_EVENT_BYTES,
     RawServerSentEvent,
     RawSSEDecoder,
-    ServerSentEvent,
-    SSEDecoder,
 )
 from engine.wire._transport import (
     MAX_MESSAGE,
@@ -54,8 +52,6 @@ __all__ = [
     "RawServerSentEvent",
     "RequestBody",
     "Response",
-    "SSEDecoder",
-    "ServerSentEvent",
     "StreamResponse",
     "TextDelta",
     "Transport",

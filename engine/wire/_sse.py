@@ -19,32 +19,13 @@ __all__ = [
     "EventTooLarge",
     "RawSSEDecoder",
     "RawServerSentEvent",
-    "SSEDecoder",
     "SSEError",
-    "ServerSentEvent",
 ]
 
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024 * 1024 + 64 * 1024
 """Default event size limit: one 64 MiB data line plus room for the JSON around it."""
 
 _BOM = b"\xef\xbb\xbf"
-
-
-class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
-    """One dispatched event.
-
-    ``id`` and ``retry`` are the values set inside this event's block (None when the
-    block set none); ``last_event_id`` is the decoder's last-event-ID buffer at dispatch,
-    which persists across events as the spec requires.
-    """
-
-    # gc=False is safe because the fields are only str/int/None (no reference cycles),
-    # and it keeps 100k-event streams from triggering collector passes.
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-    retry: int | None = None
-    last_event_id: str = ""
 
 
 class RawServerSentEvent(msgspec.Struct, frozen=True, gc=False):
@@ -65,7 +46,7 @@ class RawServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     last_event_id: str = ""
 
 
-_E = TypeVar("_E", ServerSentEvent, RawServerSentEvent)
+_E = TypeVar("_E")
 
 
 class _EventStreamDecoder(Generic[_E]):
@@ -390,23 +371,6 @@ class _EventStreamDecoder(Generic[_E]):
         self._id = block_id
         self._retry = block_retry
         self.last_event_id = last_id
-
-
-class SSEDecoder(_EventStreamDecoder[ServerSentEvent]):
-    """The event stream as the spec defines it: every event's data is text."""
-
-    __slots__ = ()
-
-    def _value(self, line: bytes) -> str:
-        return line.decode("utf-8", "replace")
-
-    def _make(
-        self, event_type: str, data: str, block_id: str | None, retry: int | None, last_id: str
-    ) -> ServerSentEvent:
-        return ServerSentEvent(event_type, data, block_id, retry, last_id)
-
-    def _join(self, pieces: list[str]) -> str:
-        return "\n".join(pieces)
 
 
 class RawSSEDecoder(_EventStreamDecoder[RawServerSentEvent]):

@@ -16,10 +16,9 @@ from engine.wire._sse import (
     EventTooLarge,
     RawServerSentEvent,
     RawSSEDecoder,
-    ServerSentEvent,
-    SSEDecoder,
     SSEError,
 )
+from tests.wire._text_sse import ServerSentEvent, SSEDecoder
 
 BOM = b"\xef\xbb\xbf"
 
