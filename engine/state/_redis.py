@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -37,12 +38,20 @@ __all__ = ["Cluster", "ClusterBus", "ClusterError"]
 
 log = Logger("nanoedit.cluster")
 
-# KEYS: seq counter, stream. ARGV: event JSON, window. Returns the seq.
+# KEYS: seq counter, stream. ARGV: event JSON, window, floor. Returns the seq. A counter below
+# the floor (the highest seq this node has seen) was lost with Redis's state: numbering goes on
+# above the floor instead of starting again at 1.
 _APPEND = """
 local seq = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[3])
+if seq <= floor then
+  seq = floor + 1
+  redis.call('SET', KEYS[1], seq)
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'd', ARGV[1])
 return seq
 """
+_HIGH_WATER_SESSIONS = 100_000  # sessions whose highest seq a node remembers (most recent)
 # KEYS: slots zset. ARGV: now, expiry, member, cap. Returns 1 when the slot was taken.
 _TAKE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -128,6 +137,9 @@ class Cluster:
         self._reserved: Any = None
         self._token: Any = None
         self._halve: Any = None
+        # The highest seq this node has published or read, per session: the floor numbering
+        # continues from if Redis restarts without its state.
+        self._high: OrderedDict[str, int] = OrderedDict()
 
     async def __aenter__(self) -> Cluster:
         await self.start()
@@ -212,11 +224,20 @@ class Cluster:
         try:
             seq = await self._append(
                 keys=[self._key("seq", session_id), self._key("events", session_id)],
-                args=[data, self.retain],
+                args=[data, self.retain, self._high.get(session_id, 0)],
             )
         except Exception as exc:
             raise ClusterError(f"redis: cannot append an event: {exc}") from None
+        self._saw(session_id, int(seq))
         return int(seq)
+
+    def _saw(self, session_id: str, seq: int) -> None:
+        high = self._high
+        if seq > high.get(session_id, 0):
+            high[session_id] = seq
+        high.move_to_end(session_id)
+        if len(high) > _HIGH_WATER_SESSIONS:
+            high.popitem(last=False)
 
     def stream(self, session_id: str) -> str:
         """The Redis key of a session's event stream."""
@@ -225,7 +246,8 @@ class Cluster:
     async def last_seq(self, session_id: str) -> int:
         """The session's last seq across the cluster (0: none yet)."""
         value = await self.redis.get(self._key("seq", session_id))
-        return int(value) if value else 0
+        # After Redis lost its state, this node's high-water mark is the truth.
+        return max(int(value) if value else 0, self._high.get(session_id, 0))
 
     async def events_after(self, session_id: str, since: int, upto: int) -> tuple[int, list[Event]]:
         """The retained events with since < seq <= upto, and how many of those the window lost."""
@@ -247,6 +269,8 @@ class Cluster:
         out: list[Event] = []
         for _, entries in found or []:
             out.extend(_event(entry_id, fields) for entry_id, fields in entries)
+        if out:
+            self._saw(session_id, out[-1].seq)
         return out
 
     # --- spend ------------------------------------------------------------------------------------

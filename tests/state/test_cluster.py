@@ -66,6 +66,25 @@ async def test_seq_is_one_sequence_across_nodes(prefix: str) -> None:
         await bus_b.aclose()
 
 
+async def test_seq_goes_on_after_redis_loses_its_state(prefix: str) -> None:
+    """Redis restarted without its data (the session's keys gone): the next event's seq goes on
+    above the last one the node saw, so a client resuming with Last-Event-ID misses nothing."""
+    async with Cluster(REDIS, prefix=prefix) as node:
+        bus = ClusterBus(node)
+        for _ in range(13):
+            await bus.publish(TurnStarted(session_id="s1", model="m", stream=True, history_turns=0))
+        keys = [k async for k in node.redis.scan_iter(match=f"{prefix}:*")]
+        await node.redis.delete(*keys)  # what a restart without persistence leaves
+        assert await node.last_seq("s1") == 13
+        event = await bus.publish(
+            TurnStarted(session_id="s1", model="m", stream=True, history_turns=0)
+        )
+        assert event.seq == 14
+        missed, events = await node.events_after("s1", 13, 14)
+        assert missed == 0 and [e.seq for e in events] == [14]
+        await bus.aclose()
+
+
 async def test_the_window_is_trimmed_and_says_what_it_lost(prefix: str) -> None:
     """The window is trimmed and says what it lost."""
     async with Cluster(REDIS, prefix=prefix, retain=10) as cluster:
