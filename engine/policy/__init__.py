@@ -1,5 +1,6 @@
-"""Policy: budgets (decisions come back as plain data), limits on requests in flight and per
-minute, and the retry rules. No I/O of its own beyond the limiter's waiting.
+"""Policy: the model catalog (its data lives in `sessions`, which the emulator shares too),
+budgets (decisions come back as plain data), limits on requests in flight and per minute, and
+the retry rules. No I/O of its own beyond the limiter's waiting.
 """
 
 from engine.policy._budget import (
@@ -30,18 +31,33 @@ from engine.policy._retry import (
     retry_delay,
     should_retry,
 )
+from sessions import (
+    BUILTIN,
+    Catalog,
+    ImageConfig,
+    ModelSpec,
+    check_available,
+    estimate_text_tokens,
+    resolve_model,
+)
 
 __all__ = [
+    "BUILTIN",
     "Budget",
+    "Catalog",
     "CostBreakdown",
     "CostLedger",
+    "ImageConfig",
     "Limiter",
+    "ModelSpec",
     "Policy",
     "RequestPlan",
     "Reservation",
     "SlotHandle",
+    "check_available",
     "content_tokens",
     "estimate_cost",
+    "estimate_text_tokens",
     "exceeded_event",
     "history_tokens",
     "image_dimensions",
@@ -50,6 +66,7 @@ __all__ = [
     "rebase_content",
     "reply_tokens",
     "request_framing",
+    "resolve_model",
     "retry_delay",
     "settle_cost",
     "should_retry",
