@@ -1,8 +1,9 @@
 """The gateway's state: the engine, the tenants, the session handles requests are using, the turn
 running on each session, the SSE fan-outs, and how sessions and turns are shown.
 
-A session handle lives while a request, a stream or a turn uses it, and is let go after: a
-server that touched any number of sessions holds only the ones in use (memory stays flat).
+A session handle lives while a request, a stream or a turn uses it; after that, only the most
+recently used `idle_sessions` are kept (reopening a session reads it from the store again), so
+a server that touched any number of sessions holds a bounded number (memory stays flat).
 Ownership is read from the session's record before the session is opened, so another tenant's
 id costs what an unknown one does and leaves no trace (no `session.resumed`).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +45,9 @@ class ServeOptions:
     heartbeat_s: float = 15.0
     drain_s: float = 30.0
     default_budget: Budget | None = None  # for sessions created without one
+    # Handles kept after their last use, most recent first: a session that takes turn after
+    # turn is not read from the store again for each (the rest are let go).
+    idle_sessions: int = 64
 
 
 def not_found(session_id: str) -> HttpError:
@@ -67,7 +72,8 @@ class Gateway:
         self.tenants = Tenants(options.keys)
         self.metrics = Metrics(engine.bus)
         self.draining = False
-        self._handles: dict[str, _Handle] = {}
+        self._handles: dict[str, _Handle] = {}  # in use
+        self._idle: OrderedDict[str, _Handle] = OrderedDict()  # kept, least recent first
         self._turns: dict[str, asyncio.Task[Turn]] = {}
         self._rates: dict[str, RateWindow] = {}
         self._fanouts: dict[str, SessionFanout] = {}
@@ -85,7 +91,7 @@ class Gateway:
             self._release(session_id, handle)
 
     async def _acquire(self, tenant: str, session_id: str) -> _Handle:
-        handle = self._handles.get(session_id)
+        handle = self._handles.get(session_id) or self._idle.get(session_id)
         if handle is None:
             try:
                 record = await self.engine.store.load_record(session_id)
@@ -102,6 +108,8 @@ class Gateway:
                 handle = self._handles.setdefault(session_id, _Handle(session))
         elif handle.session.state.record.settings.owner != tenant:
             raise not_found(session_id)
+        if self._idle.pop(session_id, None) is not None:
+            self._handles[session_id] = handle
         handle.users += 1
         return handle
 
@@ -109,11 +117,19 @@ class Gateway:
         handle.users -= 1
         if handle.users == 0 and self._handles.get(session_id) is handle:
             del self._handles[session_id]
+            if self.options.idle_sessions > 0:
+                self._idle[session_id] = handle
+                if len(self._idle) > self.options.idle_sessions:
+                    self._idle.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        """Drop a deleted session's kept handle."""
+        self._idle.pop(session_id, None)
 
     @property
     def sessions_held(self) -> int:
-        """Session handles held now (those in use)."""
-        return len(self._handles)
+        """Session handles held now: those in use and the idle ones kept."""
+        return len(self._handles) + len(self._idle)
 
     # --- health --------------------------------------------------------------------------------
 

@@ -159,6 +159,7 @@ async def delete_session(request: web.Request) -> web.Response:
                 409, "SessionBusy", "a turn is running: cancel it first", retry_after=1.0
             )
         await gateway.engine.delete_session(session.id)
+    gateway.forget(session.id)
     return web.Response(status=204)
 
 

@@ -109,15 +109,16 @@ async def _stream_turn(g: Gate, sid: str, text: str) -> list[dict[str, Any]]:
 
 
 async def test_handles_are_let_go_when_no_request_uses_them(gate: Any) -> None:
-    """A gateway that touched many sessions holds none once its requests are done."""
-    g = await gate()
+    """A gateway that touched many sessions holds only the few most recent once its requests
+    are done (idle_sessions), however many it touched."""
+    g = await gate(idle_sessions=3)
     for n in range(12):
         status, session, _ = await g.call("POST", "/v1/sessions", {})
         assert status == 201
         sid = session["id"]
         assert (await g.call("POST", f"/v1/sessions/{sid}/turns", {"text": f"mug {n}"}))[0] == 200
         assert (await g.call("GET", f"/v1/sessions/{sid}"))[0] == 200
-    assert g.gateway.sessions_held == 0
+    assert g.gateway.sessions_held == 3
 
 
 async def test_a_streamed_turn_is_over_when_its_last_event_arrives(gate: Any) -> None:
