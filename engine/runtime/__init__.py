@@ -11,11 +11,7 @@ from engine.runtime._batch import (
     BatchResult,
     read_items,
 )
-from engine.runtime._engine import (
-    Engine,
-    Session,
-    TurnStream,
-)
+from engine.runtime._engine import Engine
 from engine.runtime._history_files import (
     EXPIRY_MARGIN_S,
     FileUploader,
@@ -32,6 +28,7 @@ from engine.runtime._pipeline import (
     Gate,
     TurnRun,
 )
+from engine.runtime._session import Session, TurnStream
 from engine.runtime._shield import (
     finish,
 )

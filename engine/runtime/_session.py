@@ -5,6 +5,7 @@ happen; the turn itself runs in `_pipeline`, under the session's lock and store 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,14 @@ class _Demand:
             await self.event.wait()
 
 
+def _abandon(task: asyncio.Task[Turn], sub: Subscription) -> None:
+    """What a stream dropped by its consumer leaves behind: its turn is cancelled (unless it
+    has ended) and its subscription closed."""
+    if not task.done():
+        sub.close()  # a publisher blocked on the stream's buffer goes on
+        task.cancel()
+
+
 class TurnStream:
     """Events of one turn as they happen, ending with completed, failed or cancelled.
 
@@ -123,6 +132,9 @@ class TurnStream:
         # however its stream was left.
         task.add_done_callback(lambda _: lock.release())
         self._sub, self._demand, self._task = sub, demand, task
+        # Dropped without aclose(): cancelled at once when the stream is collected (reference
+        # counting, no collector pass); the task releases the lock when it ends.
+        weakref.finalize(self, _abandon, task, sub).atexit = False
 
     async def __anext__(self) -> Event:
         if self._ended:
@@ -169,14 +181,6 @@ class TurnStream:
             if not task.done():
                 task.cancel()
             await self._settle(task)
-
-    def __del__(self) -> None:
-        # Dropped without aclose(): cancel at once; the task releases the lock when it ends.
-        task, sub = self._task, self._sub
-        if task is not None and not task.done():
-            if sub is not None:
-                sub.close()
-            task.cancel()
 
     async def __aenter__(self) -> TurnStream:
         return self
