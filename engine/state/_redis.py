@@ -155,17 +155,21 @@ class Cluster:
         except ImportError:  # pragma: no cover - the extra is not installed
             raise ConfigError("a cluster needs redis: pip install 'nanoedit[redis]'") from None
 
-        def connect(size: int) -> Redis:
+        def connect(size: int, reply_s: float) -> Redis:
             # Blocking pools: past `size` connections a command waits for one (500 turns
             # waiting for a slot at once ran a plain pool out: "Too many connections").
-            # Connecting is bounded, so a Redis that went away fails a request within seconds
-            # instead of holding it for the whole outage.
+            # Connecting and each reply are bounded, so a Redis that went away (or hangs)
+            # fails a request within seconds instead of holding it for the whole outage.
             pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=size, timeout=60, socket_connect_timeout=5.0
+                self.url,
+                max_connections=size,
+                timeout=60,
+                socket_connect_timeout=5.0,
+                socket_timeout=reply_s,
             )
             return Redis.from_pool(pool)  # closing the client closes its pool
 
-        redis = connect(self.max_connections)
+        redis = connect(self.max_connections, 10.0)
         try:
             await redis.ping()
         except Exception as exc:
@@ -174,7 +178,8 @@ class Cluster:
         self._redis = redis
         # Blocking stream reads (one per session with SSE clients) hold their connection for
         # seconds: they get a pool of their own.
-        self._readers = connect(4 * self.max_connections)
+        # Their replies wait for up to a read's block time (2-5 s): a longer bound.
+        self._readers = connect(4 * self.max_connections, 30.0)
         self._append = redis.register_script(_APPEND)
         self._take = redis.register_script(_TAKE)
         self._reserve = redis.register_script(_RESERVE)
@@ -263,9 +268,13 @@ class Cluster:
     async def read(self, session_id: str, after: int, block_ms: int = 5000) -> list[Event]:
         """Events with seq > `after`, waiting up to `block_ms` for the first."""
         readers = self._readers or self.redis
-        found: Any = await readers.xread(
-            {self.stream(session_id): f"{after}-1"}, block=block_ms, count=512
-        )
+        try:
+            found: Any = await readers.xread(
+                {self.stream(session_id): f"{after}-1"}, block=block_ms, count=512
+            )
+        except Exception as exc:
+            # Typed, so a fan-out reading it ends its streams and clients reconnect.
+            raise ClusterError(f"redis: cannot read events: {exc}") from None
         out: list[Event] = []
         for _, entries in found or []:
             out.extend(_event(entry_id, fields) for entry_id, fields in entries)

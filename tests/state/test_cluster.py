@@ -22,7 +22,7 @@ import pytest
 from engine import Engine, EngineConfig, SessionBusy
 from engine.cli._procs import serve_process
 from engine.events import TurnStarted
-from engine.state import Cluster, ClusterBus
+from engine.state import Cluster, ClusterBus, ClusterError
 from sessions import PostgresStore
 from tests.conftest import ENV_VARS, EmulatorFactory, pg_database
 from tests.conftest import REDIS_URL as REDIS
@@ -377,3 +377,19 @@ async def test_rate_and_shared_allowance(prefix: str) -> None:
         assert await a.halve("m", 8, hold=0.1) == 1
         await asyncio.sleep(0.2)
         assert await a.allowance("m", 8) == 8  # back to the cap once it is quiet
+
+
+async def test_a_read_from_a_redis_that_went_away_is_a_cluster_error(prefix: str) -> None:
+    """Reading a session's events from an unreachable Redis raises ClusterError (which a
+    fan-out treats as its end: its streams close and their clients reconnect)."""
+    from redis.asyncio import Redis
+
+    async with Cluster(REDIS, prefix=prefix) as node:
+        gone = Redis.from_url("redis://127.0.0.1:1/15", socket_connect_timeout=1.0)
+        working, node._readers = node._readers, gone
+        try:
+            with pytest.raises(ClusterError, match="cannot read events"):
+                await node.read("s1", 0, block_ms=10)
+        finally:
+            node._readers = working
+            await gone.aclose()
