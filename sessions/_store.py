@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -112,29 +112,26 @@ class MemoryBlobStore(BlobStore):
         return sum(len(b) for b in self._blobs.values())
 
 
-Digests = Mapping[int, tuple[bytes, str]]
-"""id() of payloads the caller already hashed -> (the payload itself, its sha256).
-
-Holding the payload keeps its id from being reused by another object, and lookups check identity,
-so a digest can never be attached to other bytes."""
-
-
-def _known(digests: Digests | None, raw: bytes) -> str | None:
-    entry = digests.get(id(raw)) if digests else None
-    return entry[1] if entry is not None and entry[0] is raw else None
+Digests = Sequence[tuple[bytes, str]]
+"""Payloads the caller already hashed, (the payload, its sha256), in the order of the Content's
+inline parts. A digest is used only for the very bytes object it was made for (checked by
+identity, never looked up by id()), so it can never be attached to other bytes."""
 
 
-def intern_content(content: Content, blobs: BlobStore, digests: Digests | None = None) -> Content:
+def intern_content(content: Content, blobs: BlobStore, digests: Digests = ()) -> Content:
     """The same Content with every inline payload replaced by the blob store's canonical bytes.
 
     `digests` holds the payloads the caller already hashed (see `Digests`).
     """
     parts: list[Part] = []
     changed = False
+    known = iter(digests)
     for p in content.parts:
         if p.inline_data is not None:
             raw = p.inline_data.data
-            _, data = blobs.intern(raw, _known(digests, raw))
+            entry = next(known, None)
+            digest = entry[1] if entry is not None and entry[0] is raw else None
+            _, data = blobs.intern(raw, digest)
             if data is not raw:
                 changed = True
                 blob = msgspec.structs.replace(p.inline_data, data=data)
@@ -145,10 +142,11 @@ def intern_content(content: Content, blobs: BlobStore, digests: Digests | None =
     return Content(role=content.role, parts=parts) if changed else content
 
 
-def intern_turn(turn: TurnRecord, blobs: BlobStore, digests: Digests | None = None) -> TurnRecord:
-    """The turn with its user and model Contents interned (the same object if they were)."""
-    user = intern_content(turn.user, blobs, digests)
-    model = intern_content(turn.model, blobs, digests)
+def intern_turn(turn: TurnRecord, blobs: BlobStore, model_digests: Digests = ()) -> TurnRecord:
+    """The turn with its user and model Contents interned (the same object if they were);
+    `model_digests` are the model Content's payloads already hashed, in part order."""
+    user = intern_content(turn.user, blobs)
+    model = intern_content(turn.model, blobs, model_digests)
     if user is turn.user and model is turn.model:
         return turn
     return msgspec.structs.replace(turn, user=user, model=model)

@@ -333,9 +333,9 @@ class TurnRun:
             return self.engine.ledger.reserved_for(self.ctx.id)
         return await cluster.reserved(f"session:{self.ctx.id}")
 
-    async def _send(self, body: RequestBody) -> tuple[ProviderResult, dict[int, Image]]:
+    async def _send(self, body: RequestBody) -> tuple[ProviderResult, list[Image]]:
         """Send `body`, retrying what the policy says may be retried; the answer and its images
-        as their events described them (hashed once), by id() of their bytes."""
+        as their events described them (hashed once), in the order of its inline parts."""
         engine, ctx = self.engine, self.ctx
         policy = engine.config.retry
         images_only = self.settings.response_modalities == ["IMAGE"]
@@ -345,7 +345,7 @@ class TurnRun:
             attempt = self.attempts
             # Fresh per attempt: a failed attempt's images must not lend their digests to the
             # next attempt's bytes.
-            images: dict[int, Image] = {}
+            images: list[Image] = []
             on_delta = self._delta_publisher(attempt, images)
             status: int | None = None
             try:
@@ -386,7 +386,7 @@ class TurnRun:
                 )
                 await asyncio.sleep(delay)
 
-    def _delta_publisher(self, attempt: int, images: dict[int, Image]) -> OnDelta:
+    def _delta_publisher(self, attempt: int, images: list[Image]) -> OnDelta:
         sid, index = self.ctx.id, self.index
 
         async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
@@ -413,7 +413,7 @@ class TurnRun:
                 )
             elif delta.part.inline_data is not None:
                 image = Image.from_blob(delta.part.inline_data)
-                images[id(image.data)] = image
+                images.append(image)  # the answer's inline parts come in this order
                 await self._publish(
                     TurnImage(
                         session_id=sid,
@@ -435,7 +435,7 @@ class TurnRun:
             elif part.text:
                 await on_delta(TextDelta(part.text, bool(part.thought)))
 
-    async def _commit(self, plan: Plan, result: ProviderResult, images: dict[int, Image]) -> Turn:
+    async def _commit(self, plan: Plan, result: ProviderResult, images: list[Image]) -> Turn:
         """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""
         engine, ctx, state = self.engine, self.ctx, self.state
         spec = ctx.spec
@@ -469,7 +469,7 @@ class TurnRun:
                 metadata=_api_metadata(_turn_metadata(result), self.provider.api),
             ),
             engine.store.blobs,
-            {key: (image.data, image.sha256) for key, image in images.items()},
+            [(image.data, image.sha256) for image in images],
         )
         # Fenced: only while this engine still holds the session's lease.
         rec = await engine.store.commit_turn(

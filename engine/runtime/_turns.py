@@ -10,7 +10,7 @@ import hashlib
 import io
 import mimetypes
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,13 +93,20 @@ class Turn:
         cls,
         record: TurnRecord,
         blobs: BlobStore | None = None,
-        known: Mapping[int, Image] | None = None,
+        known: Sequence[Image] = (),
     ) -> Turn:
         """Wrap a stored turn; `blobs` knows the digests of interned images, `known` holds
-        Images already made for some of its bytes (by their id(), see TurnRun)."""
+        Images already made for the model Content's inline parts, in part order (see TurnRun):
+        one is taken only for the very bytes object it was made from."""
         images = []
-        for b in record.model.images():
-            image = known.get(id(b.data)) if known else None
+        described = iter(known)
+        for part in record.model.parts:
+            b = part.inline_data
+            if b is None:
+                continue
+            image = next(described, None)
+            if part.thought:
+                continue
             if image is None or image.data is not b.data:
                 image = Image.from_blob(b, blobs.digest(b.data) if blobs else None)
             images.append(image)

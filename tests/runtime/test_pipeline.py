@@ -340,8 +340,36 @@ def test_a_turn_reuses_the_images_its_events_described_only_for_the_same_bytes()
         model_id="nano-banana-2",
     )
     described = Image.from_blob(blob)
-    assert Turn.from_record(record, None, {id(data): described}).images[0] is described
+    assert Turn.from_record(record, None, [described]).images[0] is described
     copy = Image.from_blob(Blob(mime_type="image/png", data=bytes(bytearray(data))))
-    rebuilt = Turn.from_record(record, None, {id(data): copy}).images[0]
+    rebuilt = Turn.from_record(record, None, [copy]).images[0]
     assert rebuilt is not copy and rebuilt.data is data
     assert rebuilt.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_described_images_are_matched_by_position_thought_images_included() -> None:
+    """The Images a turn's events described line up with the model Content's inline parts in
+    order (a thought image included, then left out of turn.images): no lookup by id()."""
+    from engine.runtime import Image, Turn
+
+    thought = Blob(mime_type="image/png", data=b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
+    answer = Blob(mime_type="image/png", data=b"\x89PNG\r\n\x1a\n" + b"\x02" * 32)
+    record = TurnRecord(
+        id="t1",
+        parent=None,
+        index=1,
+        user=Content(role="user", parts=[Part(text="a mug")]),
+        model=Content(
+            role="model",
+            parts=[
+                Part(text="thinking", thought=True),
+                Part(inline_data=thought, thought=True),
+                Part(text="here"),
+                Part(inline_data=answer),
+            ],
+        ),
+        model_id="nano-banana-2",
+    )
+    described = [Image.from_blob(thought), Image.from_blob(answer)]
+    assert Turn.from_record(record, None, described).images == [described[1]]
+    assert Turn.from_record(record, None, described).images[0] is described[1]
