@@ -684,6 +684,13 @@ class CostLedger:
             totals.image += breakdown.image_usd
             totals.thinking += breakdown.thinking_usd
 
+    def record(self, session_id: str, breakdown: CostBreakdown) -> None:
+        """Count spending whose reservation lived elsewhere (a cluster's, in Redis)."""
+        for totals in (self._engine, self._session(session_id)):
+            totals.text += breakdown.text_usd
+            totals.image += breakdown.image_usd
+            totals.thinking += breakdown.thinking_usd
+
     def release(self, reservation: Reservation) -> None:
         """Give the reservation back (the call failed); a no-op once settled or released."""
         if reservation.state != "open":

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import anyio.lowlevel
@@ -36,6 +36,7 @@ from engine.runtime._batch import Batches, BatchItem, BatchResult, Progress
 from engine.runtime._history_files import HistoryFiles
 from engine.runtime._lease import Lease, new_owner
 from engine.runtime._session import Session, TurnStream
+from engine.runtime._shared import ClusterShared, LocalShared, Shared
 from engine.runtime._turns import Image, Turn, build_user_content, sniff_mime
 from engine.state import Cluster, ClusterBus, EventBus
 from engine.wire import Transport
@@ -102,6 +103,8 @@ class Engine:
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._files: HistoryFiles | None = None
         self.cluster: Cluster | None = None
+        # Picked once, at start: this process alone, or every node through Redis.
+        self.shared: Shared = LocalShared(self.limiter, self.ledger)
         self.batches = Batches(self)  # Batch API jobs (Gemini-native providers)
         self._warned_models: set[str] = set()
         self._closed = False
@@ -137,6 +140,7 @@ class Engine:
             self._stack.push_async_callback(cluster.aclose)
             self.cluster = cluster
             self.bus = ClusterBus(cluster)
+            self.shared = ClusterShared(self.limiter, self.ledger, cluster, cfg)
             # Other nodes take this engine's leases over within seconds of its heartbeat
             # stopping (a dead machine), instead of waiting out the lease TTL.
             await cluster.register(self.lease_owner)
@@ -269,23 +273,8 @@ class Engine:
 
     def request_slot(self, model: str) -> AbstractAsyncContextManager[SlotHandle]:
         """The slot an upstream request holds: the engine's limiter's, and in a cluster also one
-        of the cluster-wide `max_in_flight`."""
-        if self.cluster is None:
-            return self.limiter.slot(model)
-        return self._cluster_slot(model)
-
-    @asynccontextmanager
-    async def _cluster_slot(self, model: str) -> AsyncIterator[SlotHandle]:
-        cluster, cfg = self.cluster, self.config
-        assert cluster is not None
-        async with (
-            cluster.slot(cfg.max_in_flight, model=model, per_minute=cfg.requests_per_minute),
-            self.limiter.slot(model) as slot,
-        ):
-            yield slot
-        if slot.status in (429, 503):
-            # What one node learns, every node obeys: the allowance is shared.
-            await cluster.halve(model, cfg.max_in_flight)
+        of the cluster-wide `max_in_flight` (see `shared`)."""
+        return self.shared.slot(model)
 
     def check_open(self) -> None:
         """Raise Closed unless the engine has started and is not closed."""
@@ -417,7 +406,7 @@ class Engine:
             ttl=cfg.lease_ttl,
             on_busy=cfg.on_busy,
             wait=cfg.lease_wait,
-            gone=self.cluster.node_gone if self.cluster is not None else None,
+            gone=self.shared.node_gone,
         )
 
     def _track(self, task: asyncio.Task[Any]) -> None:

@@ -31,7 +31,6 @@ from engine.events import (
 )
 from engine.policy import RequestPlan as Plan
 from engine.policy import (
-    Reservation,
     exceeded_event,
     plan_request,
     request_framing,
@@ -51,7 +50,8 @@ if TYPE_CHECKING:
     from engine.policy import Budget, CostLedger, SlotHandle
     from engine.providers import Provider
     from engine.runtime._history_files import HistoryFiles
-    from engine.state import Cluster, EventBus
+    from engine.runtime._shared import Hold, Shared
+    from engine.state import EventBus
     from sessions import ModelSpec, SessionStore
 
 __all__ = ["Framing", "Gate", "TurnContext", "TurnHost", "TurnRun"]
@@ -72,7 +72,7 @@ class TurnHost(Protocol):
     @property
     def ledger(self) -> CostLedger: ...
     @property
-    def cluster(self) -> Cluster | None: ...
+    def shared(self) -> Shared: ...
     @property
     def store(self) -> SessionStore: ...
     @property
@@ -137,8 +137,7 @@ class TurnRun:
         # The turn once it is stored: from then on nothing (no cancellation) can undo it.
         self.committed: Turn | None = None
         self._uploaded_again = False
-        self.reservation: Reservation | None = None
-        self.cluster_reservation: str | None = None
+        self.hold: Hold | None = None  # the money set aside for the call
         self.image_size: str | None = (self.settings.image_config or {}).get("imageSize")
         self._log = ctx.log
         # Set when the session's history images go by reference (the Files API).
@@ -164,13 +163,11 @@ class TurnRun:
             )
             plan = await self._plan()
             body = self._encode(plan)
-            self.reservation = self.engine.ledger.reserve(plan.reserved_usd, session_id=sid)
-            cluster = self.engine.cluster
-            if cluster is not None:
-                # Every node sees this call's money set aside (it lapses if this node dies).
-                self.cluster_reservation = await cluster.reserve(
-                    self.spend_scopes, plan.reserved_usd, self.reservation_ttl
-                )
+            # Set aside once, where every engine that shares this session's budget sees it (it
+            # lapses if this node dies).
+            self.hold = await self.engine.shared.reserve(
+                sid, self.settings.owner, plan.reserved_usd, self.reservation_ttl
+            )
             try:
                 result, images = await self._send(body)
             except ApiError as exc:
@@ -193,16 +190,9 @@ class TurnRun:
             await finish(self._failed(error))
             raise error from exc
         finally:
-            if self.reservation is not None:
-                self.engine.ledger.release(self.reservation)
-                self.reservation = None
-            if self.cluster_reservation is not None:
-                await finish(self._release_cluster_reservation())
-
-    @property
-    def spend_scopes(self) -> list[str]:
-        """What this turn's money counts under in a cluster: its session, its tenant."""
-        return [f"session:{self.ctx.id}", f"tenant:{self.settings.owner}"]
+            hold, self.hold = self.hold, None
+            if hold is not None and hold.open:
+                await finish(self.engine.shared.release(hold))
 
     @property
     def reservation_ttl(self) -> float:
@@ -210,15 +200,6 @@ class TurnRun:
         could take with every retry."""
         cfg = self.engine.config
         return cfg.timeouts.total * cfg.retry.max_attempts + cfg.retry.max_delay + 60.0
-
-    async def _release_cluster_reservation(self) -> None:
-        rid, self.cluster_reservation = self.cluster_reservation, None
-        cluster = self.engine.cluster
-        if rid is not None and cluster is not None:
-            try:
-                await cluster.release(rid, self.spend_scopes)
-            except NanoeditError as exc:  # it lapses after its TTL anyway
-                self._log.warning("turn.release_failed", error=str(exc))
 
     def _encode(self, plan: Plan) -> RequestBody:
         contents = plan.contents
@@ -328,10 +309,7 @@ class TurnRun:
     async def _reserved_elsewhere(self) -> float:
         """Money set aside for this session's calls in flight: this engine's, or in a cluster
         every node's."""
-        cluster = self.engine.cluster
-        if cluster is None:
-            return self.engine.ledger.reserved_for(self.ctx.id)
-        return await cluster.reserved(f"session:{self.ctx.id}")
+        return await self.engine.shared.reserved_for(self.ctx.id)
 
     async def _send(self, body: RequestBody) -> tuple[ProviderResult, list[Image]]:
         """Send `body`, retrying what the policy says may be retried; the answer and its images
@@ -442,11 +420,9 @@ class TurnRun:
         breakdown = settle_cost(
             spec, self.provider.name, result.usage, self.image_size, len(result.content.images())
         )
-        assert self.reservation is not None
-        engine.ledger.settle(self.reservation, breakdown)
-        self.reservation = None
-        if engine.cluster is not None:
-            await engine.cluster.add_spent(f"tenant:{self.settings.owner}", breakdown.total_usd)
+        hold, self.hold = self.hold, None
+        assert hold is not None
+        await engine.shared.settle(hold, breakdown)
         record = intern_turn(
             TurnRecord(
                 id=new_id(),

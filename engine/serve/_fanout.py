@@ -89,6 +89,10 @@ class SessionFanout:
     def __len__(self) -> int:
         return len(self._clients)
 
+    async def begin(self) -> None:
+        """Start delivering, from where the events' source stands now (a no-op for a fan-out
+        that started when it was made)."""
+
     def start(self, delivered: int) -> None:
         """Begin delivering events after seq `delivered`."""
         self.delivered = delivered
@@ -240,6 +244,10 @@ class ClusterFanout(SessionFanout):
     def __init__(self, cluster: Cluster, session_id: str, on_empty: Callable[[], None]) -> None:
         super().__init__(session_id, on_empty)
         self._cluster = cluster
+
+    async def begin(self) -> None:
+        """Start after the session's last seq across the cluster (Redis answers first)."""
+        self.start(await self._cluster.last_seq(self.session_id))
 
     async def _bursts(self) -> AsyncIterator[list[Event]]:
         while True:

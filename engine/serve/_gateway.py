@@ -26,6 +26,7 @@ from engine.serve._fanout import ClusterFanout, LocalFanout, SessionFanout
 from engine.serve._http import HttpError
 from engine.serve._metrics import Metrics
 from engine.serve._tenants import RateWindow, Tenants
+from engine.state import Cluster
 from sessions import NanoeditError, SessionNotFound, TurnRecord
 
 __all__ = ["GATEWAY", "OPENAPI", "Gateway", "ServeOptions", "not_found"]
@@ -77,6 +78,14 @@ class Gateway:
         self._turns: dict[str, asyncio.Task[Turn]] = {}
         self._rates: dict[str, RateWindow] = {}
         self._fanouts: dict[str, SessionFanout] = {}
+        # Where a session's events come from, picked once: this node's bus, or the session's
+        # Redis stream (every node's).
+        cluster = engine.cluster
+        self._new_fanout: Callable[[str], SessionFanout] = (
+            self._local_fanout
+            if cluster is None
+            else functools.partial(self._cluster_fanout, cluster)
+        )
 
     # --- sessions in use ---------------------------------------------------------------------
 
@@ -143,10 +152,7 @@ class Gateway:
             pass
         except (NanoeditError, OSError, TimeoutError):
             store_ok = False
-        cluster = self.engine.cluster
-        if cluster is None:
-            return store_ok, None
-        return store_ok, await cluster.ping()
+        return store_ok, await self.engine.shared.ping()
 
     # --- tenants -------------------------------------------------------------------------------
 
@@ -166,11 +172,9 @@ class Gateway:
                     429, "RateLimited", "this key's turn rate is used up", retry_after=wait
                 )
         if options.tenant_max_cost_usd > 0:
+            # Settled money from the store, and what calls in flight set aside (every node's).
             spent = (await self.engine.store.tenant_usage(tenant)).spent_usd
-            cluster = self.engine.cluster
-            if cluster is not None:
-                # What every node's calls in flight set aside (settled money is in the store).
-                spent += await cluster.reserved(f"tenant:{tenant}")
+            spent += await self.engine.shared.reserved_for_tenant(tenant)
             if spent >= options.tenant_max_cost_usd:
                 raise HttpError(
                     402,
@@ -231,21 +235,23 @@ class Gateway:
         this node's bus, or in a cluster from the session's Redis stream (every node's)."""
         fanout = self._fanouts.get(session_id)
         if fanout is None:
-            cluster = self.engine.cluster
-            on_empty = functools.partial(self._fanout_empty, session_id)
-            if cluster is None:
-                fanout = LocalFanout(self.engine.bus, session_id, on_empty)
-                self._fanouts[session_id] = fanout
-            else:
-                fanout = ClusterFanout(cluster, session_id, on_empty)
-                self._fanouts[session_id] = fanout  # before the await: one per session
-                try:
-                    fanout.start(await cluster.last_seq(session_id))
-                except BaseException:
-                    self._fanouts.pop(session_id, None)
-                    raise
+            fanout = self._new_fanout(session_id)
+            self._fanouts[session_id] = fanout  # before any await: one per session
+            try:
+                await fanout.begin()
+            except BaseException:
+                self._fanouts.pop(session_id, None)
+                raise
         await fanout.ready.wait()
         return fanout
+
+    def _local_fanout(self, session_id: str) -> SessionFanout:
+        on_empty = functools.partial(self._fanout_empty, session_id)
+        return LocalFanout(self.engine.bus, session_id, on_empty)
+
+    def _cluster_fanout(self, cluster: Cluster, session_id: str) -> SessionFanout:
+        on_empty = functools.partial(self._fanout_empty, session_id)
+        return ClusterFanout(cluster, session_id, on_empty)
 
     def _fanout_empty(self, session_id: str) -> None:
         fanout = self._fanouts.get(session_id)

@@ -23,7 +23,7 @@ from engine import Engine, EngineConfig, SessionBusy
 from engine.cli._procs import serve_process
 from engine.events import TurnStarted
 from engine.state import Cluster, ClusterBus, ClusterError
-from sessions import PostgresStore
+from sessions import MemoryStore, PostgresStore
 from tests.conftest import ENV_VARS, EmulatorFactory, pg_database
 from tests.conftest import REDIS_URL as REDIS
 
@@ -393,3 +393,29 @@ async def test_a_read_from_a_redis_that_went_away_is_a_cluster_error(prefix: str
         finally:
             node._readers = working
             await gone.aclose()
+
+
+async def test_in_a_cluster_money_is_set_aside_once_in_redis(
+    prefix: str, make_emulator: EmulatorFactory
+) -> None:
+    """A cluster node's turn sets its money aside in Redis only (every node sees it), not a
+    second time in the engine's ledger; settled, the ledger counts the spending and Redis
+    holds nothing more."""
+    emu = await make_emulator(latency=0.3)
+    cfg = EngineConfig(
+        provider="custom", base_url=emu.base_url, redis_url=REDIS, redis_prefix=prefix
+    )
+    async with Engine(cfg, store=MemoryStore()) as engine, Cluster(REDIS, prefix=prefix) as peer:
+        session = await engine.create_session(owner="acme")
+        task = asyncio.ensure_future(session.send("a mug"))
+        for _ in range(200):  # the call waits 0.3 s at the emulator, its money set aside
+            if await peer.reserved(f"session:{session.id}") > 0 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert await peer.reserved(f"session:{session.id}") > 0
+        assert await peer.reserved("tenant:acme") > 0
+        assert engine.ledger.reserved == 0  # not set aside twice
+        turn = await task
+        assert await peer.reserved(f"session:{session.id}") == 0
+        assert engine.ledger.spent_for(session.id) == pytest.approx(turn.cost_usd)
+        assert await peer.spent("tenant:acme") == pytest.approx(turn.cost_usd)
