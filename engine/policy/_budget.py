@@ -28,7 +28,6 @@ import msgspec
 
 from engine._exceptions import BudgetExceeded
 from engine._memo import Memo
-from engine.events import BudgetExceededEvent, BudgetWarning, Event, HistoryCompacted
 from sessions import (
     Blob,
     Budget,
@@ -44,16 +43,20 @@ from sessions import (
 
 __all__ = [
     "Budget",
+    "Compaction",
     "CostBreakdown",
     "CostLedger",
+    "Decision",
+    "NearLimit",
+    "Overflow",
     "Policy",
     "RequestPlan",
     "Reservation",
     "content_tokens",
     "estimate_cost",
-    "exceeded_event",
     "history_tokens",
     "image_dimensions",
+    "overflow_of",
     "plan_request",
     "rebase_content",
     "reply_tokens",
@@ -275,11 +278,41 @@ def request_framing(encode_size: Callable[[list[Content]], int]) -> tuple[int, i
 # --- planning --------------------------------------------------------------------------------
 
 
+class Overflow(msgspec.Struct, frozen=True, kw_only=True):
+    """The next request did not fit under `limit`; `policy` says what was done about it."""
+
+    limit: str
+    needed: float
+    allowed: float
+    policy: str
+
+
+class Compaction(msgspec.Struct, frozen=True, kw_only=True):
+    """The request carries fewer turns than the history holds (stored history untouched)."""
+
+    policy: str
+    dropped_turns: list[int]
+    kept_turns: list[int]
+
+
+class NearLimit(msgspec.Struct, frozen=True, kw_only=True):
+    """A limit is `warn_at` used or more."""
+
+    limit: str
+    used: float
+    allowed: float
+
+
+Decision = Overflow | Compaction | NearLimit
+"""What the budget decided about a request, as plain data: the runtime publishes each one as
+its event (`budget.exceeded`, `history.compacted`, `budget.warning`) for the session and turn."""
+
+
 class RequestPlan(msgspec.Struct, kw_only=True):
     """What the next request carries and what it is expected to take.
 
     `carried`: indices of the turns carried (None: all of them; [] after a rebase). `decisions`:
-    budget events for the caller to fill in (session_id, turn) and publish, in order.
+    what the budget decided, in order, for the caller to publish.
     """
 
     contents: list[Content]
@@ -288,7 +321,7 @@ class RequestPlan(msgspec.Struct, kw_only=True):
     tokens: int
     request_bytes: int
     reserved_usd: float
-    decisions: list[Event]
+    decisions: list[Decision]
 
 
 def _latest_image(turns: Sequence[TurnRecord]) -> Blob | None:
@@ -340,15 +373,9 @@ def _exceeded(limit: str, needed: float, allowed: float, why: str) -> BudgetExce
     )
 
 
-def exceeded_event(error: BudgetExceeded, policy: str) -> BudgetExceededEvent:
-    """The `budget.exceeded` event for a raised BudgetExceeded (session_id left for the caller)."""
-    return BudgetExceededEvent(
-        session_id="",
-        limit=error.limit,
-        needed=error.needed,
-        allowed=error.allowed,
-        policy=policy,
-    )
+def overflow_of(error: BudgetExceeded, policy: str) -> Overflow:
+    """The decision a raised BudgetExceeded stands for (the caller publishes it)."""
+    return Overflow(limit=error.limit, needed=error.needed, allowed=error.allowed, policy=policy)
 
 
 def _same(content: Content) -> Content:
@@ -390,7 +417,7 @@ def plan_request(
     token_limit = budget.max_context_tokens or spec.context_window
     byte_limit = budget.max_request_bytes or engine_max_request_bytes
     policy = budget.policy
-    decisions: list[Event] = []
+    decisions: list[Decision] = []
 
     draft_tokens = content_tokens(draft, spec)
     sizer = _Sizer(encode_size, content_size, framing)
@@ -410,11 +437,7 @@ def plan_request(
         limit, needed, allowed = hit
         if policy == "reject" or not turns:
             raise _exceeded(limit, needed, allowed, f"policy {policy}")
-        decisions.append(
-            BudgetExceededEvent(
-                session_id="", limit=limit, needed=needed, allowed=allowed, policy=policy
-            )
-        )
+        decisions.append(Overflow(limit=limit, needed=needed, allowed=allowed, policy=policy))
         if policy == "drop_oldest":
             costs = turn_tokens(turns, spec)
             # A turn adds its two Contents and the separators after them; dropping it takes
@@ -443,8 +466,7 @@ def plan_request(
             carried = [t.index for t in kept]
             tokens, nbytes = keep_tokens, keep_bytes
             decisions.append(
-                HistoryCompacted(
-                    session_id="",
+                Compaction(
                     policy=policy,
                     dropped_turns=[t.index for t in turns[:drop]],
                     kept_turns=list(carried),
@@ -461,8 +483,7 @@ def plan_request(
             if again is not None:
                 raise _exceeded(*again, "even rebased on the latest image")
             decisions.append(
-                HistoryCompacted(
-                    session_id="",
+                Compaction(
                     policy=policy,
                     dropped_turns=[t.index for t in turns],
                     kept_turns=[],
@@ -481,7 +502,7 @@ def plan_request(
         (COST_USD, spent_usd + reserved, cap),
     ):
         if of > 0 and used >= warn * of:
-            decisions.append(BudgetWarning(session_id="", limit=name, used=used, allowed=of))
+            decisions.append(NearLimit(limit=name, used=used, allowed=of))
 
     return RequestPlan(
         contents=contents,

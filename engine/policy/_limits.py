@@ -18,9 +18,9 @@ Adaptive allowance (AIMD). A 429 or 503 reported on a slot halves its model's al
 `min_in_flight`), once per congestion window: every halving starts a new window, and congestion
 reported by requests granted before it (they were sent under the old allowance) is ignored. So a
 burst of 20 concurrent 429s halves once, not 20 times. Every `recover_after` successes add 1, up
-to `max_in_flight`. Each change is reported as a `LimitsChanged` event (engine-wide: its
-`session_id` is ``"*"``) to `on_change`, in order; async callbacks are awaited when a slot is
-released.
+to `max_in_flight`. Each change is reported as an `AllowanceChange` (plain data; the engine
+publishes it as the engine-wide `limits.changed` event) to `on_change`, in order; async
+callbacks are awaited when a slot is released.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
@@ -38,13 +39,23 @@ import anyio
 
 from engine._exceptions import Closed
 from engine._logs import Logger
-from engine.events import ENGINE_WIDE, LimitsChanged
 
-__all__ = ["Limiter", "SlotHandle"]
+__all__ = ["AllowanceChange", "Limiter", "SlotHandle"]
 
 _CONGESTION: Final = frozenset({429, 503})
 
-OnChange = Callable[[LimitsChanged], Awaitable[None] | None]
+
+@dataclass(frozen=True, slots=True)
+class AllowanceChange:
+    """The allowed in-flight count of a model changed (plain data: the engine publishes it as
+    the engine-wide `limits.changed` event)."""
+
+    model: str
+    allowed_in_flight: int
+    reason: str
+
+
+OnChange = Callable[[AllowanceChange], Awaitable[None] | None]
 
 _log = Logger("nanoedit.limits")
 
@@ -203,7 +214,7 @@ class Limiter:
         self._fifo: deque[_Waiter] = deque()
         self._total = 0
         self._closed = False
-        self._changes: deque[LimitsChanged] = deque()
+        self._changes: deque[AllowanceChange] = deque()
         self._notifying = False
 
     # -- public state -------------------------------------------------------------------------
@@ -373,11 +384,7 @@ class Limiter:
 
     def _changed(self, model: str, allowed: int, reason: str) -> None:
         _log.info("limits.changed", model=model, allowed_in_flight=allowed, reason=reason)
-        self._changes.append(
-            LimitsChanged(
-                session_id=ENGINE_WIDE, model=model, allowed_in_flight=allowed, reason=reason
-            )
-        )
+        self._changes.append(AllowanceChange(model, allowed, reason))
 
     async def _notify(self) -> None:
         # One notifier at a time, so that on_change sees changes in the order they happened.

@@ -20,11 +20,12 @@ from engine._config import FILES_PRESETS, EngineConfig, HistoryImages
 from engine._exceptions import Closed, ConfigError, SessionBusy
 from engine._logs import Logger
 from engine.events import (
-    Event,
+    ENGINE_WIDE,
+    LimitsChanged,
     SessionCreated,
     SessionResumed,
 )
-from engine.policy import Budget, CostLedger, Limiter, SlotHandle
+from engine.policy import AllowanceChange, Budget, CostLedger, Limiter, SlotHandle
 from engine.providers import (
     FilesAndBatches,
     GeminiProvider,
@@ -89,7 +90,7 @@ class Engine:
         self.limiter = Limiter(
             self.config.max_in_flight,
             self.config.requests_per_minute,
-            on_change=self._publish_engine_event,
+            on_change=self._publish_limits,
         )
         self.ledger = CostLedger()
         self.close_deadline = close_deadline
@@ -283,8 +284,15 @@ class Engine:
         if not self._started:
             raise Closed("engine not started: use `async with Engine(...)`")
 
-    async def _publish_engine_event(self, event: Event) -> None:
-        await self.bus.publish(event)
+    async def _publish_limits(self, change: AllowanceChange) -> None:
+        await self.bus.publish(
+            LimitsChanged(
+                session_id=ENGINE_WIDE,
+                model=change.model,
+                allowed_in_flight=change.allowed_in_flight,
+                reason=change.reason,
+            )
+        )
 
     # --- sessions --------------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine._exceptions import ApiError, BudgetExceeded, NanoeditError, TransportError
 from engine.events import (
+    BudgetExceededEvent,
+    BudgetWarning,
     Event,
+    HistoryCompacted,
     TurnCancelled,
     TurnCompleted,
     TurnFailed,
@@ -29,15 +32,18 @@ from engine.events import (
     TurnStarted,
     TurnTextDelta,
 )
-from engine.policy import RequestPlan as Plan
 from engine.policy import (
-    exceeded_event,
+    Compaction,
+    Decision,
+    Overflow,
+    overflow_of,
     plan_request,
     request_framing,
     retry_delay,
     settle_cost,
     should_retry,
 )
+from engine.policy import RequestPlan as Plan
 from engine.providers import GenerateRequest, OnDelta, ProviderResult
 from engine.runtime._history_files import missing_file_names
 from engine.runtime._shield import finish
@@ -296,15 +302,39 @@ class TurnRun:
                 spent_usd=spent + await self._reserved_elsewhere(),
             )
         except BudgetExceeded as exc:
-            event = exceeded_event(exc, ctx.budget.policy)
-            event.session_id, event.turn = ctx.id, self.index
-            await self._publish(event)
+            await self._publish(self._decided(overflow_of(exc, ctx.budget.policy)))
             raise
         for decision in plan.decisions:
-            decision.session_id = ctx.id
-            decision.turn = self.index
-            await self._publish(decision)
+            await self._publish(self._decided(decision))
         return plan
+
+    def _decided(self, decision: Decision) -> Event:
+        """A budget decision as the event this session's subscribers get for this turn."""
+        sid, turn = self.ctx.id, self.index
+        if isinstance(decision, Overflow):
+            return BudgetExceededEvent(
+                session_id=sid,
+                turn=turn,
+                limit=decision.limit,
+                needed=decision.needed,
+                allowed=decision.allowed,
+                policy=decision.policy,
+            )
+        if isinstance(decision, Compaction):
+            return HistoryCompacted(
+                session_id=sid,
+                turn=turn,
+                policy=decision.policy,
+                dropped_turns=decision.dropped_turns,
+                kept_turns=decision.kept_turns,
+            )
+        return BudgetWarning(
+            session_id=sid,
+            turn=turn,
+            limit=decision.limit,
+            used=decision.used,
+            allowed=decision.allowed,
+        )
 
     async def _reserved_elsewhere(self) -> float:
         """Money set aside for this session's calls in flight: this engine's, or in a cluster

@@ -13,17 +13,19 @@ from PIL import Image as PILImage
 from PIL import features
 
 from engine import BudgetExceeded, ConfigError
-from engine.events import BudgetExceededEvent, BudgetWarning, HistoryCompacted
 from engine.policy import (
     Budget,
+    Compaction,
     CostBreakdown,
     CostLedger,
+    NearLimit,
+    Overflow,
     RequestPlan,
     content_tokens,
     estimate_cost,
-    exceeded_event,
     history_tokens,
     image_dimensions,
+    overflow_of,
     plan_request,
     reply_tokens,
     settle_cost,
@@ -282,7 +284,7 @@ def test_reject_raises_with_needed_and_allowed() -> None:
         1000,
     )
     assert "context tokens" in str(info.value) and "1,726" in str(info.value)
-    event = exceeded_event(info.value, "reject")
+    event = overflow_of(info.value, "reject")
     assert (event.limit, event.needed, event.policy) == ("context_tokens", 1726, "reject")
 
 
@@ -295,17 +297,17 @@ def test_model_window_is_the_default_token_limit() -> None:
 
 
 def test_drop_oldest_keeps_newest_and_drops_oldest_whole_turns() -> None:
-    """drop_oldest leaves out the fewest oldest turns that make it fit; events say so."""
+    """drop_oldest leaves out the fewest oldest turns that make it fit; decisions say so."""
     result = plan(Budget(max_context_tokens=1200, policy="drop_oldest"))
     assert result.carried == [2, 3]
     assert result.contents == [TURNS[1].user, TURNS[1].model, TURNS[2].user, TURNS[2].model, DRAFT]
     assert result.tokens == 2 * 572 + 10
     exceeded, compacted, warning = result.decisions
-    assert isinstance(exceeded, BudgetExceededEvent)
+    assert isinstance(exceeded, Overflow)
     assert (exceeded.policy, exceeded.needed, exceeded.allowed) == ("drop_oldest", 1726, 1200)
-    assert isinstance(compacted, HistoryCompacted)
+    assert isinstance(compacted, Compaction)
     assert (compacted.dropped_turns, compacted.kept_turns) == ([1], [2, 3])
-    assert isinstance(warning, BudgetWarning) and warning.used == 1154
+    assert isinstance(warning, NearLimit) and warning.used == 1154
 
 
 def test_drop_oldest_refuses_when_newest_turn_and_draft_do_not_fit() -> None:
@@ -328,7 +330,7 @@ def test_rebase_sends_latest_image_and_draft_as_one_user_content() -> None:
     assert result.tokens == 560 + 10
     assert result.request_bytes == encoded_size(result.contents)
     compacted = result.decisions[1]
-    assert isinstance(compacted, HistoryCompacted)
+    assert isinstance(compacted, Compaction)
     assert (compacted.policy, compacted.dropped_turns, compacted.kept_turns) == (
         "rebase",
         [1, 2, 3],
@@ -350,7 +352,7 @@ def test_rebase_falls_back_to_the_newest_user_image() -> None:
 def test_warning_at_eighty_percent_of_the_token_limit() -> None:
     """budget.warning at warn_at of a limit, not below it."""
     at = plan(Budget(max_context_tokens=2000))
-    assert [(d.limit, d.used, d.allowed) for d in at.decisions if isinstance(d, BudgetWarning)] == [
+    assert [(d.limit, d.used, d.allowed) for d in at.decisions if isinstance(d, NearLimit)] == [
         ("context_tokens", 1726, 2000)
     ]
     below = plan(Budget(max_context_tokens=2200))
@@ -407,7 +409,7 @@ def test_money_limit_applies_whatever_the_policy() -> None:
     assert info.value.needed == pytest.approx(0.9 + expected)
     warned = plan(Budget(max_cost_usd=1.0), spent=0.7)
     assert warned.reserved_usd == pytest.approx(expected)
-    assert [d.limit for d in warned.decisions if isinstance(d, BudgetWarning)] == ["cost_usd"]
+    assert [d.limit for d in warned.decisions if isinstance(d, NearLimit)] == ["cost_usd"]
 
 
 def test_no_history_and_too_big_draft_raises_for_every_policy() -> None:
