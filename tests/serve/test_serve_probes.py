@@ -310,3 +310,21 @@ async def test_healthz_is_503_while_the_store_is_down(gate: Any) -> None:
     g = await gate(DownStore())
     status, health, _ = await g.call("GET", "/healthz")
     assert status == 503 and health["store"] == "down" and health["status"] == "unavailable"
+
+
+async def test_events_answer_503_when_their_source_cannot_start(gate: Any) -> None:
+    """/events opens the session's event source (Redis in a cluster) before answering: when it
+    cannot, the client gets 503 with Retry-After, never a 200 stream that stays silent."""
+    g = await gate()
+    sid = (await g.call("POST", "/v1/sessions", {}))[1]["id"]
+
+    class Unreachable:
+        ready = asyncio.Event()
+
+        async def begin(self) -> None:
+            raise ClusterError("redis: connection refused")
+
+    g.gateway._new_fanout = lambda session_id: Unreachable()
+    status, doc, headers = await g.call("GET", f"/v1/sessions/{sid}/events")
+    assert status == 503 and doc["error"]["type"] == "ClusterError"
+    assert "Retry-After" in headers
