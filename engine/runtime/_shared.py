@@ -159,7 +159,12 @@ class ClusterShared(Shared):
 
     async def settle(self, hold: Hold, breakdown: CostBreakdown) -> None:
         self.ledger.record(hold.session_id, breakdown)
-        await self.cluster.add_spent(f"tenant:{hold.tenant}", breakdown.total_usd)
+        try:
+            # The live cross-node counter; the store, which the commit writes next, is the
+            # record of what was spent: a paid turn is never lost to a Redis that went away.
+            await self.cluster.add_spent(f"tenant:{hold.tenant}", breakdown.total_usd)
+        except Exception as exc:
+            _log.warning("shared.spend_not_counted", error=str(exc))
         await self.release(hold)
 
     async def reserved_for(self, session_id: str) -> float:
