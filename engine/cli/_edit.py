@@ -364,7 +364,7 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
                 _check_continued_out(out, session.id, force=args.force)
             if not args.json:
                 err(f"session {session.id} ({session.model})")
-            before = len(session.contents()) // 2  # the turns the session already has
+            before = len(session.state.path())  # the turns the session already has
             for n, prompt in enumerate(prompts, start=1):
                 if not args.json:
                     err(f"turn {before + n}/{before + len(prompts)}: {prompt}")

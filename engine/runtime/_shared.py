@@ -149,13 +149,12 @@ class ClusterShared(Shared):
         return hold
 
     async def release(self, hold: Hold) -> None:
-        if hold.open and hold.remote is not None:
-            hold.open = False
+        was_open, hold.open = hold.open, False
+        if was_open and hold.remote is not None:
             try:
                 await self.cluster.release(hold.remote, hold.scopes)
             except Exception as exc:  # harmless: it lapses after its TTL anyway
                 _log.warning("shared.release_failed", error=str(exc))
-        hold.open = False
 
     async def settle(self, hold: Hold, breakdown: CostBreakdown) -> None:
         self.ledger.record(hold.session_id, breakdown)

@@ -11,7 +11,6 @@ from aiohttp import web
 
 from engine._exceptions import NanoeditError
 from engine.serve._http import HttpError, error_response, status_of
-from sessions import StoreError
 
 __all__ = ["errors"]
 
@@ -35,7 +34,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, type(exc).__name__, exc.reason, headers=kept)
     except HttpError as exc:
         return error_response(exc.status, exc.kind, exc.message, exc.retry_after)
-    except (NanoeditError, StoreError) as exc:
+    except NanoeditError as exc:  # StoreError included
         status, retry_after = status_of(exc)
         return error_response(status, type(exc).__name__, str(exc), retry_after)
     except Exception as exc:
