@@ -104,6 +104,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             job         bytea NOT NULL
         )""",
     ),
+    # Version 2: named counters that must survive everything else (the cluster's event epoch).
+    ("CREATE TABLE counters (name text PRIMARY KEY, value bigint NOT NULL)",),
 )
 PG_SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -493,6 +495,19 @@ class PostgresStore(SessionStore):
             return [r["sha256"] for r in gone]
 
         self.blobs._forget(await self._run(work))
+
+    async def next_event_epoch(self) -> int:
+        """One more epoch of event numbering, counted in the database (one atomic upsert)."""
+
+        async def work(db: asyncpg.Connection) -> int:
+            value = await db.fetchval(
+                "INSERT INTO counters (name, value) VALUES ('event_epoch', 1) "
+                "ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value"
+            )
+            return int(value)
+
+        epoch: int = await self._run(work)
+        return epoch
 
     async def check_blobs(self) -> Sequence[str]:
         """Blobs whose bytes do not hash to their digest or size, and missing blobs."""

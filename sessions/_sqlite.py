@@ -141,6 +141,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX sessions_owner ON sessions(owner, updated_at)",
     ),
+    # Version 5: named counters that must survive everything else (the cluster's event epoch).
+    ("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",),
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
@@ -588,6 +590,19 @@ class SqliteStore(SessionStore):
             self.blobs._forget(gone)
 
         await self._run(work)
+
+    async def next_event_epoch(self) -> int:
+        """One more epoch of event numbering, counted in the file."""
+
+        def work(db: sqlite3.Connection) -> int:
+            with _transaction(db, write=True):
+                row = db.execute(
+                    "INSERT INTO counters (name, value) VALUES ('event_epoch', 1) "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+                ).fetchone()
+            return int(row[0])
+
+        return await self._run(work)
 
     async def check_blobs(self) -> Sequence[str]:
         """Blobs on disk whose bytes do not hash to their digest or size, and turns that refer

@@ -234,6 +234,14 @@ class SessionStore(abc.ABC):
     async def delete(self, session_id: str) -> None:
         """Remove a session and its turns (blobs other sessions use stay)."""
 
+    @abc.abstractmethod
+    async def next_event_epoch(self) -> int:
+        """Count one more epoch of the shared event numbering (1, 2, ...) and return it.
+
+        A cluster starts an epoch whenever Redis has lost its state: seqs of epoch `e` lie above
+        every seq of the epochs before it, so numbering never goes back however the Redis
+        state went. The count lives here because the store is what survives."""
+
     async def check_blobs(self) -> Sequence[str]:
         """Problems of the stored blobs: bytes that do not hash to their sha256 (none: [])."""
         return []
@@ -311,6 +319,7 @@ class MemoryStore(SessionStore):
         self._leases: dict[str, LeaseHolder] = {}
         self._files: dict[tuple[str, str], FileRef] = {}
         self._batches: dict[str, BatchRecord] = {}
+        self._epoch = 0
 
     def _get(self, session_id: str) -> SessionState:
         try:
@@ -457,6 +466,11 @@ class MemoryStore(SessionStore):
                 break
             gone -= self._digests_of(other)
         self.blobs.discard(gone)
+
+    async def next_event_epoch(self) -> int:
+        """One more epoch of event numbering (counted in memory: gone at exit, as the rest)."""
+        self._epoch += 1
+        return self._epoch
 
     def _digests_of(self, state: SessionState) -> set[str]:
         found = set()

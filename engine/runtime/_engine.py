@@ -136,7 +136,9 @@ class Engine:
         # limiter's sleeps): ~30 ms that would otherwise land on the first turn.
         await anyio.lowlevel.checkpoint()
         if cfg.redis_url:
-            cluster = Cluster(cfg.redis_url, prefix=cfg.redis_prefix)
+            cluster = Cluster(
+                cfg.redis_url, prefix=cfg.redis_prefix, epochs=self.store.next_event_epoch
+            )
             await cluster.start()
             self._stack.push_async_callback(cluster.aclose)
             self.cluster = cluster

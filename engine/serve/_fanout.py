@@ -108,6 +108,10 @@ class SessionFanout:
         """Retained events with since < seq <= upto, and how many the window lost."""
         raise NotImplementedError
 
+    async def _numbered(self) -> int:
+        """The highest seq the events' source has numbered for the session."""
+        raise NotImplementedError
+
     async def _run(self) -> None:
         try:
             async for burst in self._bursts():
@@ -165,7 +169,11 @@ class SessionFanout:
         self._clients.append(client)
         replay: list[bytes] = []
         try:
-            if since is not None:
+            if since is not None and since > upto and since > await self._numbered():
+                # The client saw a seq its source never numbered: the numbering was lost (a
+                # process or Redis restarted without its state). What came after it is unknown.
+                replay.append(sse_bytes(EventsMissed(session_id=self.session_id, missed=1)))
+            elif since is not None:
                 missed, events = await self._replay(since, upto)
                 if missed:
                     marker = EventsMissed(session_id=self.session_id, missed=missed)
@@ -232,6 +240,9 @@ class LocalFanout(SessionFanout):
         first = window[0].seq if window else upto + 1
         return max(0, first - 1 - since), [e for e in window if e.seq > since]
 
+    async def _numbered(self) -> int:
+        return self._bus.last_seq(self.session_id)
+
     def close(self) -> None:
         """Unsubscribe, stop, let every client go."""
         self._subscription.close()
@@ -255,3 +266,6 @@ class ClusterFanout(SessionFanout):
 
     async def _replay(self, since: int, upto: int) -> tuple[int, list[Event]]:
         return await self._cluster.events_after(self.session_id, since, upto)
+
+    async def _numbered(self) -> int:
+        return await self._cluster.last_seq(self.session_id)

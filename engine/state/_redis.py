@@ -22,7 +22,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -38,19 +38,25 @@ __all__ = ["Cluster", "ClusterBus", "ClusterError"]
 
 log = Logger("nanoedit.cluster")
 
-# KEYS: seq counter, stream. ARGV: event JSON, window, floor. Returns the seq. A counter below
-# the floor (the highest seq this node has seen) was lost with Redis's state: numbering goes on
-# above the floor instead of starting again at 1.
+# KEYS: seq counter, stream, epoch. ARGV: event JSON, window, floor. Returns the seq, or -1 when
+# the epoch key is gone (Redis lost its state: the node asks the store for a new epoch and
+# retries). Seqs of epoch e start above (e - 1) * 2^32, so numbering never goes back however
+# Redis's state went; a counter below the floor (the highest seq this node has seen: a key lost
+# on its own) goes on above it too. "%.0f" prints seqs exactly (Lua numbers are doubles).
 _APPEND = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then return -1 end
 local seq = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[3])
+local floor = math.max(tonumber(ARGV[3]), (tonumber(epoch) - 1) * 4294967296)
 if seq <= floor then
   seq = floor + 1
-  redis.call('SET', KEYS[1], seq)
+  redis.call('SET', KEYS[1], string.format('%.0f', seq))
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'd', ARGV[1])
+local id = string.format('%.0f', seq) .. '-1'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'd', ARGV[1])
 return seq
 """
+EPOCH_SPAN = 2**32  # seqs one epoch of a session may use before it runs into the next
 _HIGH_WATER_SESSIONS = 100_000  # sessions whose highest seq a node remembers (most recent)
 # KEYS: slots zset. ARGV: now, expiry, member, cap. Returns 1 when the slot was taken.
 _TAKE = """
@@ -120,7 +126,10 @@ class Cluster:
         retain: int = 1024,
         slot_ttl: float = 10.0,
         max_connections: int = 64,
+        epochs: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        """`epochs` counts the epochs of event numbering durably (`SessionStore.next_event_epoch`);
+        without it this process counts them, which holds only while it runs."""
         self.url = url
         self.prefix = prefix
         self.retain = retain
@@ -140,6 +149,9 @@ class Cluster:
         # The highest seq this node has published or read, per session: the floor numbering
         # continues from if Redis restarts without its state.
         self._high: OrderedDict[str, int] = OrderedDict()
+        self._epochs = epochs or self._count_epochs
+        self._epochs_counted = 0
+        self._epoch_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Cluster:
         await self.start()
@@ -226,15 +238,48 @@ class Cluster:
 
     async def append(self, session_id: str, data: bytes) -> int:
         """Append an event (its JSON, seq not yet set) to the session's stream; its seq."""
+        keys = [self._key("seq", session_id), self._key("events", session_id), self._key("epoch")]
         try:
-            seq = await self._append(
-                keys=[self._key("seq", session_id), self._key("events", session_id)],
-                args=[data, self.retain, self._high.get(session_id, 0)],
+            seq = int(
+                await self._append(keys=keys, args=[data, self.retain, self._high_of(session_id)])
             )
+            if seq == -1:
+                await self._begin_epoch()
+                seq = int(
+                    await self._append(
+                        keys=keys, args=[data, self.retain, self._high_of(session_id)]
+                    )
+                )
+        except ClusterError:
+            raise
         except Exception as exc:
             raise ClusterError(f"redis: cannot append an event: {exc}") from None
-        self._saw(session_id, int(seq))
-        return int(seq)
+        if seq == -1:  # the new epoch's key was lost again at once
+            raise ClusterError("redis: cannot append an event: its state keeps being lost")
+        self._saw(session_id, seq)
+        return seq
+
+    async def _begin_epoch(self) -> None:
+        """Redis lost its state: number events in a new epoch, above everything before."""
+        key = self._key("epoch")
+        async with self._epoch_lock:  # one new epoch per loss, however many appends noticed it
+            if await self.redis.exists(key):
+                return
+            try:
+                epoch = await self._epochs()
+            except NanoeditError as exc:
+                raise ClusterError(f"cannot start a new event epoch: {exc}") from None
+            # Another node may have begun one first: its epoch stands (both lie above the past).
+            await self.redis.set(key, epoch, nx=True)
+            if epoch > 1:  # epoch 1 is a first start; later ones follow a loss
+                log.warning("cluster.epoch", epoch=epoch, reason="redis lost its state")
+
+    async def _count_epochs(self) -> int:
+        self._epochs_counted += 1
+        return self._epochs_counted
+
+    def _high_of(self, session_id: str) -> int:
+        return self._high.get(session_id, 0)
 
     def _saw(self, session_id: str, seq: int) -> None:
         high = self._high
@@ -263,6 +308,10 @@ class Cluster:
         )
         events = [_event(entry_id, fields) for entry_id, fields in entries]
         first = events[0].seq if events else upto + 1
+        if (first - 1) // EPOCH_SPAN > max(0, since - 1) // EPOCH_SPAN:
+            # Redis lost its state in between: what the old epoch held after `since` is gone
+            # and cannot be counted; at least one event is reported missed.
+            return max(1, (first - 1) % EPOCH_SPAN), events
         return max(0, first - 1 - since), events
 
     async def read(self, session_id: str, after: int, block_ms: int = 5000) -> list[Event]:

@@ -212,8 +212,8 @@ def _schema_of(path: Path) -> tuple[int, list[str]]:
 
 async def test_version_1_file_migrates_to_leases(tmp_path: Path) -> None:
     """A schema-1 file opens at the current version: its sessions and turns intact, leases,
-    file references and batch jobs working."""
-    assert SCHEMA_VERSION == 4
+    file references, batch jobs and counters working."""
+    assert SCHEMA_VERSION == 5
     new, old = tmp_path / "new.db", tmp_path / "old.db"
     sid = new_id()
     async with SqliteStore(new) as s:
@@ -246,8 +246,9 @@ async def test_version_1_file_migrates_to_leases(tmp_path: Path) -> None:
         assert await s.file_refs("s", ["ab", "cd"]) == {"ab": ref}
         await s.save_batch(BatchRecord(name="batches/1", scope="s", model="m", keys=["k"]))
         assert (await s.load_batch("batches/1")).keys == ["k"]
+        assert await s.next_event_epoch() == 1  # version 5's counters
     version, columns = await anyio.to_thread.run_sync(_schema_of, old)
-    assert version == 4 and {"lease_owner", "lease_until", "owner"} <= set(columns)
+    assert version == 5 and {"lease_owner", "lease_until", "owner"} <= set(columns)
 
 
 # --- the lease in the turn pipeline -------------------------------------------------------

@@ -231,6 +231,27 @@ async def test_events_reconnect_mid_turn_with_last_event_id(serve: Serve) -> Non
     assert seen[0]["event"] == "session.created" and seen[-1]["event"] == "turn.completed"
 
 
+async def test_a_last_event_id_the_server_never_numbered_is_told_it_missed_events(
+    serve: Serve,
+) -> None:
+    """A client resuming with a Last-Event-ID above anything the server numbered (the server
+    restarted and its numbering with it) first hears `events.missed`, then the live events."""
+    api = await serve()
+    sid = (await api.new_session())["id"]
+    seen: list[dict[str, Any]] = []
+    async with api.http.get(
+        f"{api.base}/v1/sessions/{sid}/events", headers=api.headers({"Last-Event-ID": "13"})
+    ) as resp:
+        turn = asyncio.ensure_future(api.turn(sid, "a mug"))
+        async for event in sse_events(resp):
+            seen.append(event)
+            if event["event"] == "turn.completed":
+                break
+    assert (await turn)[0] == 200
+    assert seen[0]["event"] == "events.missed" and seen[0]["data"]["missed"] >= 1
+    assert seen[1]["event"] == "turn.started"
+
+
 async def test_a_client_leaving_a_streamed_turn_does_not_cancel_it(serve: Serve) -> None:
     """A client leaving a streamed turn does not cancel it."""
     api = await serve(emulator={"latency": 0.4})

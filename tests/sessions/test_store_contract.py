@@ -32,6 +32,7 @@ from sessions import (
     fork,
     new_id,
 )
+from sessions._postgres import PG_SCHEMA_VERSION
 from tests.conftest import STORE_KINDS, open_store_kind
 
 
@@ -153,6 +154,11 @@ async def test_tenant_usage_and_images_by_owner(store: SessionStore) -> None:
     assert not await store.holds_image("alice", digest)
 
 
+async def test_event_epochs_count_up(store: SessionStore) -> None:
+    """Each call counts one more epoch of event numbering, from 1."""
+    assert [await store.next_event_epoch() for _ in range(3)] == [1, 2, 3]
+
+
 async def test_fork_shares_blobs_and_delete_keeps_what_others_use(store: SessionStore) -> None:
     """Fork shares blobs and delete keeps what others use."""
     sid, turns = await seed(store, 3)
@@ -240,7 +246,8 @@ async def test_file_refs_and_batches(store: SessionStore) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_migrates_once_and_refuses_a_newer_schema(pg_dsn: str) -> None:
-    """Postgres migrates once and refuses a newer schema."""
+    """Postgres migrates once (a version-1 database gains version 2's counters) and refuses a
+    newer schema."""
     import asyncpg
 
     async with PostgresStore(pg_dsn) as first, PostgresStore(pg_dsn) as second:
@@ -248,7 +255,17 @@ async def test_postgres_migrates_once_and_refuses_a_newer_schema(pg_dsn: str) ->
         assert len((await second.load(sid)).turns) == 1  # the second start found the schema
     db = await asyncpg.connect(pg_dsn)
     try:
-        assert await db.fetchval("SELECT max(version) FROM nanoedit_schema") == 1
+        assert await db.fetchval("SELECT max(version) FROM nanoedit_schema") == PG_SCHEMA_VERSION
+        await db.execute("DROP TABLE counters")  # what a version-1 database lacks
+        await db.execute("DELETE FROM nanoedit_schema WHERE version > 1")
+    finally:
+        await db.close()
+    async with PostgresStore(pg_dsn) as store:
+        assert len((await store.load(sid)).turns) == 1
+        assert await store.next_event_epoch() == 1
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        assert await db.fetchval("SELECT max(version) FROM nanoedit_schema") == PG_SCHEMA_VERSION
         await db.execute("INSERT INTO nanoedit_schema (version) VALUES (99)")
     finally:
         await db.close()

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from engine import Engine, EngineConfig, SessionBusy
 from engine.cli._procs import serve_process
 from engine.events import TurnStarted
 from engine.state import Cluster, ClusterBus, ClusterError
-from sessions import MemoryStore, PostgresStore
+from sessions import MemoryStore, PostgresStore, SqliteStore
 from tests.conftest import ENV_VARS, EmulatorFactory, pg_database
 from tests.conftest import REDIS_URL as REDIS
 
@@ -66,15 +67,14 @@ async def test_seq_is_one_sequence_across_nodes(prefix: str) -> None:
         await bus_b.aclose()
 
 
-async def test_seq_goes_on_after_redis_loses_its_state(prefix: str) -> None:
-    """Redis restarted without its data (the session's keys gone): the next event's seq goes on
+async def test_seq_goes_on_after_the_sessions_keys_alone_are_lost(prefix: str) -> None:
+    """Only the session's keys went (evicted; the epoch stayed): the next event's seq goes on
     above the last one the node saw, so a client resuming with Last-Event-ID misses nothing."""
     async with Cluster(REDIS, prefix=prefix) as node:
         bus = ClusterBus(node)
         for _ in range(13):
             await bus.publish(TurnStarted(session_id="s1", model="m", stream=True, history_turns=0))
-        keys = [k async for k in node.redis.scan_iter(match=f"{prefix}:*")]
-        await node.redis.delete(*keys)  # what a restart without persistence leaves
+        await node.redis.delete(f"{prefix}:seq:s1", f"{prefix}:events:s1")
         assert await node.last_seq("s1") == 13
         event = await bus.publish(
             TurnStarted(session_id="s1", model="m", stream=True, history_turns=0)
@@ -83,6 +83,66 @@ async def test_seq_goes_on_after_redis_loses_its_state(prefix: str) -> None:
         missed, events = await node.events_after("s1", 13, 14)
         assert missed == 0 and [e.seq for e in events] == [14]
         await bus.aclose()
+
+
+async def test_a_node_that_never_saw_the_session_goes_on_above_the_lost_numbering(
+    prefix: str,
+) -> None:
+    """Redis lost its state and the next event comes from another node, one that never saw the
+    session: the store counts a new epoch, the seq lies above every seq before, a client
+    resuming with Last-Event-ID 13 gets the new event and an `events.missed`, and numbering
+    never goes back however often Redis loses its state."""
+    store = MemoryStore()
+    async with (
+        Cluster(REDIS, prefix=prefix, epochs=store.next_event_epoch) as a,
+        Cluster(REDIS, prefix=prefix, epochs=store.next_event_epoch) as b,
+    ):
+        bus_a, bus_b = ClusterBus(a), ClusterBus(b)
+        started = TurnStarted(session_id="s1", model="m", stream=True, history_turns=0)
+        seqs = [(await bus_a.publish(started)).seq for _ in range(13)]
+        assert seqs == list(range(1, 14))  # the first epoch numbers from 1
+        for _ in range(2):
+            keys = [k async for k in a.redis.scan_iter(match=f"{prefix}:*")]
+            await a.redis.delete(*keys)  # what a restart without persistence leaves
+            before = seqs[-1]
+            after = await asyncio.gather(
+                *(bus_b.publish(msgspec.structs.replace(started)) for _ in range(5))
+            )
+            seqs.extend(sorted(e.seq for e in after))
+            assert seqs[-5] > before and seqs[-5:] == list(range(seqs[-5], seqs[-5] + 5))
+            missed, events = await b.events_after("s1", before, seqs[-1])
+            assert missed >= 1 and [e.seq for e in events] == seqs[-5:]
+            # The node that saw the old numbering goes on in the new epoch too.
+            seqs.append((await bus_a.publish(started)).seq)
+            assert seqs[-1] == seqs[-2] + 1
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert await store.next_event_epoch() == 4  # one epoch per loss (three so far)
+        await bus_a.aclose()
+        await bus_b.aclose()
+
+
+async def test_the_epoch_outlives_the_process_in_the_store(prefix: str, tmp_path: Path) -> None:
+    """The epoch count is kept by a durable store: a node that starts later with a fresh Redis
+    numbers above what nodes before it numbered."""
+    path = str(tmp_path / "s.db")
+    started = TurnStarted(session_id="s1", model="m", stream=True, history_turns=0)
+    async with (
+        SqliteStore(path) as store,
+        Cluster(REDIS, prefix=prefix, epochs=store.next_event_epoch) as node,
+    ):
+        bus = ClusterBus(node)
+        first = (await bus.publish(started)).seq
+        keys = [k async for k in node.redis.scan_iter(match=f"{prefix}:*")]
+        await node.redis.delete(*keys)
+        await bus.aclose()
+    async with (
+        SqliteStore(path) as store,
+        Cluster(REDIS, prefix=prefix, epochs=store.next_event_epoch) as node,
+    ):
+        bus = ClusterBus(node)
+        later = (await bus.publish(started)).seq
+        await bus.aclose()
+    assert first == 1 and later > first
 
 
 async def test_the_window_is_trimmed_and_says_what_it_lost(prefix: str) -> None:
