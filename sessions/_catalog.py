@@ -25,21 +25,27 @@ __all__ = [
     "ImageConfig",
     "ModelSpec",
     "Prices",
+    "STATUSES",
     "Status",
     "check_available",
     "estimate_text_tokens",
     "resolve_model",
 ]
 
+GEMINI_NB_21 = "gemini-nano-banana-2.1"
+GEMINI_31_FLASH_LITE = "gemini-3.1-flash-lite-image"
 GEMINI_31_FLASH = "gemini-3.1-flash-image"
 GEMINI_3_PRO = "gemini-3-pro-image"
 GEMINI_31_FLASH_PREVIEW = "gemini-3.1-flash-image-preview"
 GEMINI_3_PRO_PREVIEW = "gemini-3-pro-image-preview"
 GEMINI_25_FLASH = "gemini-2.5-flash-image"
 # The model a session uses when none is named (the engine, the CLI and the emulator alike).
-DEFAULT_MODEL = GEMINI_31_FLASH
+# Google's default for new projects since 2026-10-06.
+DEFAULT_MODEL = GEMINI_NB_21
 
-Status = Literal["GA", "preview", "shut down"]
+# "deprecated": still served, with a replacement named; "shut down": no longer served by Google.
+Status = Literal["GA", "preview", "deprecated", "shut down"]
+STATUSES: tuple[Status, ...] = ("GA", "preview", "deprecated", "shut down")
 
 RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 EXTREME_RATIOS = ("1:4", "4:1", "1:8", "8:1")
@@ -117,11 +123,16 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, weakref=True):
     sizes: tuple[str, ...]  # allowed imageSize values; () when the field is not accepted
     ratios: tuple[str, ...]
     default_size: str
-    thinking: bool
+    thinking: bool  # answers carry thoughts and signatures
     prices: Prices
     status: Status = "GA"
-    replacement: str | None = None  # for a shut-down model: the id to use instead
+    replacement: str | None = None  # for a deprecated or shut-down model: the id to use instead
     shut_down_on: str | None = None  # ISO date
+    deprecated_on: str | None = None  # ISO date
+    # `thinkingLevel` values the model accepts (() : the field is not accepted), and its default.
+    thinking_levels: tuple[str, ...] = ()
+    default_thinking: str | None = None
+    grounding: bool = True  # accepts the Google Search tool
 
     def output_pixels(self, aspect_ratio: str, image_size: str | None) -> tuple[int, int]:
         """Output (width, height) for a ratio and size; size None means the default."""
@@ -140,6 +151,32 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, weakref=True):
     def image_price(self, image_size: str | None) -> float:
         """Google's USD price for one output image at `image_size`."""
         return self.prices.image_by_size[image_size or self.default_size]
+
+    def check_thinking(self, level: str | None) -> None:
+        """Raise ConfigError, before anything is sent, for a thinking level this model rejects."""
+        if level is None:
+            return
+        if not self.thinking_levels:
+            raise ConfigError(f"{self.id} does not accept a thinking level")
+        if level not in self.thinking_levels:
+            raise ConfigError(
+                f"thinking level {level!r} is not supported by {self.id}; "
+                f"allowed: {', '.join(self.thinking_levels)}"
+            )
+
+    def check_tools(self, tools: list[dict[str, Any]] | None) -> None:
+        """Raise ConfigError for tools this model does not take (search grounding)."""
+        if self.grounding or not tools:
+            return
+        if any("google_search" in t or "googleSearch" in t for t in tools):
+            raise ConfigError(f"{self.id} does not support Google Search grounding")
+
+    def check_input_images(self, count: int) -> None:
+        """Raise ConfigError when a request would carry more input images than the model takes."""
+        if count > self.max_input_images:
+            raise ConfigError(
+                f"{count} input images: {self.id} accepts at most {self.max_input_images}"
+            )
 
     def validate(self, config: ImageConfig) -> None:
         """Raise ConfigError, before anything is sent, for a config this model rejects."""
@@ -182,6 +219,53 @@ _FLASH = ModelSpec(
         text_output_per_million=3.00,
         per_request={"wisdom-gate": 0.058},
     ),
+    thinking_levels=("minimal", "high"),
+    default_thinking="minimal",
+    status="deprecated",
+    replacement=GEMINI_NB_21,
+    deprecated_on="2026-10-06",
+)
+# Nano Banana 2.1: 3.1 Flash's image-token table (Google publishes none of its own: assumed),
+# no 512, $30 per 1M output image tokens (1K: 1120 tokens, $0.0336).
+_NB_21 = msgspec.structs.replace(
+    _FLASH,
+    id=GEMINI_NB_21,
+    aliases=("nano-banana-2.1",),
+    output_image_tokens={"1K": 1120, "2K": 1680, "4K": 2520},
+    pixels={"1K": _PX_3_1K, "2K": _PX_3_2K, "4K": _PX_3_4K},
+    sizes=("1K", "2K", "4K"),
+    prices=Prices(
+        image_by_size={"1K": 0.0336, "2K": 0.0504, "4K": 0.0756},
+        input_per_million=0.50,
+        text_output_per_million=3.00,
+        per_request={},
+    ),
+    thinking_levels=("minimal", "medium", "high"),
+    default_thinking="medium",
+    status="GA",
+    replacement=None,
+    deprecated_on=None,
+)
+# Nano Banana 2 Lite: 1K only, no search grounding, $30 per 1M output image tokens.
+_LITE = msgspec.structs.replace(
+    _FLASH,
+    id=GEMINI_31_FLASH_LITE,
+    aliases=("nano-banana-2-lite",),
+    output_image_tokens={"1K": 1120},
+    pixels={"1K": _PX_3_1K},
+    sizes=("1K",),
+    prices=Prices(
+        image_by_size={"1K": 0.0336},
+        input_per_million=0.50,
+        text_output_per_million=3.00,
+        per_request={},
+    ),
+    thinking_levels=("minimal", "high"),
+    default_thinking="minimal",
+    grounding=False,
+    status="GA",
+    replacement=None,
+    deprecated_on=None,
 )
 _PRO = ModelSpec(
     id=GEMINI_3_PRO,
@@ -206,9 +290,13 @@ _PRO = ModelSpec(
         text_output_per_million=12.00,
         per_request={"wisdom-gate": 0.068},
     ),
+    thinking_levels=("high",),  # thinking is always on
+    default_thinking="high",
 )
 
 MODELS: dict[str, ModelSpec] = {
+    GEMINI_NB_21: _NB_21,
+    GEMINI_31_FLASH_LITE: _LITE,
     GEMINI_31_FLASH: _FLASH,
     GEMINI_3_PRO: _PRO,
     # Shut down at Google; gateways may still route them, so they stay, with their successor.
@@ -219,6 +307,7 @@ MODELS: dict[str, ModelSpec] = {
         status="shut down",
         replacement=GEMINI_31_FLASH,
         shut_down_on="2026-06-25",
+        deprecated_on=None,
     ),
     GEMINI_3_PRO_PREVIEW: msgspec.structs.replace(
         _PRO,
@@ -248,7 +337,7 @@ MODELS: dict[str, ModelSpec] = {
             per_request={},
         ),
         status="shut down",
-        replacement=GEMINI_31_FLASH,
+        replacement=GEMINI_NB_21,
         shut_down_on="2026-10-02",
     ),
 }
@@ -264,6 +353,10 @@ _ENTRY_KEYS = frozenset(
         "status",
         "replacement",
         "shut_down_on",
+        "deprecated_on",
+        "thinking_levels",
+        "default_thinking",
+        "grounding",
         "context_window",
         "max_input_images",
         "sizes",
@@ -345,9 +438,22 @@ def _entry(model_id: str, entry: object, models: Mapping[str, ModelSpec], path: 
             changes["aliases"] = tuple(str(a) for a in entry["aliases"])
         elif model_id != base.id:
             changes["aliases"] = ()  # the base keeps its aliases
-        for key in ("status", "replacement", "shut_down_on", "default_size"):
+        for key in (
+            "status",
+            "replacement",
+            "shut_down_on",
+            "deprecated_on",
+            "default_size",
+            "default_thinking",
+        ):
             if key in entry:
                 changes[key] = str(entry[key])
+        if "grounding" in entry:
+            if not isinstance(entry["grounding"], bool):
+                raise ValueError("grounding must be true or false")
+            changes["grounding"] = entry["grounding"]
+        if "thinking_levels" in entry:
+            changes["thinking_levels"] = tuple(str(v) for v in entry["thinking_levels"])
         for key in ("context_window", "max_input_images", "input_image_tokens"):
             if key in entry:
                 changes[key] = _count(entry[key], key)
@@ -401,8 +507,10 @@ def _usd(value: object) -> float:
 
 
 def _check_spec(spec: ModelSpec, where: str) -> None:
-    if spec.status not in ("GA", "preview", "shut down"):
-        raise ConfigError(f"{where}: status must be GA, preview or shut down")
+    if spec.status not in STATUSES:
+        raise ConfigError(f"{where}: status must be one of {', '.join(STATUSES)}")
+    if spec.default_thinking is not None and spec.default_thinking not in spec.thinking_levels:
+        raise ConfigError(f"{where}: default_thinking must be one of thinking_levels")
     sizes = spec.sizes or (spec.default_size,)
     for size in sizes:
         if size not in spec.pixels or size not in spec.output_image_tokens:
@@ -426,7 +534,13 @@ def resolve_model(name: str, catalog: Catalog | None = None) -> ModelSpec:
 
 def check_available(spec: ModelSpec, provider: str) -> str | None:
     """Raise ConfigError for a shut-down model asked of Google itself (before anything is sent);
-    elsewhere (a gateway may still route it) return the warning to log, None if there is none."""
+    elsewhere (a gateway may still route it), and for a deprecated model anywhere, return the
+    warning to log; None if there is none."""
+    if spec.status == "deprecated":
+        return (
+            f"{spec.id} is deprecated by Google (since {spec.deprecated_on}); it is still "
+            f"served, but use {spec.replacement}"
+        )
     if spec.status != "shut down":
         return None
     message = f"{spec.id} was shut down by Google on {spec.shut_down_on}; use {spec.replacement}"

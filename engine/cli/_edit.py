@@ -49,7 +49,12 @@ _TICK = 0.1  # seconds between redraws of the live progress line
 
 def _add_shared(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image")
-    g.add_argument("--aspect-ratio", help="e.g. 1:1, 16:9, 4:1 (3.1 Flash only)")
+    g.add_argument("--aspect-ratio", help="e.g. 1:1, 16:9, 4:1 (not on 3 Pro)")
+    g.add_argument(
+        "--thinking",
+        metavar="LEVEL",
+        help="thinking level: minimal, medium, high (what the model takes; `nanoedit models`)",
+    )
     g.add_argument("--image-size", help="512 (3.1 Flash), 1K, 2K, 4K; uppercase K")
     g.add_argument(
         "--modalities", default="TEXT,IMAGE", help="response modalities (default TEXT,IMAGE)"
@@ -335,6 +340,7 @@ async def _open_or_create(
         response_modalities=[m.strip() for m in args.modalities.split(",")],
         budget=budget_from_args(args),
         title=args.title,
+        thinking_level=args.thinking,
     )
     return session, True
 

@@ -309,13 +309,19 @@ class Engine:
         tool_config: dict[str, Any] | None = None,
         safety_settings: list[dict[str, Any]] | None = None,
         generation_config: dict[str, Any] | None = None,
+        thinking_level: str | None = None,
         budget: Budget | None = None,
         title: str = "",
         session_id: str | None = None,
         history_images: HistoryImages | None = None,
         owner: str = "",
     ) -> Session:
-        """A new session; the model and image config are validated before anything is sent.
+        """A new session; the model, image config, thinking level and tools are validated
+        against the model's catalog entry before anything is sent.
+
+        `thinking_level` ("minimal", "medium", "high": what the model accepts; None: its
+        default) goes out as `generationConfig.thinkingConfig.thinkingLevel` (Interactions:
+        `generation_config.thinking_level`).
 
         `history_images` ("inline", "files", "auto"; None: the engine's setting) is how later
         requests carry this session's earlier images (see `EngineConfig.history_images`);
@@ -332,6 +338,8 @@ class Engine:
         spec = self.usable(model or self.config.model)
         if image_config is not None:
             spec.validate(image_config)
+        generation_config = with_thinking_level(spec, generation_config, thinking_level)
+        spec.check_tools(tools)
         if budget is not None and not isinstance(budget, Budget):
             raise ConfigError(f"budget must be a Budget, not {type(budget).__name__}")
         modalities = [m.upper() for m in response_modalities]
@@ -386,12 +394,14 @@ class Engine:
 
     def usable(self, model: str) -> ModelSpec:
         """The model's spec; a shut-down model through Google is a ConfigError, through anything
-        else one warning per model (a gateway may still route it)."""
+        else one warning per model (a gateway may still route it); a deprecated model is one
+        `model.deprecated` warning per engine and model."""
         spec = self.catalog.resolve(model)
         warning = check_available(spec, self.provider.name)
         if warning is not None and spec.id not in self._warned_models:
             self._warned_models.add(spec.id)
-            log.warning("model.shut_down", model=spec.id, message=warning)
+            kind = "model.deprecated" if spec.status == "deprecated" else "model.shut_down"
+            log.warning(kind, model=spec.id, replacement=spec.replacement, message=warning)
         return spec
 
     async def delete_session(self, session_id: str) -> None:
@@ -434,6 +444,23 @@ class Engine:
         if lock is None:
             lock = self._locks[session_id] = asyncio.Lock()
         return lock
+
+
+def with_thinking_level(
+    spec: ModelSpec, generation_config: dict[str, Any] | None, level: str | None
+) -> dict[str, Any] | None:
+    """`generation_config` with `level` as its thinking level, checked against the model (a
+    level already in `generation_config` is checked too)."""
+    config = dict(generation_config or {})
+    thinking = config.get("thinkingConfig")
+    if level is not None:
+        if not isinstance(level, str):
+            raise ConfigError(f"thinking_level must be a str, not {type(level).__name__}")
+        thinking = {**(thinking if isinstance(thinking, dict) else {}), "thinkingLevel": level}
+        config["thinkingConfig"] = thinking
+    if isinstance(thinking, dict) and "thinkingLevel" in thinking:
+        spec.check_thinking(str(thinking["thinkingLevel"]))
+    return config or None
 
 
 def _image_config_dict(config: ImageConfig | None) -> dict[str, str] | None:

@@ -344,11 +344,7 @@ class Session:
         """The user Content of the next turn, checked against the model before anything is
         sent: no more input images than it takes."""
         draft = build_user_content(text, images)
-        count = sum(1 for p in draft.parts if p.inline_data is not None)
-        if count > self.spec.max_input_images:
-            raise ConfigError(
-                f"{count} input images: {self.spec.id} takes at most {self.spec.max_input_images}"
-            )
+        self.spec.check_input_images(sum(1 for p in draft.parts if p.inline_data is not None))
         return draft
 
     async def _tracked(self, coro: Any) -> Turn:

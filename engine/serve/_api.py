@@ -56,6 +56,7 @@ class SessionCreate(_In):
     system_instruction: str | None = None
     title: str = ""
     budget: BudgetIn | None = None
+    thinking_level: str | None = None  # minimal, medium, high: what the model takes
 
 
 class ImageIn(_In):

@@ -114,6 +114,7 @@ async def create_session(request: web.Request) -> web.Response:
         else gateway.options.default_budget,
         title=spec.title,
         owner=tenant,
+        thinking_level=spec.thinking_level,
     )
     return json_response(gateway.session_out(session), status=201)
 

@@ -20,7 +20,7 @@ from PIL import Image
 from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.events import TurnStarted, decode_event
-from sessions import resolve_model
+from sessions import DEFAULT_MODEL, resolve_model
 from tests.conftest import ENV_VARS, EmulatorThread
 
 PROMPTS = ("A ceramic mug on an oak table", "Add a red circle on the left", "Make it grayscale")
@@ -112,7 +112,7 @@ def test_edit_json_prints_one_object_with_the_documented_keys(
     assert stdout.count("\n") == 1
     doc = json.loads(stdout)
     assert set(doc) == {"session_id", "model", "turns"}
-    assert doc["model"] == resolve_model("nano-banana-2").id
+    assert doc["model"] == DEFAULT_MODEL
     window = resolve_model(doc["model"]).context_window
     assert [t["index"] for t in doc["turns"]] == [1, 2, 3]
     for turn in doc["turns"]:

@@ -199,8 +199,8 @@ def _completion() -> bytes:
 @pytest.mark.parametrize(
     ("preset", "model_sent", "auth"),
     [
-        ("openrouter", "google/gemini-3.1-flash-image", "Bearer gw-key-9"),
-        ("wisdom-gate-openai", "gemini-3.1-flash-image", "gw-key-9"),
+        ("openrouter", "google/gemini-nano-banana-2.1", "Bearer gw-key-9"),
+        ("wisdom-gate-openai", "gemini-nano-banana-2.1", "gw-key-9"),
     ],
 )
 async def test_presets_speak_their_gateways_dialect(

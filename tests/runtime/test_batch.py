@@ -18,7 +18,7 @@ from engine.cli import main
 from engine.emulator import EmulatorSettings
 from engine.policy import settle_cost
 from engine.runtime import BatchItem, BatchJobFailed
-from sessions import BUILTIN, ImageConfig, SqliteStore, Usage
+from sessions import BUILTIN, DEFAULT_MODEL, ImageConfig, SqliteStore, Usage
 from tests.conftest import ENV_VARS, EmulatorFactory, EmulatorThread, config_for, png
 
 
@@ -64,7 +64,7 @@ def test_batch_of_20_writes_20_results_at_half_price(
     assert summary["items"] == 20 and summary["succeeded"] == 20
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [x["key"] for x in lines] == [f"item-{i:02d}" for i in range(1, 21)]
-    spec = BUILTIN.resolve("gemini-3.1-flash-image")
+    spec = BUILTIN.resolve(DEFAULT_MODEL)
     for line in lines:
         assert line["status"] == "succeeded" and line["error"] is None
         assert len(line["images"]) == 1 and Path(line["images"][0]).read_bytes()[:4] == b"\x89PNG"

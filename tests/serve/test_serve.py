@@ -415,10 +415,10 @@ async def test_tenant_limits(serve: Serve) -> None:
     assert status == 429 and int(headers["Retry-After"]) >= 1
     bob = api.as_key("bob-key-0002")  # another key, its own allowance
     assert (await bob.turn((await bob.new_session())["id"], "a"))[0] == 200
-    api = await serve(ServeOptions(keys=KEYS, tenant_max_cost_usd=0.05))
+    api = await serve(ServeOptions(keys=KEYS, tenant_max_cost_usd=0.03))
     alice = api.as_key("alice-key-0001")
     sid = (await alice.new_session())["id"]
-    assert (await alice.turn(sid, "a"))[0] == 200  # $0.067 spent: over from now on
+    assert (await alice.turn(sid, "a"))[0] == 200  # $0.0336 spent: over from now on
     status, doc = await alice.turn(sid, "b")
     assert status == 402 and "spent" in doc["error"]["message"]
 

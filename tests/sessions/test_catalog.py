@@ -97,7 +97,7 @@ def test_text_estimate_rounds_up_utf8_bytes() -> None:
     [
         ("gemini-3.1-flash-image-preview", "gemini-3.1-flash-image"),
         ("gemini-3-pro-image-preview", "gemini-3-pro-image"),
-        ("gemini-2.5-flash-image", "gemini-3.1-flash-image"),
+        ("gemini-2.5-flash-image", "gemini-nano-banana-2.1"),
     ],
 )
 def test_shut_down_models_name_their_replacement(model: str, replacement: str) -> None:
@@ -113,7 +113,7 @@ def test_shut_down_models_name_their_replacement(model: str, replacement: str) -
 
 def test_ga_models_are_available_everywhere() -> None:
     """The GA ids pass on every provider."""
-    for model in ("gemini-3.1-flash-image", "gemini-3-pro-image"):
+    for model in ("gemini-nano-banana-2.1", "gemini-3.1-flash-lite-image", "gemini-3-pro-image"):
         spec = resolve_model(model)
         assert spec.status == "GA"
         assert check_available(spec, "google") is None
@@ -142,7 +142,90 @@ async def test_a_shut_down_model_through_a_gateway_warns_once() -> None:
     assert [e["event"] for e in logs].count("model.shut_down") == 1
 
 
-async def test_the_default_model_is_the_ga_flash() -> None:
-    """No model named: gemini-3.1-flash-image."""
+async def test_the_default_model_is_nano_banana_2_1() -> None:
+    """No model named: gemini-nano-banana-2.1, Google's default since 2026-10-06."""
     async with Engine(EngineConfig(), provider=FakeProvider()) as engine:
-        assert (await engine.create_session()).model == "gemini-3.1-flash-image"
+        assert (await engine.create_session()).model == "gemini-nano-banana-2.1"
+
+
+@pytest.mark.parametrize(
+    ("alias", "model"),
+    [
+        ("nano-banana-2.1", "gemini-nano-banana-2.1"),
+        ("nano-banana-2-lite", "gemini-3.1-flash-lite-image"),
+        ("nano-banana-2", "gemini-3.1-flash-image"),
+        ("google/nano-banana-2.1", "gemini-nano-banana-2.1"),
+    ],
+)
+def test_the_autumn_2026_aliases(alias: str, model: str) -> None:
+    """The new aliases resolve; `nano-banana-2` keeps meaning gemini-3.1-flash-image."""
+    assert resolve_model(alias).id == model
+
+
+def test_the_new_models_accept_what_google_documents() -> None:
+    """Nano Banana 2.1: 1K/2K/4K (no 512), the 14 ratios, thinking minimal/medium/high (medium
+    by default), 14 references, $30 per 1M image tokens. Lite: 1K only, thinking minimal/high,
+    no search grounding."""
+    nb = resolve_model("nano-banana-2.1")
+    assert nb.sizes == ("1K", "2K", "4K") and len(nb.ratios) == 14 and "8:1" in nb.ratios
+    assert nb.thinking_levels == ("minimal", "medium", "high") and nb.default_thinking == "medium"
+    assert nb.max_input_images == 14
+    assert nb.image_price("1K") == pytest.approx(30 * nb.output_tokens("1K") / 1e6)
+    with pytest.raises(ConfigError, match=r"gemini-nano-banana-2\.1.*1K, 2K, 4K"):
+        nb.validate(ImageConfig(image_size="512"))
+    lite = resolve_model("nano-banana-2-lite")
+    assert lite.sizes == ("1K",) and lite.thinking_levels == ("minimal", "high")
+    with pytest.raises(ConfigError, match="allowed: 1K"):
+        lite.validate(ImageConfig(image_size="2K"))
+    with pytest.raises(ConfigError, match="allowed: minimal, high"):
+        lite.check_thinking("medium")
+    with pytest.raises(ConfigError, match="Google Search"):
+        lite.check_tools([{"google_search": {}}])
+    nb.check_tools([{"google_search": {}}])  # 2.1 grounds
+    with pytest.raises(ConfigError, match="at most 14"):
+        nb.check_input_images(15)
+
+
+def test_flash_is_deprecated_with_its_replacement() -> None:
+    """gemini-3.1-flash-image is deprecated (still served) in favour of Nano Banana 2.1: usable
+    everywhere, with a warning that names the replacement."""
+    spec = resolve_model("gemini-3.1-flash-image")
+    assert spec.status == "deprecated" and spec.replacement == "gemini-nano-banana-2.1"
+    for provider in ("google", "wisdom-gate"):
+        warning = check_available(spec, provider)
+        assert warning is not None and "gemini-nano-banana-2.1" in warning
+
+
+async def test_a_deprecated_model_warns_once_per_engine() -> None:
+    """Sessions on a deprecated model work and log one `model.deprecated` per engine."""
+    provider = FakeProvider(name="google")
+    for _ in range(2):
+        async with Engine(EngineConfig(), provider=provider) as engine:
+            with structlog.testing.capture_logs() as logs:
+                s = await engine.create_session("nano-banana-2")
+                await engine.create_session("gemini-3.1-flash-image")
+                await s.send("a mug")
+            deprecated = [e for e in logs if e["event"] == "model.deprecated"]
+            assert len(deprecated) == 1
+            assert deprecated[0]["replacement"] == "gemini-nano-banana-2.1"
+
+
+async def test_per_model_limits_are_checked_before_sending() -> None:
+    """A thinking level, a size, or search grounding the model does not take is refused at
+    create_session, naming the model and what it accepts; nothing is stored or sent."""
+    provider = FakeProvider(name="google")
+    store = MemoryStore()
+    async with Engine(EngineConfig(), provider=provider, store=store) as engine:
+        with pytest.raises(ConfigError, match=r"gemini-3\.1-flash-lite-image.*minimal, high"):
+            await engine.create_session("nano-banana-2-lite", thinking_level="medium")
+        with pytest.raises(ConfigError, match="Google Search"):
+            await engine.create_session("nano-banana-2-lite", tools=[{"googleSearch": {}}])
+        with pytest.raises(ConfigError, match=r"gemini-3\.1-flash-lite-image.*allowed: 1K"):
+            await engine.create_session(
+                "nano-banana-2-lite", image_config=ImageConfig(image_size="4K")
+            )
+        s = await engine.create_session("nano-banana-2.1", thinking_level="high")
+        await s.send("a mug")
+        stored = (await store.load(s.id)).record.settings
+    assert len(await store.list()) == 1 and len(provider.calls) == 1
+    assert stored.generation_config == {"thinkingConfig": {"thinkingLevel": "high"}}

@@ -112,7 +112,8 @@ def test_models_lists_the_catalog(catalog_file: Path, capsys: pytest.CaptureFixt
 
 
 def test_edit_json_reports_the_ga_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`nanoedit edit "a mug" --json` on the embedded emulator reports gemini-3.1-flash-image."""
+    """`nanoedit edit "a mug" --json` on the embedded emulator reports the default model,
+    gemini-nano-banana-2.1."""
     out = tmp_path / "out"
     assert main(["edit", "a mug", "--json", "--flat", "--store", "memory", "--out", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["model"] == "gemini-3.1-flash-image"
+    assert json.loads(capsys.readouterr().out)["model"] == "gemini-nano-banana-2.1"
