@@ -24,6 +24,7 @@ __all__ = [
     "EmulatorOptions",
     "EngineConfig",
     "HistoryImages",
+    "ImageDelivery",
     "Preset",
     "RetryPolicy",
     "Secret",
@@ -34,7 +35,9 @@ _log = Logger("nanoedit.config")
 
 # Looked up in this order; the first one set wins.
 KEY_ENV_VARS = ("NANOEDIT_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "WISDOM_GATE_KEY")
-ApiName = Literal["gemini", "openai-chat", "openai-images"]
+ApiName = Literal["gemini", "interactions", "openai-chat", "openai-images"]
+APIS: tuple[str, ...] = ("gemini", "interactions", "openai-chat", "openai-images")
+ImageDelivery = Literal["inline", "uri"]
 AuthScheme = Literal["bearer", "raw", "goog"]
 
 
@@ -156,6 +159,9 @@ class EngineConfig:
     # referred to by URI), "auto" (files where the provider has the Files API). A session may
     # set its own.
     history_images: HistoryImages = "auto"
+    # api="interactions": images come inline (base64 in the answer) or as a URI downloaded
+    # with the key ("uri").
+    image_delivery: ImageDelivery = "inline"
     emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
     home: Path | None = None  # session store directory; see `store_dir()`
     # Where the command line keeps sessions: "memory", a SQLite path, or a PostgreSQL DSN
@@ -187,8 +193,10 @@ class EngineConfig:
             raise ConfigError(f"base_url must be an http:// or https:// URL, not {self.base_url!r}")
         if self.provider in _KEYED and not self.api_key:
             raise ConfigError(f"provider {self.provider!r} needs an API key")
-        if self.api not in ("", "gemini", "openai-chat", "openai-images"):
-            raise ConfigError(f"api must be gemini, openai-chat or openai-images, not {self.api!r}")
+        if self.api not in ("", *APIS):
+            raise ConfigError(f"api must be one of {', '.join(APIS)}, not {self.api!r}")
+        if self.image_delivery not in ("inline", "uri"):
+            raise ConfigError(f"image_delivery must be inline or uri, not {self.image_delivery!r}")
         if self.auth not in ("", "bearer", "raw", "goog"):
             raise ConfigError(f"auth must be bearer, raw or goog, not {self.auth!r}")
         if self.max_in_flight < 1 or self.max_connections < 1:
@@ -277,4 +285,4 @@ class EngineConfig:
 
 
 def _default_auth(api: str) -> AuthScheme:
-    return "goog" if api == "gemini" else "bearer"
+    return "goog" if api in ("gemini", "interactions") else "bearer"

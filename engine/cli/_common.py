@@ -91,7 +91,7 @@ def add_provider_options(parser: argparse.ArgumentParser, *, model_default: str 
     g.add_argument(
         "--model",
         default=model_default,
-        help="model id or alias (nano-banana-2, nano-banana-pro, ...)",
+        help="model id or alias (nano-banana-2.1, nano-banana-2-lite, nano-banana-pro, ...)",
     )
     g.add_argument(
         "--provider",
@@ -101,8 +101,15 @@ def add_provider_options(parser: argparse.ArgumentParser, *, model_default: str 
     g.add_argument("--base-url", help="base URL of the API (implies --provider custom)")
     g.add_argument(
         "--api",
-        choices=("gemini", "openai-chat", "openai-images"),
-        help="wire protocol (default: the provider's; NANOEDIT_API)",
+        choices=("gemini", "interactions", "openai-chat", "openai-images"),
+        help="wire protocol (default: the provider's; NANOEDIT_API): interactions keeps the "
+        "conversation at Google and sends only each new turn",
+    )
+    g.add_argument(
+        "--image-delivery",
+        choices=("inline", "uri"),
+        help="--api interactions: images in the answer as base64 (inline, the default) or as "
+        "a URI downloaded with the key",
     )
     g.add_argument(
         "--auth-scheme",
@@ -183,6 +190,8 @@ def config_from_args(
             cfg = _replace(cfg, provider=provider, base_url=base_url or "", api_key=key)
     if getattr(args, "api", None):
         changes["api"] = args.api
+    if getattr(args, "image_delivery", None):
+        changes["image_delivery"] = args.image_delivery
     if getattr(args, "auth_scheme", None):
         changes["auth"] = args.auth_scheme
     if getattr(args, "catalog", None):

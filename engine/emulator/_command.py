@@ -75,13 +75,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=20 * 1024 * 1024,
         help="largest accepted request body (default 20 MiB)",
     )
-    g = parser.add_argument_group("Files and Batch APIs")
+    g = parser.add_argument_group("Files, Batch and Interactions APIs")
     g.add_argument(
         "--file-ttl",
         type=_positive,
         default=48 * 3600.0,
         metavar="SECONDS",
         help="uploaded files expire after this long (default 48 h, as Google's)",
+    )
+    g.add_argument(
+        "--interaction-ttl",
+        type=_positive,
+        default=55 * 86400.0,
+        metavar="SECONDS",
+        help="Interactions API: a stored interaction can be continued for this long (default "
+        "55 days, Google's paid tier; the free tier keeps 1 day); older: 404 not_found",
     )
     g.add_argument(
         "--upload-mbps",
@@ -141,6 +149,7 @@ def _settings(args: argparse.Namespace) -> EmulatorSettings:
         upload_mbps=args.upload_mbps,
         batch_seconds=args.batch_seconds,
         batch_expiry=args.batch_expiry,
+        interaction_ttl=args.interaction_ttl,
     )
 
 

@@ -59,8 +59,10 @@ class ApiFailure(Exception):
         openai_type: str = "invalid_request_error",
         openai_code: str | None = None,
         retry_after: float | None = None,
+        code: str = "",
     ) -> None:
         super().__init__(message)
+        self.code = code  # Interactions' snake_case error code ("" : by status)
         self.status = status
         self.message = message
         self.google_status = google_status or _GOOGLE_STATUS.get(status, "UNKNOWN")

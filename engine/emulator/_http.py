@@ -33,7 +33,7 @@ from engine.emulator._faults import (
 from engine.emulator._generate import ApiFailure, RenderPool
 from engine.emulator._settings import EmulatorSettings
 from engine.emulator._signatures import Signer
-from engine.emulator._vault import BatchJob, FileVault
+from engine.emulator._vault import BatchJob, FileVault, InteractionVault
 from sessions import ConfigError
 
 _log = structlog.get_logger("nanoedit.emulator")
@@ -61,6 +61,8 @@ ENDPOINTS = (
     "chat.completions",
     "images.generations",
     "images.edits",
+    "interactions",
+    "interactions.resume",
 )
 FAULT_HEADER = "x-emulator-fault"
 _SECRET_HEADERS = frozenset({"authorization", "x-goog-api-key", "api-key", "proxy-authorization"})
@@ -102,6 +104,7 @@ class ServerState:
     recorded: list[RecordedRequest] = field(default_factory=list)
     files: FileVault = field(default_factory=lambda: FileVault(ttl=48 * 3600.0))
     batches: dict[str, BatchJob] = field(default_factory=dict)
+    interactions: InteractionVault = field(default_factory=lambda: InteractionVault(ttl=1e9))
     in_flight: int = 0  # model calls being answered now
     max_in_flight: int = 0  # the most at once since the last reset (cluster cap tests)
 
@@ -121,6 +124,7 @@ class ServerState:
             ),
             rng=random.Random(settings.seed),
             files=FileVault(ttl=settings.file_ttl),
+            interactions=InteractionVault(ttl=settings.interaction_ttl),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -141,6 +145,10 @@ class ServerState:
             "cpu_s": _process_cpu(),
             "files": {"uploaded": self.files.uploaded, "stored": len(self.files.files)},
             "batches": len(self.batches),
+            "interactions": {
+                "created": self.interactions.created,
+                "stored": len(self.interactions.items),
+            },
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
         }

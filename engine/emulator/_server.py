@@ -39,6 +39,7 @@ from engine.emulator._http import (
     json_body,
     openai_error,
 )
+from engine.emulator._interactions import handle_create_interaction, handle_interaction
 from engine.emulator._openai import (
     handle_chat_completions,
     handle_image_edits,
@@ -91,6 +92,12 @@ async def _expire_files(request: web.Request) -> web.Response:
     return web.Response(body=b"{}", content_type="application/json")
 
 
+async def _expire_interactions(request: web.Request) -> web.Response:
+    # Tests of the chain's fallback: every stored interaction is past its retention from now.
+    expired = request.app[STATE].interactions.expire()
+    return web.Response(body=json_body({"expired": expired}), content_type="application/json")
+
+
 async def _v1_models(request: web.Request) -> web.StreamResponse:
     # /v1/models is both Google's (v1) and OpenAI's listing: a Bearer key means OpenAI.
     google = "x-goog-api-key" in request.headers or "key" in request.query
@@ -128,6 +135,9 @@ def create_app(settings: EmulatorSettings = EmulatorSettings()) -> web.Applicati
     routes.add_get("/download/v1beta/files/{name}", handle_download)
     routes.add_get("/v1beta/batches", handle_list_batches)
     routes.add_route("*", "/v1beta/batches/{name}", handle_batch)
+    for version in ("/v1beta", "/v1"):
+        routes.add_post(version + "/interactions", handle_create_interaction)
+        routes.add_route("*", version + "/interactions/{id}", handle_interaction)
     routes.add_get("/v1/models", _v1_models)
     routes.add_post("/v1/chat/completions", handle_chat_completions)
     routes.add_post("/v1/images/generations", handle_image_generations)
@@ -135,6 +145,7 @@ def create_app(settings: EmulatorSettings = EmulatorSettings()) -> web.Applicati
     routes.add_get("/emulator/stats", _stats)
     routes.add_post("/emulator/reset", _reset)
     routes.add_post("/emulator/expire-files", _expire_files)
+    routes.add_post("/emulator/expire-interactions", _expire_interactions)
     app.on_shutdown.append(cancel_batches)
     app.on_cleanup.append(_close_pool)
     return app
@@ -179,6 +190,10 @@ class Emulator:
     def expire_files(self) -> None:
         """Make every uploaded file expire now (references then answer Google's 403)."""
         self._state.files.expire_all()
+
+    def expire_interactions(self) -> int:
+        """Age every stored interaction past its retention (the chain's 404 fallback)."""
+        return self._state.interactions.expire()
 
     def reset_stats(self) -> None:
         """Zero the counters, fault state, recorded requests and render cache."""

@@ -57,8 +57,13 @@ class EmulatorSettings:
     upload_mbps: float = 0.0
     batch_seconds: float = 2.0  # how long a batch job takes from PENDING to its end
     batch_expiry: float = 48 * 3600.0  # a job still unfinished after this long EXPIRES
+    # Seconds a stored interaction can be continued (Google: 55 days paid, 1 day free); older
+    # ones are a 404 not_found, the chain's fallback case.
+    interaction_ttl: float = 55 * 86400.0
 
     def __post_init__(self) -> None:
+        if not self.interaction_ttl > 0:
+            raise ConfigError("interaction_ttl must be positive")
         if not (0 <= self.latency <= MAX_SECONDS and 0 <= self.latency_jitter <= MAX_SECONDS):
             raise ConfigError(f"latency and latency_jitter must be within 0..{MAX_SECONDS:g}s")
         if self.max_request_bytes < 1:

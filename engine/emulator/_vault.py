@@ -1,5 +1,6 @@
-"""What an emulator server holds for the Files and Batch APIs: files (with their expiry),
-uploads in progress and batch jobs. Pure state, no HTTP (the handlers are in `_files`, `_batches`).
+"""What an emulator server holds for the Files, Batch and Interactions APIs: files (with their
+expiry), uploads in progress, batch jobs and stored interactions. Pure state, no HTTP (the
+handlers are in `_files`, `_batches`, `_interactions`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import base64
 import hashlib
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +23,9 @@ from sessions import Blob, Content
 __all__ = [
     "BatchJob",
     "FileVault",
+    "InteractionVault",
     "StoredFile",
+    "StoredInteraction",
     "missing_file",
     "resolve_file_parts",
     "rfc3339",
@@ -130,6 +134,53 @@ class FileVault:
         """Make every stored file expire now (tests and `POST /emulator/expire-files`)."""
         for stored in self.files.values():
             stored.expires = 0.0
+
+
+_MAX_INTERACTIONS = 100_000  # interactions kept at most (oldest forgotten first)
+
+
+@dataclass(slots=True)
+class StoredInteraction:
+    """One created interaction: whose, when, the conversation it ends, what it said."""
+
+    id: str
+    key: str  # a fingerprint of the key that created it
+    created_at: float
+    model: str
+    previous: str | None
+    contents: list[Content]  # the whole conversation, its own answer last
+    document: dict[str, Any]  # the Interaction as a GET returns it (output steps)
+    events: list[tuple[str, bytes]] = field(default_factory=list)  # (event_id, SSE frame)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class InteractionVault:
+    """The stored interactions of one emulator, bounded in number, expiring after `ttl`."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.items: OrderedDict[str, StoredInteraction] = OrderedDict()
+        self.created = 0  # interactions generated (billed): a resume creates none
+
+    def get(self, interaction_id: str, key: str) -> StoredInteraction:
+        """The key's live interaction, else the 404 Google gives for a missing one."""
+        found = self.items.get(interaction_id)
+        if found is None or found.key != key or time.time() - found.created_at > self.ttl:
+            message = f"Interaction '{interaction_id}' was not found."
+            raise ApiFailure(404, message, code="not_found")
+        return found
+
+    def add(self, item: StoredInteraction) -> None:
+        self.items[item.id] = item
+        self.created += 1
+        while len(self.items) > _MAX_INTERACTIONS:
+            self.items.popitem(last=False)
+
+    def expire(self) -> int:
+        """Age every interaction past its retention (tests of the 404 fallback); how many."""
+        for item in self.items.values():
+            item.created_at -= self.ttl + 1
+        return len(self.items)
 
 
 def resolve_file_parts(contents: list[Content], vault: FileVault) -> list[Content]:

@@ -26,6 +26,15 @@ from engine.providers._google_files import (
     FilesAndBatches,
     UploadedFile,
 )
+from engine.providers._interactions import (
+    API_REVISION,
+    InteractionIncomplete,
+    InteractionsProvider,
+    chain_broken,
+    content_of_steps,
+    steps_of,
+    usage_of,
+)
 from engine.providers._openai_chat import (
     OpenAIChatProvider,
     extract_images,
@@ -38,6 +47,7 @@ from engine.providers._openai_images import (
 )
 
 __all__ = [
+    "API_REVISION",
     "BLOCKED_FINISH_REASONS",
     "PARTIAL_IMAGES",
     "AuthScheme",
@@ -47,6 +57,8 @@ __all__ = [
     "GenerateRequest",
     "HttpProvider",
     "ImagesBody",
+    "InteractionIncomplete",
+    "InteractionsProvider",
     "OnDelta",
     "OpenAIChatProvider",
     "OpenAIImagesProvider",
@@ -54,6 +66,8 @@ __all__ = [
     "ProviderResult",
     "UploadedFile",
     "auth_headers",
+    "chain_broken",
+    "content_of_steps",
     "error_from_body",
     "extract_images",
     "google_error",
@@ -62,4 +76,6 @@ __all__ = [
     "openai_size",
     "parse_retry_info",
     "scope_of",
+    "steps_of",
+    "usage_of",
 ]

@@ -60,6 +60,9 @@ class GenerateRequest:
     # OpenAI-compatible one: no signatures of their own). With `signatures` they get Google's
     # documented placeholder; a Gemini answer is sent exactly as it came, signed or not.
     foreign: frozenset[int] = frozenset()
+    # The interaction that produced the head turn, for a provider that keeps conversations
+    # server-side (Interactions): the request then carries only the new user turn.
+    previous_interaction: str | None = None
 
     @property
     def images_only(self) -> bool:

@@ -303,7 +303,9 @@ def _signed(request: GenerateRequest) -> Sequence[Content]:
 
 
 def _signed_content(content: Content) -> Content:
-    if content.role != "model" or any(p.thought_signature for p in content.parts):
+    # Signed answer parts: sent as they are. Signatures on thought parts alone (an
+    # Interactions answer's `thought` steps) do not sign the answer's text and images.
+    if content.role != "model" or any(p.thought_signature for p in content.parts if not p.thought):
         return content
     parts, text_signed = [], False
     for part in content.parts:

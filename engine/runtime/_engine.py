@@ -29,6 +29,7 @@ from engine.policy import AllowanceChange, Budget, CostLedger, Limiter, SlotHand
 from engine.providers import (
     FilesAndBatches,
     GeminiProvider,
+    InteractionsProvider,
     OpenAIChatProvider,
     OpenAIImagesProvider,
     Provider,
@@ -185,6 +186,15 @@ class Engine:
                     name=cfg.provider,
                     auth=preset.auth,
                     model_prefix=preset.model_prefix,
+                )
+            elif preset.api == "interactions":
+                self._provider = InteractionsProvider(
+                    self._transport,
+                    base_url=base_url,
+                    api_key=cfg.api_key,
+                    name=cfg.provider,
+                    auth=preset.auth,
+                    delivery=cfg.image_delivery,
                 )
             else:
                 self._provider = GeminiProvider(

@@ -44,7 +44,7 @@ from engine.policy import (
     should_retry,
 )
 from engine.policy import RequestPlan as Plan
-from engine.providers import GenerateRequest, OnDelta, ProviderResult
+from engine.providers import GenerateRequest, OnDelta, ProviderResult, chain_broken
 from engine.runtime._history_files import missing_file_names
 from engine.runtime._shield import finish
 from engine.runtime._turns import Image, Turn
@@ -148,6 +148,9 @@ class TurnRun:
         self._log = ctx.log
         # Set when the session's history images go by reference (the Files API).
         self.files = engine.history_files(self.settings.history_images)
+        # The interaction the request continues (Interactions API): the head turn's, when it
+        # recorded one for this provider; None sends the whole history.
+        self.chain = self._chain_of_head()
 
     async def _publish(self, event: Event) -> None:
         await self.engine.bus.publish(event)
@@ -174,11 +177,14 @@ class TurnRun:
             self.hold = await self.engine.shared.reserve(
                 sid, self.settings.owner, plan.reserved_usd, self.reservation_ttl
             )
+            if plan.carried is not None or plan.rebased:
+                self.chain = None  # a compacted history is not the stored conversation
             try:
                 result, images = await self._send(body)
             except ApiError as exc:
-                # A referenced file expired or was deleted: upload again, retry once.
-                body = await self._upload_again(plan, exc)
+                # A previous interaction gone: the full history once. A referenced file
+                # expired or was deleted: upload again. Either retried once.
+                body = await self._recover(plan, exc)
                 result, images = await self._send(body)
             if self.gate is not None:
                 await self.gate()
@@ -218,8 +224,51 @@ class TurnRun:
                 self.settings,
                 signatures=self.ctx.spec.thinking,
                 foreign=self._foreign(plan),
+                previous_interaction=self.chain,
             )
         )
+
+    def _chain_of_head(self) -> str | None:
+        provider = self.provider
+        head = self.state.record.head
+        if provider.api != "interactions" or head is None:
+            return None
+        chains = self.state.turns[head].metadata.get("interactions")
+        chain = chains.get(provider.scope) if isinstance(chains, dict) else None
+        return chain if isinstance(chain, str) else None
+
+    def _chained_sizes(self) -> tuple[Callable[[Content], int], tuple[int, int]]:
+        """Sizes for the budget when the request continues an interaction: the history is on
+        the server (0 bytes here), the draft is the whole input."""
+        request = GenerateRequest(
+            self.ctx.spec.id, [Content(role="user")], self.settings, previous_interaction=self.chain
+        )
+        empty = len(self.provider.encode(request))
+        draft = self.draft
+        with_draft = GenerateRequest(
+            self.ctx.spec.id, [draft], self.settings, previous_interaction=self.chain
+        )
+        draft_size = len(self.provider.encode(with_draft)) - empty
+        return (lambda content: draft_size if content is draft else 0), (empty, 0)
+
+    async def _recover(self, plan: Plan, exc: ApiError) -> RequestBody:
+        """The body to retry with after `exc`, when one retry can fix it; else re-raise."""
+        if self.chain is None or not chain_broken(exc):
+            return await self._upload_again(plan, exc)
+        gone, self.chain = self.chain, None
+        self._log.info("turn.chain_broken", turn=self.index, interaction=gone)
+        await self._publish(
+            TurnRetrying(
+                session_id=self.ctx.id,
+                turn=self.index,
+                attempt=self.attempts,
+                delay_s=0.0,
+                error=f"the previous interaction is not available ({exc.status} "
+                f"{exc.code or 'not_found'}): sending the whole history once",
+                status=exc.status,
+            )
+        )
+        return self._encode(plan)
 
     def _foreign(self, plan: Plan) -> frozenset[int]:
         """Where in the request the model Contents of turns that came through another API
@@ -285,7 +334,11 @@ class TurnRun:
             request = GenerateRequest(ctx.spec.id, contents, settings, signatures=ctx.spec.thinking)
             return len(provider.encode(request))
 
-        framing = ctx.framing.get(settings, lambda: request_framing(encode_size))
+        content_size = provider.content_sizer(signatures=ctx.spec.thinking)
+        if self.chain is not None:
+            content_size, framing = self._chained_sizes()
+        else:
+            framing = ctx.framing.get(settings, lambda: request_framing(encode_size))
         try:
             plan = plan_request(
                 spec=ctx.spec,
@@ -294,7 +347,7 @@ class TurnRun:
                 turns=self.history,
                 draft=self.draft,
                 encode_size=encode_size,
-                content_size=provider.content_sizer(signatures=ctx.spec.thinking),
+                content_size=content_size,
                 request_form=files.view if files is not None else None,
                 framing=framing,
                 provider=provider.name,
@@ -443,6 +496,11 @@ class TurnRun:
             elif part.text:
                 await on_delta(TextDelta(part.text, bool(part.thought)))
 
+    def _metadata(self, result: ProviderResult) -> dict[str, Any]:
+        meta = _api_metadata(_turn_metadata(result), self.provider.api)
+        _chain_metadata(meta, self.provider, result)
+        return meta
+
     async def _commit(self, plan: Plan, result: ProviderResult, images: list[Image]) -> Turn:
         """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""
         engine, ctx, state = self.engine, self.ctx, self.state
@@ -472,7 +530,7 @@ class TurnRun:
                 response_bytes=result.response_bytes,
                 carried=plan.carried,
                 rebased=plan.rebased,
-                metadata=_api_metadata(_turn_metadata(result), self.provider.api),
+                metadata=self._metadata(result),
             ),
             engine.store.blobs,
             [(image.data, image.sha256) for image in images],
@@ -505,6 +563,13 @@ class TurnRun:
         )
         self._log.info("turn.committed", turn=self.index, attempts=self.attempts)
         return turn
+
+
+def _chain_metadata(meta: dict[str, Any], provider: Provider, result: ProviderResult) -> None:
+    # The interaction that produced the turn, by provider scope (endpoint + key fingerprint):
+    # the next turn from this one continues it.
+    if provider.api == "interactions" and result.response_id:
+        meta["interactions"] = {provider.scope: result.response_id}
 
 
 def _turn_metadata(result: ProviderResult) -> dict[str, Any]:
