@@ -6,10 +6,11 @@ budgets for is what the emulator bills.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -23,12 +24,16 @@ __all__ = [
     "RATIOS",
     "STATUSES",
     "Catalog",
+    "CatalogDrift",
     "ImageConfig",
+    "LimitChange",
+    "ListedModel",
     "ModelSpec",
     "Prices",
     "Status",
     "check_available",
     "estimate_text_tokens",
+    "overlay_toml",
     "resolve_model",
 ]
 
@@ -133,6 +138,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, weakref=True):
     thinking_levels: tuple[str, ...] = ()
     default_thinking: str | None = None
     grounding: bool = True  # accepts the Google Search tool
+    output_token_limit: int = 32_768  # the model list's outputTokenLimit
 
     def output_pixels(self, aspect_ratio: str, image_size: str | None) -> tuple[int, int]:
         """Output (width, height) for a ratio and size; size None means the default."""
@@ -358,6 +364,7 @@ _ENTRY_KEYS = frozenset(
         "default_thinking",
         "grounding",
         "context_window",
+        "output_token_limit",
         "max_input_images",
         "sizes",
         "ratios",
@@ -398,6 +405,31 @@ class Catalog:
                 "EngineConfig.catalog)"
             )
         return spec
+
+    def refresh(self, listed: Sequence[ListedModel]) -> CatalogDrift:
+        """Compare the catalog with a provider's model list (`nanoedit models --refresh`):
+        image models it lacks, ids the provider stopped listing, limits that differ."""
+        by_id = {m.id: m for m in listed}
+        added = [m for m in listed if _is_image_model(m.id) and m.id not in self._names]
+        missing = [
+            spec.id
+            for spec in self.models.values()
+            if spec.status != "shut down" and spec.id not in by_id
+        ]
+        changed: list[LimitChange] = []
+        for spec in self.models.values():
+            found = by_id.get(spec.id)
+            if found is None:
+                continue
+            for name, ours, theirs in (
+                ("context_window", spec.context_window, found.input_token_limit),
+                ("output_token_limit", spec.output_token_limit, found.output_token_limit),
+            ):
+                if theirs and theirs != ours:
+                    changed.append(
+                        LimitChange(id=spec.id, field=name, catalog=ours, provider=theirs)
+                    )
+        return CatalogDrift(added=added, missing=missing, changed=changed)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None) -> Catalog:
@@ -454,7 +486,12 @@ def _entry(model_id: str, entry: object, models: Mapping[str, ModelSpec], path: 
             changes["grounding"] = entry["grounding"]
         if "thinking_levels" in entry:
             changes["thinking_levels"] = tuple(str(v) for v in entry["thinking_levels"])
-        for key in ("context_window", "max_input_images", "input_image_tokens"):
+        for key in (
+            "context_window",
+            "output_token_limit",
+            "max_input_images",
+            "input_image_tokens",
+        ):
             if key in entry:
                 changes[key] = _count(entry[key], key)
         for key in ("sizes", "ratios"):
@@ -522,6 +559,61 @@ def _check_spec(spec: ModelSpec, where: str) -> None:
             raise ConfigError(f"{where}: ratios {missing} have no pixel size at {size}")
 
 
+class ListedModel(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a provider's model list (`GET /v1beta/models`)."""
+
+    id: str  # without the "models/" collection
+    input_token_limit: int = 0
+    output_token_limit: int = 0
+    methods: tuple[str, ...] = ()
+
+
+class LimitChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A limit the provider lists differently from the catalog."""
+
+    id: str
+    field: str  # "context_window" (inputTokenLimit) or "output_token_limit"
+    catalog: int
+    provider: int
+
+
+class CatalogDrift(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider's model list says that the catalog does not."""
+
+    added: list[ListedModel]  # image models the provider serves that the catalog lacks
+    missing: list[str]  # catalog ids (not shut down) the provider no longer lists
+    changed: list[LimitChange]
+
+    @property
+    def empty(self) -> bool:
+        """Nothing drifted."""
+        return not (self.added or self.missing or self.changed)
+
+    def overlay(self, today: str) -> dict[str, dict[str, Any]]:
+        """The `[models."ID"]` entries that teach a catalog what drifted: new ids as previews
+        built on the default model with their listed window, missing ids shut down (as of
+        `today`), changed limits as listed."""
+        entries: dict[str, dict[str, Any]] = {}
+        for model in self.added:
+            entry: dict[str, Any] = {"base": DEFAULT_MODEL, "status": "preview"}
+            if model.input_token_limit:
+                entry["context_window"] = model.input_token_limit
+            if model.output_token_limit:
+                entry["output_token_limit"] = model.output_token_limit
+            entries[model.id] = entry
+        for model_id in self.missing:
+            entries[model_id] = {"status": "shut down", "shut_down_on": today}
+            if model_id != DEFAULT_MODEL:
+                entries[model_id]["replacement"] = DEFAULT_MODEL
+        for change in self.changed:
+            entries.setdefault(change.id, {})[change.field] = change.provider
+        return entries
+
+
+def _is_image_model(model_id: str) -> bool:
+    return "image" in model_id or "banana" in model_id
+
+
 BUILTIN = Catalog(MODELS)
 """The models nanoedit ships."""
 
@@ -547,6 +639,32 @@ def check_available(spec: ModelSpec, provider: str) -> str | None:
     if provider == "google":
         raise ConfigError(message)
     return message + f" (sent as written: provider {provider!r} may still route it)"
+
+
+def overlay_toml(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    """`[models."ID"]` tables as TOML text (strings, integers, floats, booleans, lists)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            return (
+                "{ " + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + " }"
+            )
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    out = []
+    for model_id, entry in entries.items():
+        out.append(f"[models.{json.dumps(model_id)}]")
+        out.extend(f"{key} = {value(v)}" for key, v in entry.items())
+        out.append("")
+    return "\n".join(out)
 
 
 def estimate_text_tokens(text: str) -> int:

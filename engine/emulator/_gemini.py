@@ -75,6 +75,8 @@ log = structlog.get_logger("nanoedit.emulator")
 _SSE_SEPARATOR = b"\r\n\r\n"
 _OFFLOAD_BYTES = 512 * 1024  # bodies above this are parsed in a worker thread
 _DISPLAY = {
+    "gemini-nano-banana-2.1": "Nano Banana 2.1",
+    "gemini-3.1-flash-lite-image": "Nano Banana 2 Lite (Gemini 3.1 Flash Lite Image)",
     "gemini-3.1-flash-image": "Nano Banana 2 (Gemini 3.1 Flash Image)",
     "gemini-3-pro-image": "Nano Banana Pro (Gemini 3 Pro Image)",
     "gemini-3.1-flash-image-preview": "Nano Banana 2 (Gemini 3.1 Flash Image Preview)",
@@ -119,8 +121,13 @@ def _model_info(spec: ModelSpec) -> dict[str, Any]:
         "displayName": _DISPLAY.get(spec.id, spec.id),
         "description": f"Image generation and editing ({', '.join(spec.aliases)}).",
         "inputTokenLimit": spec.context_window,
-        "outputTokenLimit": 32_768,
-        "supportedGenerationMethods": ["generateContent", "countTokens"],
+        "outputTokenLimit": spec.output_token_limit,
+        "supportedGenerationMethods": [
+            "generateContent",
+            "streamGenerateContent",
+            "countTokens",
+            "batchGenerateContent",
+        ],
         "thinking": spec.thinking,
     }
 
@@ -132,7 +139,18 @@ async def handle_list_models(request: web.Request) -> web.Response:
         check_gemini_key(request, state.settings.api_key)
     except ApiFailure as failure:
         return gemini_error(failure)
-    body = {"models": [_model_info(spec) for spec in state.settings.catalog.models.values()]}
+    # Paged as Google pages it (pageSize, default 50, at most 1000; pageToken); a model Google
+    # shut down is no longer listed.
+    listed = [s for s in state.settings.catalog.models.values() if s.status != "shut down"]
+    try:
+        size = min(1000, max(1, int(request.query.get("pageSize", "50"))))
+        start = int(request.query.get("pageToken") or 0)
+    except ValueError:
+        return gemini_error(ApiFailure(400, "Invalid pageSize or pageToken."))
+    page = listed[start : start + size]
+    body: dict[str, Any] = {"models": [_model_info(spec) for spec in page]}
+    if start + size < len(listed):
+        body["nextPageToken"] = str(start + size)
     return web.Response(body=json_body(body), content_type="application/json")
 
 

@@ -35,6 +35,9 @@ from engine.providers._interactions import (
     steps_of,
     usage_of,
 )
+from engine.providers._models import (
+    list_models,
+)
 from engine.providers._openai_chat import (
     OpenAIChatProvider,
     extract_images,
@@ -72,6 +75,7 @@ __all__ = [
     "extract_images",
     "google_error",
     "json_http_error",
+    "list_models",
     "loop_time",
     "openai_size",
     "parse_retry_info",

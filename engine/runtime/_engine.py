@@ -29,10 +29,12 @@ from engine.policy import AllowanceChange, Budget, CostLedger, Limiter, SlotHand
 from engine.providers import (
     FilesAndBatches,
     GeminiProvider,
+    HttpProvider,
     InteractionsProvider,
     OpenAIChatProvider,
     OpenAIImagesProvider,
     Provider,
+    list_models,
 )
 from engine.runtime._batch import Batches, BatchItem, BatchResult, Progress
 from engine.runtime._history_files import HistoryFiles
@@ -45,6 +47,7 @@ from engine.wire import Transport
 from sessions import (
     BatchRecord,
     Catalog,
+    CatalogDrift,
     Content,
     ImageConfig,
     MemoryStore,
@@ -283,6 +286,18 @@ class Engine:
             return record
         op = await self.batches.wait(record.name, on_progress=on_progress)
         return await self.batches.results(record.name, op)
+
+    async def refresh_catalog(self) -> CatalogDrift:
+        """Read the provider's model list (Gemini-native endpoints) and compare it with the
+        catalog: image models it lacks, ids no longer listed, limits that differ."""
+        self.check_open()
+        provider = self.provider
+        if provider.api not in ("gemini", "interactions") or not isinstance(provider, HttpProvider):
+            raise ConfigError(
+                f"provider {provider.name!r} speaks {provider.api}: only Google's endpoints "
+                "list models in Google's shape"
+            )
+        return self.catalog.refresh(await list_models(provider))
 
     def request_slot(self, model: str) -> AbstractAsyncContextManager[SlotHandle]:
         """The slot an upstream request holds: the engine's limiter's, and in a cluster also one

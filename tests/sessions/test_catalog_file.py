@@ -11,8 +11,9 @@ import structlog
 
 from engine import ConfigError, Engine, EngineConfig
 from engine.cli import main
+from engine.emulator import EmulatorSettings
 from sessions import Catalog
-from tests.conftest import FakeProvider
+from tests.conftest import EmulatorThread, FakeProvider
 
 NB9 = """
 [models."gemini-nano-banana-9"]
@@ -117,3 +118,72 @@ def test_edit_json_reports_the_ga_model(tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "out"
     assert main(["edit", "a mug", "--json", "--flat", "--store", "memory", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "gemini-nano-banana-2.1"
+
+
+def test_models_refresh_reports_drift_and_writes_the_overlay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nanoedit models --refresh` against a provider whose list has a new image model, drops
+    one of ours and changes a window: all three are reported, the overlay is written, and the
+    next start reads it (the new model resolves, the dropped one is shut down)."""
+    served = tmp_path / "served.toml"
+    served.write_text(
+        '[models."gemini-4-flash-image"]\nbase = "gemini-nano-banana-2.1"\n'
+        "context_window = 262144\n"
+        '[models."gemini-3.1-flash-lite-image"]\nstatus = "shut down"\n'
+        '[models."gemini-3-pro-image"]\ncontext_window = 98304\n'
+    )
+    # More models than one page: the refresh follows nextPageToken.
+    emu = EmulatorThread(EmulatorSettings(flat=True, catalog=Catalog.load(served)))
+    url = emu.start()
+    overlay = tmp_path / "overlay.toml"
+    try:
+        code = main(["models", "--refresh", "--json", "--base-url", url, "--catalog", str(overlay)])
+    finally:
+        emu.stop()
+    assert code == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n") :])  # after the emulator thread's log line
+    assert report["added"] == ["gemini-4-flash-image"]
+    assert report["missing"] == ["gemini-3.1-flash-lite-image"]
+    assert report["changed"] == [
+        {"id": "gemini-3-pro-image", "field": "context_window", "catalog": 65536, "provider": 98304}
+    ]
+    learned = Catalog.load(overlay)
+    assert learned.resolve("gemini-4-flash-image").context_window == 262144
+    assert learned.resolve("gemini-4-flash-image").status == "preview"
+    assert learned.resolve("nano-banana-2-lite").status == "shut down"
+    assert learned.resolve("nano-banana-pro").context_window == 98304
+    # A second refresh against the same list with the overlay loaded finds nothing new.
+    emu = EmulatorThread(EmulatorSettings(flat=True, catalog=Catalog.load(served)))
+    url = emu.start()
+    try:
+        assert main(["models", "--refresh", "--base-url", url, "--catalog", str(overlay)]) == 0
+    finally:
+        emu.stop()
+    assert "matches" in capsys.readouterr().out
+
+
+def test_the_emulator_pages_its_model_list() -> None:
+    """GET /v1beta/models pages with pageSize/pageToken and leaves shut-down models out."""
+    import urllib.request
+
+    emu = EmulatorThread(EmulatorSettings(flat=True))
+    url = emu.start()
+    try:
+        ids: list[str] = []
+        token = ""
+        pages = 0
+        while True:
+            query = "?pageSize=2" + (f"&pageToken={token}" if token else "")
+            with urllib.request.urlopen(f"{url}/v1beta/models{query}") as resp:
+                doc = json.loads(resp.read())
+            pages += 1
+            ids += [m["name"].removeprefix("models/") for m in doc["models"]]
+            token = doc.get("nextPageToken", "")
+            if not token:
+                break
+    finally:
+        emu.stop()
+    listed = [s.id for s in Catalog.load(None).models.values() if s.status != "shut down"]
+    assert ids == listed and pages == -(-len(listed) // 2)
