@@ -1,7 +1,8 @@
-"""History images inline or by reference (the Files API): request bytes, client CPU and time to
-image per turn, side by side in one run.
+"""History images inline, by reference (the Files API) or kept at Google (the Interactions API):
+request bytes, client CPU and time to image per turn, side by side in one run.
 
     python benchmarks/history.py [--sizes 1K,2K,4K] [--turns 10] [--mbps 20] [--rate-turns 10]
+                                 [--cut-turns 40] [--cut-rate 0.15]
 
 Part 1, for each image size: one session of `--turns` turns per mode (`inline`, `files`)
 against the emulator in its own process (grain images, as large as real ones: 1K ~1.3 MB,
@@ -15,8 +16,15 @@ and uploads no faster: `nanoedit emulator --upload-mbps`), 1K, per turn and mode
 until the image event. The next turn starts at once after the previous one, so `files` also
 waits for the previous image's upload (in real use a person looks at the image first).
 
+Part 3 (Interactions): `--cut-turns` streamed turns, `--cut-rate` of the streams cut mid-answer
+(after the interaction exists, before its image); with resume (the default) and without. The
+upstream spend is every interaction the emulator generated times the turn price; with resume it
+equals the committed turns' cost, without it does not (the cut answers are paid twice).
+
 Targets (issue 11): with files the turn-10 request <= 1.1x the turn-2 request; a 10-turn 4K
 session completes; at 20 Mbit/s the turn-10 time to image with files <= 0.3x inline.
+(issue 23): an Interactions turn-10 request under 4 KB; its client CPU at turn 10 within 1.2x
+turn 2's; with resume, no double pay.
 """
 
 from __future__ import annotations
@@ -51,10 +59,17 @@ PROMPTS = [
 ]
 
 
+MODES = ("inline", "files", "interactions")
+
+
 async def _session(
-    base_url: str, mode: HistoryImages, size: str, turns: int, *, timed: bool
+    base_url: str, mode: str, size: str, turns: int, *, timed: bool
 ) -> list[dict[str, Any]]:
-    cfg = EngineConfig(provider="custom", base_url=base_url, history_images=mode)
+    if mode == "interactions":
+        cfg = EngineConfig(provider="custom", base_url=base_url, api="interactions")
+    else:
+        history: HistoryImages = "files" if mode == "files" else "inline"
+        cfg = EngineConfig(provider="custom", base_url=base_url, history_images=history)
     rows: list[dict[str, Any]] = []
     async with Engine(cfg) as engine:
         session = await engine.create_session(image_config=ImageConfig(image_size=size))
@@ -87,6 +102,74 @@ async def _session(
     return rows
 
 
+async def _cut_session(base_url: str, turns: int, *, resume: bool) -> dict[str, Any]:
+    cfg = EngineConfig(provider="custom", base_url=base_url, api="interactions")
+    async with Engine(cfg) as engine:
+        provider: Any = engine.provider
+        if not resume:
+            provider.max_resumes = 0
+        session = await engine.create_session()
+        costs, attempts = [], 0
+        for n in range(turns):
+            turn = await session.send(PROMPTS[n % len(PROMPTS)], stream=True)
+            costs.append(turn.cost_usd)
+            attempts += turn.attempts
+        return {"costs": costs, "attempts": attempts, "resumes": provider.resumes}
+
+
+def _cut_part(turns: int, rate: float) -> tuple[str, list[str]]:
+    """Streams cut after the interaction exists and before its image, with and without resume."""
+    import json
+    import urllib.request
+
+    rows, notes = [], []
+    for resume in (True, False):
+        # 6 events: created, status, the thought's start, signature and stop, the output's start.
+        spec = f"rate={rate}:cut:6"
+        with emulator_process("--faults", spec, "--flat", "--seed", "7") as (_, base_url):
+            run = asyncio.run(_cut_session(base_url, turns, resume=resume))
+            with urllib.request.urlopen(f"{base_url}/emulator/stats") as resp:
+                stats = json.loads(resp.read())
+        created = stats["interactions"]["created"]
+        committed = sum(run["costs"])
+        upstream = created * committed / len(run["costs"])
+        label = "with resume" if resume else "without resume"
+        rows.append(
+            [
+                label,
+                str(turns),
+                str(created),
+                str(run["resumes"]),
+                f"{committed:.4f}",
+                f"{upstream:.4f}",
+                f"{upstream / committed:.3f}",
+            ]
+        )
+        notes.append(
+            f"cut at {rate:.0%}, {label}: {created} interactions generated for {turns} turns, "
+            f"upstream spend ${upstream:.4f} vs committed ${committed:.4f} "
+            f"({upstream / committed:.3f}x)"
+        )
+    table = markdown_table(
+        [
+            "streams",
+            "turns",
+            "interactions generated",
+            "resumed",
+            "committed USD",
+            "upstream USD",
+            "upstream / committed",
+        ],
+        rows,
+        right=range(1, 7),
+    )
+    print(f"\nstreams cut at {rate:.0%} (Interactions)")
+    print(table)
+    for note in notes:
+        print(note)
+    return table, notes
+
+
 def _kb(n: float) -> str:
     return f"{n / 1e3:,.1f}"
 
@@ -101,6 +184,8 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--mbps", type=float, default=20.0)
     parser.add_argument("--rate-turns", type=int, default=10, help="turns in part 2 (0: skip)")
+    parser.add_argument("--cut-turns", type=int, default=40, help="turns in part 3 (0: skip)")
+    parser.add_argument("--cut-rate", type=float, default=0.15, help="share of streams cut")
     args = parser.parse_args()
     configure_logging(0)  # errors only: the tables are the output
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -110,26 +195,24 @@ def main() -> int:
 
     with emulator_process() as (_, base_url):
         for size in sizes:
-            modes: tuple[HistoryImages, ...] = ("inline", "files")
             runs = {
                 mode: asyncio.run(_session(base_url, mode, size, args.turns, timed=False))
-                for mode in modes
+                for mode in MODES
             }
             rows = []
             for n in range(args.turns):
                 row = [str(n + 1)]
-                for mode in ("inline", "files"):
+                for mode in MODES:
                     r = runs[mode][n] if n < len(runs[mode]) else None
                     if r is None:
-                        row += ["", "", ""]
+                        row += ["", ""]
                     elif "error" in r:
-                        row += ["stopped", r["error"][:40], ""]
+                        row += ["stopped", r["error"][:30]]
                     else:
                         row += [_kb(r["request_bytes"]), fmt(r["cpu_ms"], 1)]
-                        row += [_mb(r["uploaded_bytes"])] if mode == "files" else []
-                        if mode == "inline":
-                            row.append("")
-                rows.append(row[:1] + row[1:3] + row[4:7])
+                    if mode == "files":
+                        row.append(_mb(r["uploaded_bytes"]) if r and "error" not in r else "")
+                rows.append(row)
             table = markdown_table(
                 [
                     "turn",
@@ -138,18 +221,20 @@ def main() -> int:
                     "files request KB",
                     "files CPU ms",
                     "files uploaded MB",
+                    "interactions request KB",
+                    "interactions CPU ms",
                 ],
                 rows,
-                right=range(1, 6),
+                right=range(1, 8),
             )
-            files = [r for r in runs["files"] if "error" not in r]
             completed = {m: sum("error" not in r for r in runs[m]) for m in runs}
             print(
                 f"\n{size}: turns completed inline {completed['inline']}, files "
-                f"{completed['files']} of {args.turns}"
+                f"{completed['files']}, interactions {completed['interactions']} of {args.turns}"
             )
             print(table)
             tables.append(f"**{size}**\n\n{table}")
+            files = [r for r in runs["files"] if "error" not in r]
             if len(files) >= args.turns and args.turns >= 2:
                 ratio = files[-1]["request_bytes"] / files[1]["request_bytes"]
                 inline = [r for r in runs["inline"] if "error" not in r]
@@ -167,10 +252,21 @@ def main() -> int:
                 note = f"{size}: files completed {completed['files']}/{args.turns} turns"
             print(note)
             notes.append(note)
+            chained = [r for r in runs["interactions"] if "error" not in r]
+            if len(chained) >= args.turns and args.turns >= 2:
+                final, second = chained[-1], chained[1]
+                note = (
+                    f"{size}: interactions turn-{args.turns} request {final['request_bytes']:,} B "
+                    f"(target < 4,096 B); client CPU turn {args.turns} / turn 2 = "
+                    f"{final['cpu_ms'] / second['cpu_ms']:.2f}x (target <= 1.2x); "
+                    f"inline turn {args.turns} CPU {fmt(runs['inline'][-1].get('cpu_ms'), 1)} ms"
+                )
+                print(note)
+                notes.append(note)
 
     if args.rate_turns:
         with emulator_process("--upload-mbps", str(args.mbps)) as (_, base_url):
-            both: tuple[HistoryImages, ...] = ("inline", "files")
+            both = ("inline", "files")
             timed = {
                 mode: asyncio.run(_session(base_url, mode, "1K", args.rate_turns, timed=True))
                 for mode in both
@@ -197,8 +293,16 @@ def main() -> int:
         print(note)
         notes.append(note)
 
+    if args.cut_turns:
+        table, cut_notes = _cut_part(args.cut_turns, args.cut_rate)
+        tables.append(f"**streams cut at {args.cut_rate:.0%}, Interactions**\n\n{table}")
+        notes.extend(cut_notes)
+
     append_results(
-        "history images inline vs Files API references", info, "\n\n".join(tables), notes
+        "history images inline vs Files API references vs Interactions",
+        info,
+        "\n\n".join(tables),
+        notes,
     )
     return 0
 

@@ -18,9 +18,10 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from engine.emulator._gemini import _spec, admit, answer_request
+from engine.emulator._gemini import admit, answer_request
 from engine.emulator._generate import ApiFailure, invalid
 from engine.emulator._http import STATE, ServerState, check_gemini_key, json_body, json_response
+from engine.emulator._models import model_spec
 from engine.emulator._vault import BatchJob, rfc3339
 from sessions import ModelSpec
 
@@ -103,7 +104,7 @@ def _operation(job: BatchJob) -> dict[str, Any]:
 async def handle_batch_create(request: web.Request, state: ServerState, model: str) -> web.Response:
     """POST /v1beta/models/{model}:batchGenerateContent."""
     body = await admit(request, state, "batchGenerateContent", model)
-    spec = _spec(model, request)
+    spec = model_spec(model, request)
     try:
         doc = _any.decode(body)
     except msgspec.DecodeError as exc:

@@ -43,12 +43,12 @@ from engine.emulator._http import (
     send_plain,
     send_stream,
 )
+from engine.emulator._models import model_spec
 from engine.emulator._signatures import check_history
 from engine.emulator._vault import resolve_file_parts
 from engine.emulator.render import RenderResult
 from sessions import (
     Blob,
-    ConfigError,
     Content,
     IncomingRequest,
     ModelSpec,
@@ -65,8 +65,6 @@ __all__ = [
     "METHODS",
     "admit",
     "answer_request",
-    "handle_get_model",
-    "handle_list_models",
     "model_call_handler",
 ]
 
@@ -74,15 +72,6 @@ log = structlog.get_logger("nanoedit.emulator")
 
 _SSE_SEPARATOR = b"\r\n\r\n"
 _OFFLOAD_BYTES = 512 * 1024  # bodies above this are parsed in a worker thread
-_DISPLAY = {
-    "gemini-nano-banana-2.1": "Nano Banana 2.1",
-    "gemini-3.1-flash-lite-image": "Nano Banana 2 Lite (Gemini 3.1 Flash Lite Image)",
-    "gemini-3.1-flash-image": "Nano Banana 2 (Gemini 3.1 Flash Image)",
-    "gemini-3-pro-image": "Nano Banana Pro (Gemini 3 Pro Image)",
-    "gemini-3.1-flash-image-preview": "Nano Banana 2 (Gemini 3.1 Flash Image Preview)",
-    "gemini-3-pro-image-preview": "Nano Banana Pro (Gemini 3 Pro Image Preview)",
-    "gemini-2.5-flash-image": "Nano Banana (Gemini 2.5 Flash Image)",
-}
 _NO_IMAGE_TEXT = (
     "I'm unable to create that image. I can help with a different request or a rephrased one."
 )
@@ -91,78 +80,6 @@ _IMAGE_SAFETY_MESSAGE = (
     "Google's Generative AI Prohibited Use policy. You will not be charged for blocked images. "
     "Try rephrasing the prompt."
 )
-
-
-def _unknown_model(name: str, version: str) -> ApiFailure:
-    return ApiFailure(
-        404,
-        f"models/{name} is not found for API version {version}, or is not supported for "
-        "generateContent. Call ListModels to see the list of available models and their "
-        "supported methods.",
-        openai_code="model_not_found",
-    )
-
-
-def _version(request: web.Request) -> str:
-    return request.path.split("/", 2)[1]
-
-
-def _spec(name: str, request: web.Request) -> ModelSpec:
-    try:
-        return request.app[STATE].settings.catalog.resolve(name)
-    except ConfigError:
-        raise _unknown_model(name.removeprefix("models/"), _version(request)) from None
-
-
-def _model_info(spec: ModelSpec) -> dict[str, Any]:
-    return {
-        "name": f"models/{spec.id}",
-        "version": spec.id.split("-")[1],
-        "displayName": _DISPLAY.get(spec.id, spec.id),
-        "description": f"Image generation and editing ({', '.join(spec.aliases)}).",
-        "inputTokenLimit": spec.context_window,
-        "outputTokenLimit": spec.output_token_limit,
-        "supportedGenerationMethods": [
-            "generateContent",
-            "streamGenerateContent",
-            "countTokens",
-            "batchGenerateContent",
-        ],
-        "thinking": spec.thinking,
-    }
-
-
-async def handle_list_models(request: web.Request) -> web.Response:
-    """GET /v1beta/models: the catalogue in Google's shape."""
-    state = request.app[STATE]
-    try:
-        check_gemini_key(request, state.settings.api_key)
-    except ApiFailure as failure:
-        return gemini_error(failure)
-    # Paged as Google pages it (pageSize, default 50, at most 1000; pageToken); a model Google
-    # shut down is no longer listed.
-    listed = [s for s in state.settings.catalog.models.values() if s.status != "shut down"]
-    try:
-        size = min(1000, max(1, int(request.query.get("pageSize", "50"))))
-        start = int(request.query.get("pageToken") or 0)
-    except ValueError:
-        return gemini_error(ApiFailure(400, "Invalid pageSize or pageToken."))
-    page = listed[start : start + size]
-    body: dict[str, Any] = {"models": [_model_info(spec) for spec in page]}
-    if start + size < len(listed):
-        body["nextPageToken"] = str(start + size)
-    return web.Response(body=json_body(body), content_type="application/json")
-
-
-async def handle_get_model(request: web.Request) -> web.Response:
-    """GET /v1beta/models/{model}: one model, aliases accepted."""
-    state = request.app[STATE]
-    try:
-        check_gemini_key(request, state.settings.api_key)
-        spec = _spec(request.match_info["name"], request)
-    except ApiFailure as failure:
-        return gemini_error(failure)
-    return web.Response(body=json_body(_model_info(spec)), content_type="application/json")
 
 
 # --- request parsing ----------------------------------------------------------------------
@@ -714,7 +631,7 @@ async def _generate_held(
     stream = request.match_info["name"].endswith(":streamGenerateContent")
     endpoint = "streamGenerateContent" if stream else "generateContent"
     body = await admit(request, state, endpoint, model)
-    spec = _spec(model, request)
+    spec = model_spec(model, request)
     if len(body) > _OFFLOAD_BYTES:
         # Decoding, hashing and measuring megabytes of history images would stall the loop.
         job = await state.pool.run(_parse_and_prepare, state, spec, body)
@@ -815,7 +732,7 @@ async def _events(
 
 async def _count_tokens(request: web.Request, state: ServerState, model: str) -> web.Response:
     body = await admit(request, state, "countTokens", model)
-    spec = _spec(model, request)
+    spec = model_spec(model, request)
     incoming = _decode_request(body)
     if incoming.generateContentRequest is not None:
         incoming = _decode_request(json_body(incoming.generateContentRequest))

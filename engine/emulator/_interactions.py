@@ -30,7 +30,6 @@ from engine.emulator._faults import Decision
 from engine.emulator._gemini import (
     Job,
     _render_all,
-    _spec,
     build_answer,
     check_limits,
     generation_params,
@@ -47,6 +46,7 @@ from engine.emulator._http import (
     send_plain,
     send_stream,
 )
+from engine.emulator._models import model_spec
 from engine.emulator._vault import StoredInteraction
 from sessions import Blob, Content, ModelSpec, Part, b64decode_strict, b64encode
 
@@ -244,7 +244,7 @@ def _prepare(state: ServerState, request: web.Request, body: bytes) -> _Prepared
     if not isinstance(name, str) or not name:
         raise _failure(400, "model is required")
     try:
-        spec = _spec(name, request)
+        spec = model_spec(name, request)
     except ApiFailure:
         raise _failure(404, f"Model '{name}' was not found.", "model_not_found") from None
     vault = state.interactions

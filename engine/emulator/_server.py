@@ -25,8 +25,6 @@ from engine.emulator._files import (
 )
 from engine.emulator._gemini import (
     METHODS,
-    handle_get_model,
-    handle_list_models,
     model_call_handler,
 )
 from engine.emulator._generate import ApiFailure
@@ -40,6 +38,7 @@ from engine.emulator._http import (
     openai_error,
 )
 from engine.emulator._interactions import handle_create_interaction, handle_interaction
+from engine.emulator._models import handle_get_model, handle_list_models
 from engine.emulator._openai import (
     handle_chat_completions,
     handle_image_edits,

@@ -426,6 +426,7 @@ class InteractionsProvider(HttpProvider):
         self.delivery: ImageDelivery = delivery
         self._headers = Headers({**self._headers, "api-revision": API_REVISION})
         self.resumes = 0  # streams resumed after a break (for tests and benchmarks)
+        self.max_resumes = _MAX_RESUMES  # per attempt; 0 retries a broken stream from scratch
 
     def _url(self, tail: str = "") -> str:
         return f"{self._base_url}/v1beta/interactions{tail}"
@@ -568,7 +569,7 @@ class InteractionsProvider(HttpProvider):
             except TransportError:
                 if state.completed:
                     break  # the answer was whole; only the connection's goodbye failed
-                if found.id is None or state.resumed >= _MAX_RESUMES:
+                if found.id is None or state.resumed >= self.max_resumes:
                     raise
                 # The interaction exists: pick the stream up after the last event received.
                 state.resumed += 1
