@@ -16,6 +16,9 @@ and uploads no faster: `nanoedit emulator --upload-mbps`), 1K, per turn and mode
 until the image event. The next turn starts at once after the previous one, so `files` also
 waits for the previous image's upload (in real use a person looks at the image first).
 
+Part 1 also runs the Interactions session with `delivery: "uri"` (images downloaded from a URI
+instead of base64 in the answer) and prints the client CPU per turn of both deliveries.
+
 Part 3 (Interactions): `--cut-turns` streamed turns, `--cut-rate` of the streams cut mid-answer
 (after the interaction exists, before its image); with resume (the default) and without. The
 upstream spend is every interaction the emulator generated times the turn price; with resume it
@@ -38,7 +41,7 @@ from typing import Any
 from _common import append_results, emulator_process, fmt, machine_info, markdown_table
 
 from engine import Engine, EngineConfig, NanoeditError
-from engine._config import HistoryImages
+from engine._config import HistoryImages, ImageDelivery
 from engine.cli._common import configure_logging
 from engine.events import Event
 from sessions import ImageConfig
@@ -65,8 +68,11 @@ MODES = ("inline", "files", "interactions")
 async def _session(
     base_url: str, mode: str, size: str, turns: int, *, timed: bool
 ) -> list[dict[str, Any]]:
-    if mode == "interactions":
-        cfg = EngineConfig(provider="custom", base_url=base_url, api="interactions")
+    if mode.startswith("interactions"):
+        delivery: ImageDelivery = "uri" if mode.endswith("uri") else "inline"
+        cfg = EngineConfig(
+            provider="custom", base_url=base_url, api="interactions", image_delivery=delivery
+        )
     else:
         history: HistoryImages = "files" if mode == "files" else "inline"
         cfg = EngineConfig(provider="custom", base_url=base_url, history_images=history)
@@ -252,6 +258,18 @@ def main() -> int:
                 note = f"{size}: files completed {completed['files']}/{args.turns} turns"
             print(note)
             notes.append(note)
+            uri = asyncio.run(_session(base_url, "interactions-uri", size, args.turns, timed=False))
+            cpu_inline = sorted(r["cpu_ms"] for r in runs["interactions"][1:] if "error" not in r)
+            cpu_uri = sorted(r["cpu_ms"] for r in uri[1:] if "error" not in r)
+            if cpu_inline and cpu_uri:
+                med_i, med_u = cpu_inline[len(cpu_inline) // 2], cpu_uri[len(cpu_uri) // 2]
+                note = (
+                    f"{size}: interactions image delivery, client CPU per turn (median of turns "
+                    f"2-{args.turns}): inline {med_i:.1f} ms, uri {med_u:.1f} ms "
+                    f"({med_u / med_i:.2f}x)"
+                )
+                print(note)
+                notes.append(note)
             chained = [r for r in runs["interactions"] if "error" not in r]
             if len(chained) >= args.turns and args.turns >= 2:
                 final, second = chained[-1], chained[1]

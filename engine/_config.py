@@ -162,6 +162,9 @@ class EngineConfig:
     # api="interactions": images come inline (base64 in the answer) or as a URI downloaded
     # with the key ("uri").
     image_delivery: ImageDelivery = "inline"
+    # api="interactions": keep each conversation at Google (`store: true`) so turns chain; False
+    # stores nothing there and sends the whole history every turn.
+    interactions_store: bool = True
     emulator: EmulatorOptions = field(default_factory=EmulatorOptions)
     home: Path | None = None  # session store directory; see `store_dir()`
     # Where the command line keeps sessions: "memory", a SQLite path, or a PostgreSQL DSN

@@ -17,7 +17,8 @@ NanoeditError
 │   ├── NotFound                    404
 │   ├── RateLimited                 429 RESOURCE_EXHAUSTED
 │   ├── ServerError                 5xx, HTML gateway pages
-│   └── MalformedResponse           a body that is not the JSON it should be
+│   ├── MalformedResponse           a body that is not the JSON it should be
+│   └── InteractionIncomplete       an interaction ended incomplete / budget_exceeded / cancelled
 ├── ContentBlocked(reason)          promptFeedback.blockReason, IMAGE_SAFETY, NO_IMAGE, ...
 ├── BudgetExceeded(limit, needed, allowed)
 ├── SSEError                        an event stream that cannot be decoded
@@ -58,6 +59,7 @@ __all__ = [
     "EventTooLarge",
     "FirstByteTimeout",
     "IdleTimeout",
+    "InteractionIncomplete",
     "InvalidRequest",
     "MalformedResponse",
     "NanoeditError",
@@ -171,6 +173,11 @@ class ServerError(ApiError):
 
 class MalformedResponse(ApiError):
     """The body is not the JSON it should be (truncated, HTML with a 200, wrong shape)."""
+
+
+class InteractionIncomplete(ApiError):
+    """The interaction ended `incomplete`, `budget_exceeded` or `cancelled` (its `code`): the
+    answer is not whole and is not committed. Not retried: the same request ends the same way."""
 
 
 class ContentBlocked(NanoeditError):

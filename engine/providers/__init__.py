@@ -28,7 +28,6 @@ from engine.providers._google_files import (
 )
 from engine.providers._interactions import (
     API_REVISION,
-    InteractionIncomplete,
     InteractionsProvider,
     chain_broken,
     content_of_steps,
@@ -60,7 +59,6 @@ __all__ = [
     "GenerateRequest",
     "HttpProvider",
     "ImagesBody",
-    "InteractionIncomplete",
     "InteractionsProvider",
     "OnDelta",
     "OpenAIChatProvider",

@@ -116,6 +116,9 @@ class Provider(abc.ABC):
     # The API it speaks; a turn's record keeps it when it is not Gemini-native (see
     # `GenerateRequest.foreign`).
     api: str = "gemini"
+    # The server keeps each answer's conversation (Interactions with `store: true`): a turn may
+    # name its parent's answer instead of sending the history (`previous_interaction`).
+    keeps_conversations: bool = False
     # Where uploads are valid: a fingerprint of the endpoint and the key (never the key). A
     # provider with the Files and Batch APIs is a `FilesAndBatches` (engine.providers._gemini).
     scope: str = ""

@@ -30,6 +30,7 @@ import msgspec
 from engine._exceptions import (
     ApiError,
     ContentBlocked,
+    InteractionIncomplete,
     ServerError,
     StreamBroken,
     TransportError,
@@ -90,11 +91,6 @@ _CODE_STATUS = {
 _MAX_RESUMES = 3  # resumptions of one broken stream before the attempt gives up
 _any = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
-
-
-class InteractionIncomplete(ApiError):
-    """The interaction ended `incomplete`, `budget_exceeded` or `cancelled` (its `code`): the
-    answer is not whole and is not committed. Not retried: the same request ends the same way."""
 
 
 def chain_broken(exc: BaseException) -> bool:
@@ -231,7 +227,11 @@ def _generation_config(config: Mapping[str, Any] | None) -> dict[str, Any] | Non
 
 
 def request_body(
-    request: GenerateRequest, *, previous: str | None, delivery: ImageDelivery = "inline"
+    request: GenerateRequest,
+    *,
+    previous: str | None,
+    delivery: ImageDelivery = "inline",
+    store: bool = True,
 ) -> dict[str, Any]:
     """The CreateModelInteraction body of a turn: with `previous`, only the new user turn;
     without, the whole history as steps."""
@@ -265,7 +265,7 @@ def request_body(
     tools = _tools(settings.tools)
     if tools:
         body["tools"] = tools
-    body["store"] = True
+    body["store"] = store
     return body
 
 
@@ -421,9 +421,14 @@ class InteractionsProvider(HttpProvider):
     supports_streaming = True
     default_auth = "goog"
 
-    def __init__(self, *args: Any, delivery: ImageDelivery = "inline", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, delivery: ImageDelivery = "inline", store: bool = True, **kwargs: Any
+    ) -> None:
+        """`store=False` keeps nothing at Google: every turn sends its whole history."""
         super().__init__(*args, **kwargs)
         self.delivery: ImageDelivery = delivery
+        self.store = store
+        self.keeps_conversations = store
         self._headers = Headers({**self._headers, "api-revision": API_REVISION})
         self.resumes = 0  # streams resumed after a break (for tests and benchmarks)
         self.max_resumes = _MAX_RESUMES  # per attempt; 0 retries a broken stream from scratch
@@ -433,7 +438,8 @@ class InteractionsProvider(HttpProvider):
 
     def encode(self, request: GenerateRequest) -> bytes:
         """The CreateModelInteraction body (`stream` is added by `generate`)."""
-        body = request_body(request, previous=request.previous_interaction, delivery=self.delivery)
+        previous = request.previous_interaction if self.store else None
+        body = request_body(request, previous=previous, delivery=self.delivery, store=self.store)
         return _encoder.encode(body)
 
     async def generate(

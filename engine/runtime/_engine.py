@@ -198,6 +198,7 @@ class Engine:
                     name=cfg.provider,
                     auth=preset.auth,
                     delivery=cfg.image_delivery,
+                    store=cfg.interactions_store,
                 )
             else:
                 self._provider = GeminiProvider(

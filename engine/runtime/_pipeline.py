@@ -231,7 +231,7 @@ class TurnRun:
     def _chain_of_head(self) -> str | None:
         provider = self.provider
         head = self.state.record.head
-        if provider.api != "interactions" or head is None:
+        if not provider.keeps_conversations or head is None:
             return None
         chains = self.state.turns[head].metadata.get("interactions")
         chain = chains.get(provider.scope) if isinstance(chains, dict) else None
@@ -568,7 +568,7 @@ class TurnRun:
 def _chain_metadata(meta: dict[str, Any], provider: Provider, result: ProviderResult) -> None:
     # The interaction that produced the turn, by provider scope (endpoint + key fingerprint):
     # the next turn from this one continues it.
-    if provider.api == "interactions" and result.response_id:
+    if provider.keeps_conversations and result.response_id:
         meta["interactions"] = {provider.scope: result.response_id}
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engine import (
     Engine,
+    InteractionIncomplete,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -24,7 +25,6 @@ from engine.events import TurnRetrying
 from engine.policy import settle_cost
 from engine.providers import (
     API_REVISION,
-    InteractionIncomplete,
     content_of_steps,
     steps_of,
     usage_of,
@@ -364,3 +364,18 @@ async def test_a_wrong_api_revision_and_unknown_parameters_are_refused(
             doc = await r.json()
             assert r.status == 404 and doc["error"]["code"] == "not_found"
             assert "v1_nope" in doc["error"]["message"]
+
+
+async def test_store_false_sends_the_history_every_turn(make_emulator: EmulatorFactory) -> None:
+    """`interactions_store=False`: nothing is kept at Google, so no turn names a previous
+    interaction and each sends its whole history as steps."""
+    emu = await make_emulator(record_requests=True)
+    cfg = config_for(emu.base_url, api="interactions", interactions_store=False)
+    async with Engine(cfg) as engine:
+        s = await engine.create_session()
+        for text in ("a mug", "make it blue", "add a sprig"):
+            turn = await s.send(text)
+            assert "interactions" not in turn.record.metadata
+    bodies = _bodies(emu)
+    assert all(b["store"] is False and "previous_interaction_id" not in b for b in bodies)
+    assert [sum(s["type"] == "user_input" for s in b["input"]) for b in bodies[1:]] == [2, 3]
