@@ -103,6 +103,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--redis-prefix", default="nanoedit", help="the cluster's Redis keys start with this"
     )
     g.add_argument("--no-stream", action="store_true", help="use generateContent, not SSE")
+    g.add_argument(
+        "--chat-images",
+        choices=("data", "url"),
+        default="data",
+        help="how /v1/chat/completions returns images: data URLs (default) or absolute URLs of "
+        "/v1/images/{sha256}",
+    )
     add_provider_options(p, model_default=None)
     add_budget_options(p)
     add_emulator_options(p)
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         tenant_turns_per_minute=args.tenant_turns_per_minute,
         drain_s=args.drain_seconds,
         default_budget=budget if budget != Budget() else None,
+        chat_images=args.chat_images,
     )
     return run_loop(_serve(args, cfg, options))
 

@@ -57,6 +57,7 @@ from sessions import (
     SessionSettings,
     SessionState,
     SessionStore,
+    TurnRecord,
     check_available,
     new_id,
 )
@@ -341,6 +342,8 @@ class Engine:
         session_id: str | None = None,
         history_images: HistoryImages | None = None,
         owner: str = "",
+        history: Sequence[tuple[Content, Content]] = (),
+        history_api: str = "openai-chat",
     ) -> Session:
         """A new session; the model, image config, thinking level and tools are validated
         against the model's catalog entry before anything is sent.
@@ -351,7 +354,9 @@ class Engine:
 
         `history_images` ("inline", "files", "auto"; None: the engine's setting) is how later
         requests carry this session's earlier images (see `EngineConfig.history_images`);
-        `owner` the tenant it belongs to (`nanoedit serve`)."""
+        `owner` the tenant it belongs to (`nanoedit serve`). `history` (user, model) Content
+        pairs become the session's first turns, recorded as having come through `history_api`
+        (a chat product's conversation imported by `nanoedit serve`)."""
         self.check_open()
         if history_images is not None and history_images not in ("inline", "files", "auto"):
             raise ConfigError(
@@ -387,8 +392,28 @@ class Engine:
         )
         if not isinstance(title, str):
             raise ConfigError(f"title must be a str, not {type(title).__name__}")
+        turns: list[TurnRecord] = []
+        for user, model_content in history:
+            spec.check_input_images(len(user.images()))
+            turns.append(
+                TurnRecord(
+                    id=new_id(),
+                    parent=turns[-1].id if turns else None,
+                    index=len(turns) + 1,
+                    user=Content(role="user", parts=list(user.parts)),
+                    model=Content(role="model", parts=list(model_content.parts)),
+                    model_id=spec.id,
+                    metadata={"api": history_api, "imported": True},
+                )
+            )
+        head = turns[-1].id if turns else None
         record = SessionRecord(
-            id=session_id or new_id(), model=spec.id, settings=settings, title=title
+            id=session_id or new_id(),
+            model=spec.id,
+            settings=settings,
+            title=title,
+            head=head,
+            tip=head,
         )
         # Everything is checked before the session exists: a refused session leaves nothing.
         try:
@@ -396,7 +421,7 @@ class Engine:
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"session settings cannot be sent as JSON: {exc}") from None
         session = Session(self, SessionState(record, {}))
-        await self.store.create(record)
+        await self.store.create(record, turns)
         session._state = await self.store.load(record.id)
         await session._publish(SessionCreated(session_id=record.id, model=spec.id))
         return session

@@ -22,6 +22,7 @@ from aiohttp import web
 from engine.policy import Budget
 from engine.runtime import Engine, Image, Session, Turn
 from engine.serve._api import ImageOut, SessionOut, TurnOut
+from engine.serve._chat import Conversations
 from engine.serve._fanout import ClusterFanout, LocalFanout, SessionFanout
 from engine.serve._http import HttpError
 from engine.serve._metrics import Metrics
@@ -49,6 +50,8 @@ class ServeOptions:
     # Handles kept after their last use, most recent first: a session that takes turn after
     # turn is not read from the store again for each (the rest are let go).
     idle_sessions: int = 64
+    # How chat completions return images: data URLs ("data") or this server's image URLs.
+    chat_images: str = "data"
 
 
 def not_found(session_id: str) -> HttpError:
@@ -78,6 +81,9 @@ class Gateway:
         self._turns: dict[str, asyncio.Task[Turn]] = {}
         self._rates: dict[str, RateWindow] = {}
         self._fanouts: dict[str, SessionFanout] = {}
+        # Which session and turn each answer image came from: chat products resend whole
+        # conversations, matched to the session they continue (`_chat`).
+        self.conversations = Conversations(engine)
         # Where a session's events come from, picked once: this node's bus, or the session's
         # Redis stream (every node's).
         cluster = engine.cluster

@@ -11,6 +11,7 @@ from importlib import resources
 
 import structlog
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.policy import Budget
 from engine.runtime import Session, Turn, sniff_mime
@@ -277,7 +278,7 @@ async def _multipart(request: web.Request, limit: int) -> tuple[TurnCreate, list
         return await _read_form(request, limit)
     except HttpError:
         raise
-    except (ValueError, AssertionError, KeyError, LookupError) as exc:
+    except (ValueError, AssertionError, KeyError, LookupError, HttpProcessingError) as exc:
         raise HttpError(400, "InvalidRequest", f"malformed multipart body: {exc}") from None
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import traceback
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import structlog
 from aiohttp import web
 
 from engine._exceptions import NanoeditError
-from engine.serve._http import HttpError, error_response, status_of
+from engine.serve._http import JSON, HttpError, error_response, status_of
 
 __all__ = ["errors"]
 
@@ -22,9 +23,41 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _KEPT = ("Allow",)
 
 
+_OPENAI_PATHS = ("/v1/models", "/v1/chat/", "/v1/responses", "/v1/images/generations",
+                 "/v1/images/edits")  # fmt: skip
+
+
+def _openai_shape(response: web.Response, status: int, kind: str, message: str) -> web.Response:
+    """The same error in OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`."""
+    from engine.serve._openai import openai_type
+
+    body = {"error": {"message": message, "type": openai_type(status), "code": kind,
+                      "param": None}}  # fmt: skip
+    response.body = msgspec.json.encode(body)
+    response.content_type = JSON
+    return response
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map what a handler raises onto `{"error": {...}}` and the status of its class."""
+    """Map what a handler raises onto `{"error": {...}}` and the status of its class (on the
+    OpenAI-compatible routes, in OpenAI's error shape)."""
+    response = await _errors(request, handler)
+    if (
+        isinstance(response, web.Response)
+        and response.status >= 400
+        and request.path.startswith(_OPENAI_PATHS)
+        and isinstance(response.body, bytes)
+    ):
+        try:
+            error = msgspec.json.decode(response.body)["error"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return response
+        return _openai_shape(response, response.status, error["type"], error["message"])
+    return response
+
+
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:

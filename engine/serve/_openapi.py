@@ -48,7 +48,29 @@ def _json_content(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref(name)}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+_OPENAI_ERROR = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "code": {"type": ["string", "null"]},
+                        "param": {"type": ["string", "null"]},
+                    },
+                    "required": ["message", "type", "code", "param"],
+                }
+            },
+            "required": ["error"],
+        }
+    }
+}
+
+
+def _errors(*statuses: int, openai: bool = False) -> dict[str, Any]:
     reasons = {
         400: "invalid body, image or turn",
         401: "missing or unknown key",
@@ -62,9 +84,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         503: "shutting down, or the store or Redis is unavailable (Retry-After)",
         504: "upstream timeout",
     }
-    return {
-        str(s): {"description": reasons[s], "content": _json_content("ErrorOut")} for s in statuses
-    }
+    content = _OPENAI_ERROR if openai else _json_content("ErrorOut")
+    return {str(s): {"description": reasons[s], "content": content} for s in statuses}
 
 
 _SSE = {
@@ -97,12 +118,18 @@ def _answer(route: Route) -> dict[str, Any]:
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": route.summary,
-        "responses": {**_answer(route), **route.extra, **_errors(*route.errors)},
+        "responses": {
+            **_answer(route),
+            **route.extra,
+            **_errors(*route.errors, openai=route.openai),
+        },
     }
     if route.params:
         op["parameters"] = list(route.params)
     if route.body is not None:
         op["requestBody"] = {"required": False, "content": _json_content(route.body)}
+    elif route.request is not None:
+        op["requestBody"] = {"required": True, "content": route.request}
     if not route.secured:
         op["security"] = []
     return op

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.serve import _handlers as h
+from engine.serve import _openai as o
 
 __all__ = ["ROUTES", "Route"]
 
@@ -19,6 +20,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
 _TURN_ERRORS = (400, 401, 402, 404, 409, 413, 422, 429, 502, 503, 504)
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+_OPENAI_TURN = {"application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}}}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,8 @@ class Route:
     params: tuple[dict[str, Any], ...] = (_ID,)
     secured: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # more responses (304, ...)
+    request: dict[str, Any] | None = None  # an inline request body media-type map
+    openai: bool = False  # errors in OpenAI's shape
 
 
 ROUTES: tuple[Route, ...] = (
@@ -80,6 +86,24 @@ ROUTES: tuple[Route, ...] = (
           params=({"name": "sha256", "in": "path", "required": True,
                    "schema": {"type": "string"}},),
           extra={"304": {"description": "not modified (If-None-Match)"}}),
+    # The OpenAI-compatible faces (errors in OpenAI's shape, same statuses).
+    Route("GET", "/v1/models", o.list_models, "OpenAI: the image models and aliases",
+          answer=_JSON_OBJECT, errors=(401,), params=(), openai=True),
+    Route("POST", "/v1/chat/completions", o.chat_completions,
+          "OpenAI: chat completions; a resent conversation continues its session",
+          answer=_OPENAI_TURN, errors=_TURN_ERRORS, params=(), request=_JSON_OBJECT, openai=True),
+    Route("POST", "/v1/images/generations", o.image_generations,
+          "OpenAI: generate images (n sibling turns of a new session)",
+          answer=_JSON_OBJECT, errors=_TURN_ERRORS, params=(), request=_JSON_OBJECT, openai=True),
+    Route("POST", "/v1/images/edits", o.image_edits,
+          "OpenAI: edit images (multipart); an edit of a session's latest image continues it",
+          answer=_JSON_OBJECT, errors=_TURN_ERRORS, params=(), openai=True,
+          request={"multipart/form-data": {"schema": {"type": "object"}}}),
+    Route("POST", "/v1/responses", o.responses,
+          "OpenAI: responses; previous_response_id names a turn",
+          answer=_OPENAI_TURN, errors=_TURN_ERRORS, params=(), request=_JSON_OBJECT, openai=True),
+    Route("GET", "/v1/responses/{id}", o.get_response, "OpenAI: a response again",
+          answer=_JSON_OBJECT, openai=True),
     Route("GET", "/healthz", h.healthz, "Health: the store, Redis, draining",
           answer="Health", errors=(), params=(), secured=False,
           extra={"503": {"description": "draining, or the store or Redis is down"}}),

@@ -196,10 +196,15 @@ async def test_delete_takes_the_lease(gate: Any) -> None:
             "multipart/form-data; boundary=b",
             b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\n\xff\xfe\xfa\r\n--b--\r\n',
         ),
+        (  # a part header aiohttp cannot parse (raised InvalidHeader: a 500 before)
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="\x16w\xc2\x9b"\r\n\r\nx\r\n--b--\r\n',
+        ),
     ],
 )
 async def test_a_malformed_multipart_body_is_400(gate: Any, content_type: str, body: bytes) -> None:
-    """No boundary, a wrong boundary, a non-UTF-8 field: 400, and the session has no turn."""
+    """No boundary, a wrong boundary, a non-UTF-8 field, an unparsable part header: 400, and
+    the session has no turn."""
     g = await gate()
     sid = (await g.call("POST", "/v1/sessions", {}))[1]["id"]
     status, doc, _ = await g.call(
