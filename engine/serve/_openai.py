@@ -25,7 +25,7 @@ import msgspec
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from engine.events import TurnTextDelta
+from engine.events import TurnPartialImage, TurnTextDelta
 from engine.runtime import Session, Turn, sniff_mime
 from engine.serve._chat import Conversations, Message, blobs_of, contents_of, read_conversation
 from engine.serve._gateway import GATEWAY, Gateway
@@ -560,54 +560,108 @@ async def responses(request: web.Request) -> web.StreamResponse:
             if session.state.record.head != turn_id:
                 await session.checkout(turn_id)
         session.check_input(latest.text, images)
-        turn = await _run(gateway, tenant, session, lambda: session.send(latest.text, images))
-        answer = _response_doc(session, turn.record, gateway.engine.store.blobs)
+        run = lambda: session.send(latest.text, images)  # noqa: E731
         if doc.get("stream") is not True:
-            return _json(answer)
-        return await _stream_response(request, answer, turn)
+            turn = await _run(gateway, tenant, session, run)
+            return _json(_response_doc(session, turn.record, gateway.engine.store.blobs))
+        return await _stream_response(request, gateway, tenant, session, run)
+
+
+class _ResponseEvents:
+    """The Responses event sequence written to one SSE response."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.seq = 0
+
+    async def send(self, kind: str, **fields: Any) -> None:
+        self.seq += 1
+        body = {"type": kind, "sequence_number": self.seq, **fields}
+        frame = f"event: {kind}\n".encode() + b"data: " + _encoder.encode(body) + b"\n\n"
+        await self.response.write(frame)
 
 
 async def _stream_response(
-    request: web.Request, answer: dict[str, Any], turn: Turn
+    request: web.Request,
+    gateway: Gateway,
+    tenant: str,
+    session: Session,
+    run: Callable[[], Awaitable[Turn]],
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    """The turn's events as they happen: `response.created`, the image call in progress (and
+    its `partial_image`s when the provider sends previews), `response.output_text.delta`s,
+    then each item done and `response.completed` with the committed turn."""
+    await gateway.check_tenant_limits(tenant)
+    bus = gateway.engine.bus
+    blobs = gateway.engine.store.blobs
+    subscription = bus.subscribe(
+        session_id=session.id,
+        types=("turn.text_delta", "turn.partial_image"),
+        since_seq=bus.last_seq(session.id),
+        maxsize=4096,
+        overflow="drop_oldest",
     )
-    await response.prepare(request)
-    seq = 0
-
-    async def send(kind: str, **fields: Any) -> None:
-        nonlocal seq
-        seq += 1
-        body = {"type": kind, "sequence_number": seq, **fields}
-        await response.write(
-            f"event: {kind}\n".encode() + b"data: " + _encoder.encode(body) + b"\n\n"
+    async with subscription:
+        task = await gateway.start_turn(tenant, session, run)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
-
-    pending = {**answer, "status": "in_progress", "output": []}
-    await send("response.created", response=pending)
-    for n, item in enumerate(answer["output"]):
-        await send(
-            "response.output_item.added", output_index=n, item={**item, "status": "in_progress"}
-        )
-        if item["type"] == "message" and turn.text:
-            await send(
-                "response.output_text.delta",
-                item_id=item["id"],
-                output_index=n,
-                content_index=0,
-                delta=turn.text,
-            )
-            await send(
-                "response.output_text.done",
-                item_id=item["id"],
-                output_index=n,
-                content_index=0,
-                text=turn.text,
-            )
-        await send("response.output_item.done", output_index=n, item=item)
-    await send("response.completed", response=answer)
-    await response.write_eof()
+        await response.prepare(request)
+        out = _ResponseEvents(response)
+        head = {"id": "resp_pending", "object": "response", "created_at": int(time.time()),
+                "status": "in_progress", "model": session.model, "output": []}  # fmt: skip
+        await out.send("response.created", response=head)
+        await out.send("response.in_progress", response=head)
+        image_item = {"type": "image_generation_call", "id": "ig_pending", "status": "in_progress"}
+        await out.send("response.output_item.added", output_index=0, item=image_item)
+        message_item = {"type": "message", "id": "msg_pending", "status": "in_progress",
+                        "role": "assistant", "content": []}  # fmt: skip
+        await out.send("response.output_item.added", output_index=1, item=message_item)
+        waiter = asyncio.ensure_future(asyncio.wait((task,)))
+        try:
+            async for event in _until(subscription, waiter):
+                if isinstance(event, TurnTextDelta) and not event.thought:
+                    await out.send(
+                        "response.output_text.delta",
+                        item_id="msg_pending",
+                        output_index=1,
+                        content_index=0,
+                        delta=event.text,
+                    )
+                elif isinstance(event, TurnPartialImage):
+                    preview = blobs.get(event.image.sha256)
+                    if preview is not None:
+                        await out.send(
+                            "response.image_generation_call.partial_image",
+                            item_id="ig_pending",
+                            output_index=0,
+                            partial_image_index=event.index,
+                            partial_image_b64=base64.b64encode(preview).decode(),
+                        )
+            try:
+                turn = task.result()
+            except Exception as exc:
+                status, _ = status_of(exc)
+                error = _error_body(status, type(exc).__name__, str(exc))
+                await out.send("error", **error)
+                await response.write_eof()
+                return response
+            _conversations(gateway).learn(tenant, session.id, turn.record)
+            answer = _response_doc(session, turn.record, blobs)
+            for n, item in enumerate(answer["output"]):
+                if item["type"] == "message":
+                    await out.send(
+                        "response.output_text.done",
+                        item_id=item["id"],
+                        output_index=n,
+                        content_index=0,
+                        text=turn.text,
+                    )
+                await out.send("response.output_item.done", output_index=n, item=item)
+            await out.send("response.completed", response=answer)
+            await response.write_eof()
+        finally:
+            waiter.cancel()
     return response
 
 

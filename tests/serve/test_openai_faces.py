@@ -274,3 +274,28 @@ async def test_another_tenants_ids_are_404_in_openai_shape(face: Any) -> None:
         )
     with pytest.raises(openai.BadRequestError):
         await f.client().chat.completions.create(model="nano-banana-2.1", messages=[])
+
+
+async def test_a_streamed_response_sends_the_responses_event_sequence(face: Any) -> None:
+    """responses.create(stream=True): response.created, text deltas as they come, each item
+    done, then response.completed whose id can be continued."""
+    f = await face()
+    client = f.client()
+    stream = await client.responses.create(model="nano-banana-2.1", input="a mug", stream=True)
+    kinds: list[str] = []
+    text = ""
+    completed: Any = None
+    async for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type == "response.completed":
+            completed = event.response
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds and text
+    assert kinds.index("response.output_text.delta") < kinds.index("response.output_item.done")
+    assert [item.type for item in completed.output] == ["image_generation_call", "message"]
+    follow = await client.responses.create(
+        model="nano-banana-2.1", input="make it blue", previous_response_id=completed.id
+    )
+    assert follow.id != completed.id
