@@ -21,6 +21,7 @@ from engine.cli import _batch as batch
 from engine.cli import _bench as bench
 from engine.cli import _edit as edit
 from engine.cli import _emulator as emulator
+from engine.cli import _mcp as mcp
 from engine.cli import _models as models
 from engine.cli import _serve as serve
 from engine.cli import _sessions as sessions
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     sessions.add_parser(sub)
     models.add_parser(sub)
+    mcp.add_parser(sub)
     return parser
 
 

@@ -11,11 +11,14 @@ changes a session.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import aiohttp_cors
 from aiohttp import web
 
 from engine.runtime import Engine
 from engine.serve._gateway import GATEWAY, OPENAPI, Gateway, ServeOptions
+from engine.serve._http import HttpError
 from engine.serve._middleware import errors
 from engine.serve._openapi import openapi_document
 from engine.serve._routes import ROUTES
@@ -52,8 +55,32 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> web.Appli
         cors = aiohttp_cors.setup(app, defaults=defaults)
         for route in routes:
             cors.add(route)
+    app.router.add_route("*", "/mcp", _mcp_handler(app))
     app.on_shutdown.append(_close_streams)
     return app
+
+
+def _mcp_handler(app: web.Application) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """`/mcp` (Streamable HTTP): the MCP face when the SDK is installed, else 501 saying so."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:  # pragma: no cover - the extra is not installed
+
+        async def missing(request: web.Request) -> web.StreamResponse:
+            raise HttpError(501, "NotImplemented", "MCP needs: pip install 'nanoedit[mcp]'")
+
+        return missing
+    from engine.serve._mcp import McpHttp
+
+    face = McpHttp(app[GATEWAY])
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await face.start()
+        yield
+        await face.stop()
+
+    app.cleanup_ctx.append(lifetime)
+    return face.handle
 
 
 async def _close_streams(app: web.Application) -> None:
