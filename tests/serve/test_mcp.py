@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -77,13 +80,25 @@ async def _workflow(session: ClientSession) -> dict[str, Any]:
     return {"sid": sid, "sha": turn["images"][0]["sha256"]}
 
 
+def _readme_entry() -> dict[str, Any]:
+    """The MCP client config entry the README gives."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in readme.splitlines() if x.startswith('{"mcpServers"'))
+    entry: dict[str, Any] = json.loads(line)["mcpServers"]["nanoedit"]
+    return entry
+
+
 async def test_mcp_over_stdio_with_an_empty_environment(tmp_path: Any) -> None:
-    """`nanoedit mcp` launched as MCP clients launch it: no variables, so the embedded
-    emulator; the whole workflow over stdio."""
+    """`nanoedit mcp` launched as the README's MCP client config launches it, with an empty
+    environment (but the data directory): the embedded emulator; the whole workflow over
+    stdio."""
+    entry = _readme_entry()
+    command = shutil.which(entry["command"], path=str(Path(sys.executable).parent))
+    assert command is not None and entry["args"] == ["mcp"]
     params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "engine", "mcp", "--store", "memory", "--flat"],
-        env={},
+        command=command,
+        args=entry["args"],
+        env={"NANOEDIT_HOME": str(tmp_path / "home")},
         cwd=str(tmp_path),
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:

@@ -81,6 +81,10 @@ async def test_studio_session_turns_undo_fork(
         page = await _page(browser, errors)
         await page.goto(str(server.make_url("/")))
         await expect(page.locator("#status")).to_have_text("ready")
+        # The model menu is the server's catalog (GET /v1/models), the default selected.
+        models = await page.locator("#new-model option").all_inner_texts()
+        assert {"gemini-nano-banana-2.1", "gemini-3-pro-image"} <= set(models)
+        assert await page.input_value("#new-model") == "gemini-nano-banana-2.1"
         await page.fill("#new-title", "mug")
         await page.select_option("#new-ratio", "16:9")
         await page.click("#new-session button[type=submit]")

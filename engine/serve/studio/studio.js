@@ -342,9 +342,21 @@ $("regenerate").addEventListener("click", () =>
 
 // --- start -----------------------------------------------------------------------------------
 
+// The model list comes from the server's catalog (GET /v1/models, the OpenAI-shaped listing):
+// every model id it serves, the default first; aliases stay out of the menu.
+async function loadModels() {
+  const listing = await api("GET", "/v1/models");
+  const ids = listing.data.map((m) => m.id).filter((id) => id.startsWith("gemini-"));
+  if (!ids.length) return;
+  const select = $("new-model");
+  select.replaceChildren(...ids.map((id) => el("option", { value: id, text: id })));
+  if (ids.includes("gemini-nano-banana-2.1")) select.value = "gemini-nano-banana-2.1";
+}
+
 async function start() {
   try {
     await loadSessions();
+    await loadModels();
   } catch (err) {
     setStatus(err.message, true);
     return;
