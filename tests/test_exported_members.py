@@ -47,7 +47,11 @@ def test_exported_names_belong_to_the_package(name: str) -> None:
     and constants are left out: their __module__ is typing's, or they have none)."""
     module = importlib.import_module(name)
     for attr in module.__all__:
-        value = getattr(module, attr)
+        try:
+            value = getattr(module, attr)
+        except ModuleNotFoundError as exc:  # an optional extra's face (engine.serve's MCP)
+            assert exc.name is not None and exc.name.split(".")[0] in ("mcp", "mcp_types")
+            continue
         if not isinstance(value, type | types.FunctionType):
             continue
         owner = value.__module__
