@@ -34,7 +34,7 @@ from engine.cli._common import (
     run_loop,
 )
 from engine.events import Event, TurnImage, TurnRetrying, TurnStarted, TurnTextDelta
-from engine.runtime import Engine, Session, Turn
+from engine.runtime import Engine, Region, Session, Turn
 from sessions import encode_contents
 
 __all__ = ["DEMO_PROMPTS", "add_demo_parser", "add_edit_parser", "run"]
@@ -81,6 +81,16 @@ def add_edit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--image", action="append", default=[], help="image for the first turn")
+    p.add_argument(
+        "--region",
+        metavar="X0,Y0,X1,Y1",
+        help="change only this box of the head image (pixels); every other pixel stays",
+    )
+    p.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="change only where this mask image is white (black: keep); soft edges blend",
+    )
     p.add_argument("--out", default="out", help="output directory (default: out)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--session", help="continue a stored session (an id or a unique prefix)")
@@ -303,17 +313,18 @@ async def _run_turn(
     *,
     stream: bool,
     quiet: bool,
+    region: Region | None = None,
 ) -> Turn:
     # Progress comes from the bus and the turn from send(): a failed turn then raises its own
     # error (BudgetExceeded, Unauthorized, ...), where a stream() consumer sees only the
     # turn.failed event.
     if quiet:
-        return await session.send(prompt, images, stream=stream)
+        return await session.send(prompt, images, stream=stream, region=region)
     progress = Progress(engine, sys.stderr, live=sys.stderr.isatty())
     unsubscribe = engine.bus.on("turn.*", progress, session_id=session.id)
     ticker = asyncio.ensure_future(_tick(progress)) if progress.live else None
     try:
-        return await session.send(prompt, images, stream=stream)
+        return await session.send(prompt, images, stream=stream, region=region)
     finally:
         unsubscribe()
         if ticker is not None:
@@ -381,6 +392,7 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
                     images if n == 1 else [],
                     stream=cfg.stream,
                     quiet=args.json,
+                    region=_region(args),
                 )
                 paths = _save_images(turn, out)
                 summary = _turn_summary(turn, session, paths)
@@ -419,11 +431,31 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
     return 0
 
 
+def _region(args: argparse.Namespace) -> Region | None:
+    """--region X0,Y0,X1,Y1 or --mask FILE."""
+    box, mask = getattr(args, "region", None), getattr(args, "mask", None)
+    if box and mask:
+        raise ConfigError("--region and --mask: give one of them")
+    if box:
+        try:
+            x0, y0, x1, y1 = (int(v) for v in box.split(","))
+        except ValueError:
+            raise ConfigError(f"--region {box!r}: expected X0,Y0,X1,Y1 in pixels") from None
+        return Region.from_box(x0, y0, x1, y1)
+    if mask:
+        try:
+            return Region.from_mask(Path(mask).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"--mask {mask}: {exc.strerror}") from None
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out `edit` or `demo`; the exit code."""
     if args.json and args.events == "-":
         raise ConfigError("--json and --events - both want stdout: give --events a FILE")
     cfg = config_from_args(args, force_local=args.demo)
+    _region(args)  # a malformed --region or a missing --mask fails before anything starts
     for image in args.image:
         path = Path(image)
         if not path.is_file():

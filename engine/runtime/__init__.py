@@ -28,6 +28,7 @@ from engine.runtime._pipeline import (
     Gate,
     TurnRun,
 )
+from engine.runtime._regions import Region
 from engine.runtime._session import Session, TurnStream
 from engine.runtime._shield import (
     finish,
@@ -55,6 +56,7 @@ __all__ = [
     "Image",
     "ImageInput",
     "Lease",
+    "Region",
     "Session",
     "Turn",
     "TurnRun",

@@ -11,13 +11,20 @@ reported as `NanoeditError`, so a turn always ends with exactly one terminal eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine._exceptions import ApiError, BudgetExceeded, NanoeditError, TransportError
+from engine._exceptions import (
+    ApiError,
+    BudgetExceeded,
+    ContentBlocked,
+    NanoeditError,
+    TransportError,
+)
 from engine.events import (
     BudgetExceededEvent,
     BudgetWarning,
@@ -46,6 +53,7 @@ from engine.policy import (
 from engine.policy import RequestPlan as Plan
 from engine.providers import GenerateRequest, OnDelta, ProviderResult, chain_broken
 from engine.runtime._history_files import missing_file_names
+from engine.runtime._regions import Region, RegionPlan, composite, region_model_content
 from engine.runtime._shield import finish
 from engine.runtime._turns import Image, Turn
 from engine.wire import ImageDelta, PartialImageDelta, RequestBody, TextDelta
@@ -124,7 +132,13 @@ class TurnRun:
     """One turn of one session, from its draft to its commit."""
 
     def __init__(
-        self, ctx: TurnContext, draft: Content, *, stream: bool | None, gate: Gate | None
+        self,
+        ctx: TurnContext,
+        draft: Content,
+        *,
+        stream: bool | None,
+        gate: Gate | None,
+        region: tuple[Region, RegionPlan, str] | None = None,
     ) -> None:
         engine = ctx.host
         self.ctx = ctx
@@ -151,6 +165,8 @@ class TurnRun:
         # The interaction the request continues (Interactions API): the head turn's, when it
         # recorded one for this provider; None sends the whole history.
         self.chain = self._chain_of_head()
+        # A region edit: what was asked, where, and the user's own words (see `_regions`).
+        self.region = region
 
     async def _publish(self, event: Event) -> None:
         await self.engine.bus.publish(event)
@@ -186,6 +202,8 @@ class TurnRun:
                 # expired or was deleted: upload again. Either retried once.
                 body = await self._recover(plan, exc)
                 result, images = await self._send(body)
+            if self.region is not None:
+                result = self._composited(result)
             if self.gate is not None:
                 await self.gate()
             # From here on the turn lands, whatever is cancelled meanwhile.
@@ -499,7 +517,31 @@ class TurnRun:
     def _metadata(self, result: ProviderResult) -> dict[str, Any]:
         meta = _api_metadata(_turn_metadata(result), self.provider.api)
         _chain_metadata(meta, self.provider, result)
+        if self.region is not None:
+            meta["region"] = self._region_meta
         return meta
+
+    def _composited(self, result: ProviderResult) -> ProviderResult:
+        """The answer for the crop composited into the head image (see `_regions`)."""
+        assert self.region is not None
+        region, plan, prompt = self.region
+        answers = [p for p in result.content.parts if p.is_image and not p.thought]
+        if not answers:
+            raise ContentBlocked("the model answered the region edit without an image",
+                                 reason="NO_IMAGE")  # fmt: skip
+        blob = answers[-1].inline_data
+        assert blob is not None
+        image, drift = composite(plan, blob.data, region.feather)
+        self._region_meta = {
+            "prompt": prompt,
+            "box": list(plan.bbox),
+            "crop": list(plan.crop),
+            "ratio": plan.ratio,
+            "feather": region.feather,
+            "mask": region.mask is not None,
+            "region_drift_px": drift,
+        }
+        return dataclasses.replace(result, content=region_model_content(result.content, image))
 
     async def _commit(self, plan: Plan, result: ProviderResult, images: list[Image]) -> Turn:
         """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""

@@ -24,12 +24,15 @@ from engine.events import (
 )
 from engine.policy import Budget
 from engine.runtime._pipeline import Framing, TurnContext, TurnRun
+from engine.runtime._regions import Region, RegionPlan, plan_region
 from engine.runtime._shield import finish
 from engine.runtime._turns import ImageInput, Turn, build_user_content
 from engine.state import Subscription
 from sessions import (
+    Blob,
     Content,
     ModelSpec,
+    Part,
     SessionState,
 )
 
@@ -319,15 +322,50 @@ class Session:
     # --- turns -------------------------------------------------------------------------------
 
     async def send(
-        self, text: str = "", images: Iterable[ImageInput] = (), *, stream: bool | None = None
+        self,
+        text: str = "",
+        images: Iterable[ImageInput] = (),
+        *,
+        region: Region | None = None,
+        stream: bool | None = None,
     ) -> Turn:
-        """Run one turn and return it once committed."""
+        """Run one turn and return it once committed.
+
+        With `region` (a box or a mask on the head image) only that part may change: the
+        engine sends the model a crop around it and composites the answer back, so every pixel
+        beyond the region's feather is the head image's own (see `engine.runtime._regions`)."""
         draft = self._draft(text, images)
+        if region is not None:
+            if not isinstance(region, Region):
+                raise ConfigError(f"region must be a Region, not {type(region).__name__}")
+            self.spec.check_input_images(len(draft.images()) + 1)  # the crop is one more
         engine = self._engine
         engine.check_open()
         async with engine._lock(self.id):
             engine.check_open()  # it may have closed while we waited for the lock
-            return await self._tracked(self._leased_turn(draft, stream=stream))
+            return await self._tracked(
+                self._leased_turn(draft, stream=stream, region=(region, text) if region else None)
+            )
+
+    def _region_draft(
+        self, draft: Content, region: Region, text: str
+    ) -> tuple[Content, tuple[Region, RegionPlan, str]]:
+        """The draft of a region edit: the instruction, the crop, then the turn's own images."""
+        head = self._state.record.head
+        base = None
+        if head is not None:
+            found = self._state.turn(head).model.images()
+            base = found[-1] if found else None
+        if base is None:
+            raise ConfigError("a region edit needs an image to edit: the head turn has none")
+        fixed = (self._state.record.settings.image_config or {}).get("aspectRatio")
+        plan = plan_region(region, base, self.spec, fixed)
+        parts = [
+            Part(text=plan.instruction(text)),
+            Part(inline_data=Blob(mime_type="image/png", data=plan.crop_png)),
+            *(p for p in draft.parts if p.inline_data is not None),
+        ]
+        return Content(role="user", parts=parts), (region, plan, text)
 
     def stream(
         self, text: str = "", images: Iterable[ImageInput] = (), *, stream: bool | None = None
@@ -400,7 +438,12 @@ class Session:
         self._state = state
 
     async def _leased_turn(
-        self, draft: Content | None, *, stream: bool | None, gate: Any = None
+        self,
+        draft: Content | None,
+        *,
+        stream: bool | None,
+        gate: Any = None,
+        region: tuple[Region, str] | None = None,
     ) -> Turn:
         """Run a turn under the store lease; `draft=None` regenerates the head turn.
 
@@ -416,7 +459,10 @@ class Session:
                 before = self._state
                 if draft is None:
                     draft = self._regenerate_draft()
-                run = TurnRun(self._turn_context(), draft, stream=stream, gate=gate)
+                planned = None
+                if region is not None:
+                    draft, planned = self._region_draft(draft, *region)
+                run = TurnRun(self._turn_context(), draft, stream=stream, gate=gate, region=planned)
                 try:
                     return await run.run()
                 except BaseException:

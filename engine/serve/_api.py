@@ -68,12 +68,23 @@ class ImageIn(_In):
     sha256: str | None = None
 
 
+class MaskIn(_In):
+    """A region mask: a base64 image (white: may change, black: keep; grey blends)."""
+
+    data: str
+    feather: int = 8
+
+
 class TurnCreate(_In):
     """POST /v1/sessions/{id}/turns."""
 
     text: str = ""
     images: list[ImageIn] = msgspec.field(default_factory=list)
     stream: bool = False
+    # A region edit: only this box [x0, y0, x1, y1] of the head image, or where the mask
+    # image (base64 PNG, white: may change) is white, changes; every other pixel stays.
+    region: list[int] | None = None
+    mask: MaskIn | None = None
 
 
 class CheckoutIn(_In):

@@ -14,7 +14,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.policy import Budget
-from engine.runtime import Session, Turn, sniff_mime
+from engine.runtime import Region, Session, Turn, sniff_mime
 from engine.serve._api import (
     CheckoutIn,
     ForkIn,
@@ -321,15 +321,34 @@ async def create_turn(request: web.Request) -> web.StreamResponse:
         # Checked now, not by the upstream API after an upload: white-space prompts, damaged
         # or bomb images, more images than the model takes (ConfigError: 400).
         session.check_input(spec.text, images)
+        region = _region_of(spec)
         await gateway.check_tenant_limits(tenant)
         return await _run_turn(
             request,
             gateway,
             tenant,
             session,
-            lambda: session.send(spec.text, images),
+            lambda: session.send(spec.text, images, region=region),
             spec.stream,
         )
+
+
+def _region_of(spec: TurnCreate) -> Region | None:
+    """The turn's region: a box, or a mask (400 for both, a box that is not 4 numbers, or a
+    mask that is not base64)."""
+    if spec.region is not None and spec.mask is not None:
+        raise HttpError(400, "InvalidRequest", "give region or mask, not both")
+    if spec.region is not None:
+        if len(spec.region) != 4:
+            raise HttpError(400, "InvalidRequest", "region is [x0, y0, x1, y1] in pixels")
+        return Region.from_box(*spec.region)
+    if spec.mask is not None:
+        try:
+            data = base64.b64decode(spec.mask.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise HttpError(400, "InvalidRequest", "mask.data is not base64") from None
+        return Region.from_mask(data, feather=spec.mask.feather)
+    return None
 
 
 async def regenerate(request: web.Request) -> web.StreamResponse:

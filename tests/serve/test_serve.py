@@ -630,3 +630,35 @@ async def test_images_stay_while_a_session_holds_them(serve: Serve) -> None:
     assert (await api.call("GET", url))[0] == 200  # the fork still holds it
     assert (await api.call("DELETE", f"/v1/sessions/{child['id']}"))[0] == 204
     assert (await api.call("GET", url))[0] == 404
+
+
+async def test_a_region_edit_over_http_changes_only_the_box(serve: Serve) -> None:
+    """`"region": [x0, y0, x1, y1]` on a turn: outside the box (beyond the feather) the new
+    image's pixels are the previous image's; a box outside the image is a 400 and no turn."""
+    import io
+
+    from PIL import Image, ImageChops
+
+    api = await serve()
+    sid = (await api.new_session())["id"]
+    status, first = await api.turn(sid, "a mug on an oak table")
+    assert status == 200
+    status, edited = await api.turn(sid, "add a red circle", region=[100, 100, 400, 400])
+    assert status == 200, edited
+
+    async def pixels(image: dict[str, Any]) -> Image.Image:
+        async with api.http.get(api.base + image["url"]) as resp:
+            return Image.open(io.BytesIO(await resp.read())).convert("RGB")
+
+    before, after = await pixels(first["images"][0]), await pixels(edited["images"][0])
+    diff = ImageChops.difference(before, after).getbbox()
+    assert diff is not None  # the edit did something
+    feather = 8
+    assert diff[0] >= 100 - feather and diff[1] >= 100 - feather
+    assert diff[2] <= 400 + feather and diff[3] <= 400 + feather
+    status, doc = await api.turn(sid, "again", region=[0, 0, 99_999, 10])
+    assert status == 400 and "not inside" in doc["error"]["message"]
+    status, doc = await api.turn(sid, "again", region=[1, 2, 3])
+    assert status == 400
+    _, session, _ = await api.call("GET", f"/v1/sessions/{sid}")
+    assert len(session["turns"]) == 2
