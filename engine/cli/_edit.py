@@ -34,7 +34,7 @@ from engine.cli._common import (
     run_loop,
 )
 from engine.events import Event, TurnImage, TurnRetrying, TurnStarted, TurnTextDelta
-from engine.runtime import Engine, Region, Session, Turn
+from engine.runtime import Engine, Reference, Region, Session, Turn
 from sessions import encode_contents
 
 __all__ = ["DEMO_PROMPTS", "add_demo_parser", "add_edit_parser", "run"]
@@ -81,6 +81,14 @@ def add_edit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--image", action="append", default=[], help="image for the first turn")
+    p.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="ROLE=PATH",
+        help="a reference image for the first turn with its role: subject, style, object, "
+        "character or background (e.g. --ref style=painting.png)",
+    )
     p.add_argument(
         "--region",
         metavar="X0,Y0,X1,Y1",
@@ -309,7 +317,7 @@ async def _run_turn(
     engine: Engine,
     session: Session,
     prompt: str,
-    images: list[Path],
+    images: list[Path | Reference],
     *,
     stream: bool,
     quiet: bool,
@@ -366,7 +374,8 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
         err("nanoedit: no API key configured; using the embedded emulator (offline)")
     out = Path(args.out)
     prompts: Sequence[str] = args.prompts
-    images = [Path(p) for p in args.image]
+    images: list[Path | Reference] = [Path(p) for p in args.image]
+    images += _references(args)
     summaries: list[dict[str, Any]] = []
     store = open_store(args.store, cfg)
     writer = EventWriter(args.events) if args.events else None
@@ -431,6 +440,19 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
     return 0
 
 
+def _references(args: argparse.Namespace) -> list[Reference]:
+    """--ref ROLE=PATH, in order."""
+    out = []
+    for given in getattr(args, "ref", []):
+        role, sep, path = given.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--ref {given!r}: expected ROLE=PATH, e.g. style=painting.png")
+        if not Path(path).is_file():
+            raise ConfigError(f"--ref {given}: no such file")
+        out.append(Reference(Path(path), role.strip()))
+    return out
+
+
 def _region(args: argparse.Namespace) -> Region | None:
     """--region X0,Y0,X1,Y1 or --mask FILE."""
     box, mask = getattr(args, "region", None), getattr(args, "mask", None)
@@ -455,7 +477,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json and args.events == "-":
         raise ConfigError("--json and --events - both want stdout: give --events a FILE")
     cfg = config_from_args(args, force_local=args.demo)
-    _region(args)  # a malformed --region or a missing --mask fails before anything starts
+    # A malformed --region or --ref, a missing file: refused before anything starts.
+    _region(args)
+    _references(args)
     for image in args.image:
         path = Path(image)
         if not path.is_file():

@@ -34,8 +34,10 @@ from engine.runtime._shield import (
     finish,
 )
 from engine.runtime._turns import (
+    ROLES,
     Image,
     ImageInput,
+    Reference,
     Turn,
     build_user_content,
     sniff_mime,
@@ -45,6 +47,7 @@ __all__ = [
     "EXPIRY_MARGIN_S",
     "FINAL_STATES",
     "INLINE_LIMIT",
+    "ROLES",
     "BatchItem",
     "BatchJobFailed",
     "BatchResult",
@@ -56,6 +59,7 @@ __all__ = [
     "Image",
     "ImageInput",
     "Lease",
+    "Reference",
     "Region",
     "Session",
     "Turn",

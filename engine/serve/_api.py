@@ -66,6 +66,9 @@ class ImageIn(_In):
     data: str | None = None
     mime_type: str | None = None
     sha256: str | None = None
+    # A reference's role (subject, style, object, character, background) and a note.
+    role: str | None = None
+    note: str = ""
 
 
 class MaskIn(_In):

@@ -14,7 +14,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.policy import Budget
-from engine.runtime import Region, Session, Turn, sniff_mime
+from engine.runtime import Reference, Region, Session, Turn, sniff_mime
 from engine.serve._api import (
     CheckoutIn,
     ForkIn,
@@ -236,11 +236,12 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def _turn_input(
     request: web.Request, gateway: Gateway, tenant: str
-) -> tuple[TurnCreate, list[Blob]]:
+) -> tuple[TurnCreate, list[Blob | Reference]]:
     """The turn's JSON (or multipart) body and its images, all checked before anything runs."""
-    images: list[Blob] = []
+    images: list[Blob | Reference] = []
     if request.content_type.startswith("multipart/"):
-        spec, images = await _multipart(request, gateway.options.max_body_bytes)
+        spec, blobs = await _multipart(request, gateway.options.max_body_bytes)
+        images.extend(blobs)
     else:
         spec = decode_body(await _body(request), TurnCreate)
     for n, item in enumerate(spec.images):
@@ -265,7 +266,8 @@ async def _turn_input(
             raise HttpError(
                 400, "InvalidRequest", f"images[{n}]: mime_type {item.mime_type} but it is {mime}"
             )
-        images.append(Blob(mime_type=mime, data=data))
+        blob = Blob(mime_type=mime, data=data)
+        images.append(blob if item.role is None else Reference(blob, item.role, item.note))
     return spec, images
 
 

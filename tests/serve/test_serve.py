@@ -662,3 +662,18 @@ async def test_a_region_edit_over_http_changes_only_the_box(serve: Serve) -> Non
     assert status == 400
     _, session, _ = await api.call("GET", f"/v1/sessions/{sid}")
     assert len(session["turns"]) == 2
+
+
+async def test_turn_images_take_roles(serve: Serve) -> None:
+    """`images: [{data, role, note}]` on a turn: the stored user turn carries the label before
+    the image; an unknown role is a 400."""
+    api = await serve()
+    sid = (await api.new_session())["id"]
+    image = {"data": base64.b64encode(png(16, 16)).decode(), "role": "object", "note": "a cup"}
+    status, turn = await api.turn(sid, "put this in", images=[image])
+    assert status == 200 and len(turn["input_images"]) == 1
+    status, exported, _ = await api.call("GET", f"/v1/sessions/{sid}/export")
+    texts = [p.get("text", "") for p in exported["contents"][0]["parts"]]
+    assert any("object to put into the picture" in t and "a cup" in t for t in texts)
+    status, doc = await api.turn(sid, "again", images=[{**image, "role": "mood"}])
+    assert status == 400 and "role" in doc["error"]["message"]
