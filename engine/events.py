@@ -109,6 +109,7 @@ class TurnTextDelta(Event, tag="turn.text_delta"):
     text: str
     thought: bool = False
     attempt: int = 1
+    variant: int = 0  # which take of a `variants=N` turn (1..N); 0: a single turn
 
 
 class TurnImage(Event, tag="turn.image"):
@@ -117,6 +118,7 @@ class TurnImage(Event, tag="turn.image"):
     image: ImageRef
     thought: bool = False
     attempt: int = 1
+    variant: int = 0
 
 
 class TurnPartialImage(Event, tag="turn.partial_image"):
@@ -125,6 +127,7 @@ class TurnPartialImage(Event, tag="turn.partial_image"):
     image: ImageRef
     index: int
     attempt: int = 1
+    variant: int = 0
 
 
 class TurnRetrying(Event, tag="turn.retrying"):
@@ -134,6 +137,7 @@ class TurnRetrying(Event, tag="turn.retrying"):
     delay_s: float
     error: str
     status: int | None = None
+    variant: int = 0
 
 
 class TurnCompleted(Event, tag="turn.completed"):
@@ -146,6 +150,8 @@ class TurnCompleted(Event, tag="turn.completed"):
     text: str
     usage: Usage
     cost_usd: float = 0.0
+    variant: int = 0
+    turn_id: str = ""  # the committed turn (variants are siblings: they share `turn`)
 
 
 class TurnFailed(Event, tag="turn.failed"):

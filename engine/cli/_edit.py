@@ -90,6 +90,14 @@ def add_edit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "character or background (e.g. --ref style=painting.png)",
     )
     p.add_argument(
+        "--variants",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N takes of each prompt at once (up to 8), kept as sibling turns: "
+        "turn-02a.png, turn-02b.png, ...; the first to finish continues the session",
+    )
+    p.add_argument(
         "--region",
         metavar="X0,Y0,X1,Y1",
         help="change only this box of the head image (pixels); every other pixel stays",
@@ -211,11 +219,26 @@ def _turn_summary(turn: Turn, session: Session, paths: list[Path]) -> dict[str, 
     }
 
 
-def _save_images(turn: Turn, out: Path) -> list[Path]:
+def _save_images(turn: Turn, out: Path, take: str = "") -> list[Path]:
+    """turn-NN.png (turn-NNa.png, turn-NNb.png ... for the takes of a --variants turn)."""
     paths = []
     for i, img in enumerate(turn.images, start=1):
         suffix = "" if i == 1 else f"-{i}"
-        paths.append(img.save(out / f"turn-{turn.index:02d}{suffix}{img.extension}"))
+        paths.append(img.save(out / f"turn-{turn.index:02d}{take}{suffix}{img.extension}"))
+    return paths
+
+
+def _save_takes(turn: Turn, session: Session, out: Path) -> list[Path]:
+    """Every take of a variants turn, in the order they finished (a, b, ...)."""
+    records = [
+        r
+        for r in session.state.turns.values()
+        if r.parent == turn.record.parent and r.index == turn.index and "variant" in r.metadata
+    ]
+    records.sort(key=lambda r: r.created_at)
+    paths: list[Path] = []
+    for n, record in enumerate(records):
+        paths += _save_images(Turn.from_record(record), out, chr(ord("a") + n))
     return paths
 
 
@@ -322,17 +345,18 @@ async def _run_turn(
     stream: bool,
     quiet: bool,
     region: Region | None = None,
+    variants: int = 1,
 ) -> Turn:
     # Progress comes from the bus and the turn from send(): a failed turn then raises its own
     # error (BudgetExceeded, Unauthorized, ...), where a stream() consumer sees only the
     # turn.failed event.
     if quiet:
-        return await session.send(prompt, images, stream=stream, region=region)
+        return await session.send(prompt, images, stream=stream, region=region, variants=variants)
     progress = Progress(engine, sys.stderr, live=sys.stderr.isatty())
     unsubscribe = engine.bus.on("turn.*", progress, session_id=session.id)
     ticker = asyncio.ensure_future(_tick(progress)) if progress.live else None
     try:
-        return await session.send(prompt, images, stream=stream, region=region)
+        return await session.send(prompt, images, stream=stream, region=region, variants=variants)
     finally:
         unsubscribe()
         if ticker is not None:
@@ -402,9 +426,16 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
                     stream=cfg.stream,
                     quiet=args.json,
                     region=_region(args),
+                    variants=getattr(args, "variants", 1),
                 )
-                paths = _save_images(turn, out)
-                summary = _turn_summary(turn, session, paths)
+                if getattr(args, "variants", 1) > 1:
+                    takes = _save_takes(turn, session, out)
+                    paths = takes[: len(turn.images)]  # the head take's, in the summary
+                    summary = _turn_summary(turn, session, paths)
+                    summary["takes"] = [str(p) for p in takes]
+                else:
+                    paths = _save_images(turn, out)
+                    summary = _turn_summary(turn, session, paths)
                 summaries.append(summary)
                 if not args.json:
                     sizes = ", ".join(f"{i['width']}x{i['height']}" for i in summary["images"])

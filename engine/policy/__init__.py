@@ -4,6 +4,7 @@ the retry rules. No I/O of its own beyond the limiter's waiting.
 """
 
 from engine.policy._budget import (
+    COST_USD,
     Budget,
     Compaction,
     CostBreakdown,
@@ -48,6 +49,7 @@ from sessions import (
 
 __all__ = [
     "BUILTIN",
+    "COST_USD",
     "AllowanceChange",
     "Budget",
     "Catalog",

@@ -18,6 +18,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from engine._exceptions import (
     ApiError,
     BudgetExceeded,
@@ -40,7 +42,9 @@ from engine.events import (
     TurnTextDelta,
 )
 from engine.policy import (
+    COST_USD,
     Compaction,
+    CostBreakdown,
     Decision,
     Overflow,
     overflow_of,
@@ -57,7 +61,7 @@ from engine.runtime._regions import Region, RegionPlan, composite, region_model_
 from engine.runtime._shield import finish
 from engine.runtime._turns import Image, Turn
 from engine.wire import ImageDelta, PartialImageDelta, RequestBody, TextDelta
-from sessions import Content, SessionState, TurnRecord, intern_turn, new_id
+from sessions import Content, SessionSettings, SessionState, TurnRecord, intern_turn, new_id
 
 if TYPE_CHECKING:
     from engine._config import EngineConfig
@@ -139,6 +143,7 @@ class TurnRun:
         stream: bool | None,
         gate: Gate | None,
         region: tuple[Region, RegionPlan, str] | None = None,
+        variants: int = 1,
     ) -> None:
         engine = ctx.host
         self.ctx = ctx
@@ -167,6 +172,10 @@ class TurnRun:
         self.chain = self._chain_of_head()
         # A region edit: what was asked, where, and the user's own words (see `_regions`).
         self.region = region
+        self._region_meta: dict[str, Any] = {}
+        # Takes of one prompt, generated together and committed as sibling turns.
+        self.variants = variants
+        self._variant_tries: dict[int, int] = {}
 
     async def _publish(self, event: Event) -> None:
         await self.engine.bus.publish(event)
@@ -188,6 +197,8 @@ class TurnRun:
             )
             plan = await self._plan()
             body = self._encode(plan)
+            if self.variants > 1:
+                return await self._run_variants(plan)
             # Set aside once, where every engine that shares this session's budget sees it (it
             # lapses if this node dies).
             self.hold = await self.engine.shared.reserve(
@@ -231,7 +242,7 @@ class TurnRun:
         cfg = self.engine.config
         return cfg.timeouts.total * cfg.retry.max_attempts + cfg.retry.max_delay + 60.0
 
-    def _encode(self, plan: Plan) -> RequestBody:
+    def _encode(self, plan: Plan, take: int = 1) -> RequestBody:
         contents = plan.contents
         if self.files is not None:
             contents = [self.files.view(c) for c in contents]
@@ -239,12 +250,25 @@ class TurnRun:
             GenerateRequest(
                 self.ctx.spec.id,
                 contents,
-                self.settings,
+                self._take_settings(take),
                 signatures=self.ctx.spec.thinking,
                 foreign=self._foreign(plan),
                 previous_interaction=self.chain,
             )
         )
+
+    def _take_settings(self, take: int) -> SessionSettings:
+        """The settings of one take: a regenerate or a variant asks for its own `seed` (the
+        siblings before it and its number), so each is a different take -- reproducibly -- unless
+        the session fixed a seed itself. A first, single turn is sent as the session says."""
+        settings = self.settings
+        head = self.state.record.head
+        siblings = sum(1 for t in self.state.turns.values() if t.parent == head)
+        config = settings.generation_config or {}
+        if (siblings == 0 and self.variants == 1) or "seed" in config:
+            return settings
+        seed = siblings * 8 + take
+        return msgspec.structs.replace(settings, generation_config={**config, "seed": seed})
 
     def _chain_of_head(self) -> str | None:
         provider = self.provider
@@ -412,7 +436,9 @@ class TurnRun:
         every node's."""
         return await self.engine.shared.reserved_for(self.ctx.id)
 
-    async def _send(self, body: RequestBody) -> tuple[ProviderResult, list[Image]]:
+    async def _send(
+        self, body: RequestBody, variant: int = 0
+    ) -> tuple[ProviderResult, list[Image]]:
         """Send `body`, retrying what the policy says may be retried; the answer and its images
         as their events described them (hashed once), in the order of its inline parts."""
         engine, ctx = self.engine, self.ctx
@@ -421,11 +447,11 @@ class TurnRun:
         model = ctx.spec.id
         while True:
             self.attempts += 1
-            attempt = self.attempts
+            attempt = self.attempts if not variant else self._variant_attempt(variant)
             # Fresh per attempt: a failed attempt's images must not lend their digests to the
             # next attempt's bytes.
             images: list[Image] = []
-            on_delta = self._delta_publisher(attempt, images)
+            on_delta = self._delta_publisher(attempt, images, variant)
             status: int | None = None
             try:
                 async with engine.request_slot(model) as slot:
@@ -461,11 +487,18 @@ class TurnRun:
                         delay_s=delay,
                         error=f"{type(exc).__name__}: {exc}",
                         status=status,
+                        variant=variant,
                     )
                 )
                 await asyncio.sleep(delay)
 
-    def _delta_publisher(self, attempt: int, images: list[Image]) -> OnDelta:
+    def _variant_attempt(self, variant: int) -> int:
+        """Attempts are counted per take of a `variants` turn."""
+        tries = self._variant_tries
+        tries[variant] = tries.get(variant, 0) + 1
+        return tries[variant]
+
+    def _delta_publisher(self, attempt: int, images: list[Image], variant: int = 0) -> OnDelta:
         sid, index = self.ctx.id, self.index
 
         async def on_delta(delta: TextDelta | ImageDelta | PartialImageDelta) -> None:
@@ -478,6 +511,7 @@ class TurnRun:
                         image=preview.ref(),
                         index=delta.index,
                         attempt=attempt,
+                        variant=variant,
                     )
                 )
             elif isinstance(delta, TextDelta):
@@ -488,6 +522,7 @@ class TurnRun:
                         text=delta.text,
                         thought=delta.thought,
                         attempt=attempt,
+                        variant=variant,
                     )
                 )
             elif delta.part.inline_data is not None:
@@ -500,6 +535,7 @@ class TurnRun:
                         image=image.ref(),
                         thought=bool(delta.part.thought),
                         attempt=attempt,
+                        variant=variant,
                     )
                 )
 
@@ -513,6 +549,135 @@ class TurnRun:
                 await on_delta(ImageDelta(part))
             elif part.text:
                 await on_delta(TextDelta(part.text, bool(part.thought)))
+
+    async def _run_variants(self, plan: Plan) -> Turn:
+        """`variants` takes of the same request at once, under one reservation for all of them
+        (refused as a whole when they would not fit the session's money budget), committed as
+        sibling turns in the order they finished; the head is the first to finish."""
+        ctx, n = self.ctx, self.variants
+        total = plan.reserved_usd * n
+        limit = ctx.budget.max_cost_usd
+        if limit:
+            spent = sum(t.cost_usd for t in self.state.turns.values())
+            spent += await self._reserved_elsewhere()
+            if spent + total > limit + 1e-12:
+                exc = BudgetExceeded(
+                    f"{n} variants need ${total:.4f} more, ${spent + total:.4f} in total; the "
+                    f"budget is ${limit:.4f}; nothing was sent",
+                    limit=COST_USD,
+                    needed=spent + total,
+                    allowed=limit,
+                )
+                await self._publish(self._decided(overflow_of(exc, ctx.budget.policy)))
+                raise exc
+        self.hold = await self.engine.shared.reserve(
+            ctx.id, self.settings.owner, total, self.reservation_ttl
+        )
+        self.chain = None if plan.carried is not None or plan.rebased else self.chain
+        loop = asyncio.get_running_loop()
+
+        async def take(k: int) -> tuple[float, int, ProviderResult, list[Image], dict[str, Any]]:
+            result, images = await self._send(self._encode(plan, k), variant=k)
+            meta: dict[str, Any] = {}
+            if self.region is not None:
+                result = self._composited(result)
+                meta = dict(self._region_meta)
+            return loop.time(), k, result, images, meta
+
+        outcomes = await asyncio.gather(*(take(k) for k in range(1, n + 1)), return_exceptions=True)
+        done = sorted(
+            (o for o in outcomes if not isinstance(o, BaseException)), key=lambda o: (o[0], o[1])
+        )
+        if not done:
+            first = next(o for o in outcomes if isinstance(o, BaseException))
+            raise first
+        if self.gate is not None:
+            await self.gate()
+        return await finish(self._commit_variants(done), reraise=False)
+
+    async def _commit_variants(
+        self, done: list[tuple[float, int, ProviderResult, list[Image], dict[str, Any]]]
+    ) -> Turn:
+        engine, ctx, state = self.engine, self.ctx, self.state
+        spec = ctx.spec
+        costs = [
+            settle_cost(spec, self.provider.name, r.usage, self.image_size, len(r.content.images()))
+            for _, _, r, _, _ in done
+        ]
+        hold, self.hold = self.hold, None
+        assert hold is not None
+        await engine.shared.settle(
+            hold,
+            CostBreakdown(
+                text_usd=sum(c.text_usd for c in costs),
+                image_usd=sum(c.image_usd for c in costs),
+                thinking_usd=sum(c.thinking_usd for c in costs),
+                total_usd=sum(c.total_usd for c in costs),
+            ),
+        )
+        parent, version = state.record.head, state.record.version
+        turns = dict(state.turns)
+        committed: list[Turn] = []
+        for (_, k, result, images, region_meta), cost in zip(done, costs, strict=True):
+            meta = _api_metadata(_turn_metadata(result), self.provider.api)
+            _chain_metadata(meta, self.provider, result)
+            if region_meta:
+                meta["region"] = region_meta
+            meta["variant"], meta["variants"] = k, self.variants
+            record = intern_turn(
+                TurnRecord(
+                    id=new_id(),
+                    parent=parent,
+                    index=self.index,
+                    user=self.draft,
+                    model=result.content,
+                    model_id=spec.id,
+                    image_config=self.settings.image_config,
+                    usage=result.usage,
+                    cost_usd=cost.total_usd,
+                    finish_reason=result.finish_reason,
+                    attempts=self._variant_tries.get(k, 1),
+                    latency_s=time.monotonic() - self.started,
+                    timings=result.timings,
+                    request_bytes=result.request_bytes,
+                    response_bytes=result.response_bytes,
+                    metadata=meta,
+                ),
+                engine.store.blobs,
+                [(image.data, image.sha256) for image in images],
+            )
+            rec = await engine.store.commit_turn(
+                ctx.id, record, expected_version=version, lease_owner=engine.lease_owner
+            )
+            version = rec.version
+            turns[record.id] = record
+            ctx.commit(SessionState.adopt(rec, turns))
+            if self.files is not None:
+                self.files.schedule((record.user, record.model))
+            turn = Turn.from_record(record, engine.store.blobs, images)
+            committed.append(turn)
+            if self.committed is None:
+                self.committed = turn
+            await self._publish(
+                TurnCompleted(
+                    session_id=ctx.id,
+                    turn=self.index,
+                    finish_reason=turn.finish_reason,
+                    attempts=turn.attempts,
+                    latency_s=turn.latency_s,
+                    images=[i.ref() for i in turn.images],
+                    text=turn.text,
+                    usage=turn.usage,
+                    cost_usd=turn.cost_usd,
+                    variant=k,
+                    turn_id=turn.id,
+                )
+            )
+        first = committed[0]
+        rec = await engine.store.move_head(ctx.id, first.id, first.id, expected_version=version)
+        ctx.commit(SessionState.adopt(rec, turns))
+        self._log.info("turn.committed", turn=self.index, variants=len(committed))
+        return first
 
     def _metadata(self, result: ProviderResult) -> dict[str, Any]:
         meta = _api_metadata(_turn_metadata(result), self.provider.api)

@@ -290,14 +290,19 @@ class Session:
         )
         return child
 
-    async def regenerate(self, *, stream: bool | None = None) -> Turn:
-        """Send the head turn's user Content again as a sibling turn."""
+    async def regenerate(self, *, variants: int = 1, stream: bool | None = None) -> Turn:
+        """Send the head turn's user Content again as a sibling turn (`variants` takes)."""
         if self._state.record.head is None:
             raise ConfigError("nothing to regenerate: the session has no turns")
+        _check_variants(variants)
         engine = self._engine
         engine.check_open()
         async with engine._lock(self.id):
-            return await self._tracked(self._leased_turn(None, stream=stream))
+            return await self._tracked(self._leased_turn(None, stream=stream, variants=variants))
+
+    async def promote(self, turn: Turn | str) -> Turn | None:
+        """Make `turn` (one of a variants turn's takes, or any turn) the head."""
+        return await self.checkout(turn)
 
     def _regenerate_draft(self) -> Content:
         """The head turn's user Content, with this handle's view moved to the head's parent.
@@ -327,14 +332,21 @@ class Session:
         images: Iterable[ImageInput] = (),
         *,
         region: Region | None = None,
+        variants: int = 1,
         stream: bool | None = None,
     ) -> Turn:
         """Run one turn and return it once committed.
+
+        `variants=N` (up to 8) generates N takes at once, under one reservation of money for
+        all of them (refused as a whole when they would not fit the budget), and commits them
+        as N sibling turns; the head is the first to finish (returned), `promote` picks
+        another.
 
         With `region` (a box or a mask on the head image) only that part may change: the
         engine sends the model a crop around it and composites the answer back, so every pixel
         beyond the region's feather is the head image's own (see `engine.runtime._regions`)."""
         draft = self._draft(text, images)
+        _check_variants(variants)
         if region is not None:
             if not isinstance(region, Region):
                 raise ConfigError(f"region must be a Region, not {type(region).__name__}")
@@ -344,7 +356,12 @@ class Session:
         async with engine._lock(self.id):
             engine.check_open()  # it may have closed while we waited for the lock
             return await self._tracked(
-                self._leased_turn(draft, stream=stream, region=(region, text) if region else None)
+                self._leased_turn(
+                    draft,
+                    stream=stream,
+                    region=(region, text) if region else None,
+                    variants=variants,
+                )
             )
 
     def _region_draft(
@@ -444,6 +461,7 @@ class Session:
         stream: bool | None,
         gate: Any = None,
         region: tuple[Region, str] | None = None,
+        variants: int = 1,
     ) -> Turn:
         """Run a turn under the store lease; `draft=None` regenerates the head turn.
 
@@ -462,7 +480,14 @@ class Session:
                 planned = None
                 if region is not None:
                     draft, planned = self._region_draft(draft, *region)
-                run = TurnRun(self._turn_context(), draft, stream=stream, gate=gate, region=planned)
+                run = TurnRun(
+                    self._turn_context(),
+                    draft,
+                    stream=stream,
+                    gate=gate,
+                    region=planned,
+                    variants=variants,
+                )
                 try:
                     return await run.run()
                 except BaseException:
@@ -498,3 +523,11 @@ class Session:
                 )
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+MAX_VARIANTS = 8
+
+
+def _check_variants(variants: int) -> None:
+    if isinstance(variants, bool) or not isinstance(variants, int) or not 1 <= variants <= 8:
+        raise ConfigError(f"variants must be an integer from 1 to {MAX_VARIANTS}, not {variants!r}")

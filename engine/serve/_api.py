@@ -88,6 +88,9 @@ class TurnCreate(_In):
     # image (base64 PNG, white: may change) is white, changes; every other pixel stays.
     region: list[int] | None = None
     mask: MaskIn | None = None
+    # Takes of this prompt generated at once and committed as sibling turns (1..8); the answer
+    # is the first to finish, the head; the others are in the session's tree.
+    variants: int = 1
 
 
 class CheckoutIn(_In):

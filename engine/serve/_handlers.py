@@ -330,7 +330,7 @@ async def create_turn(request: web.Request) -> web.StreamResponse:
             gateway,
             tenant,
             session,
-            lambda: session.send(spec.text, images, region=region),
+            lambda: session.send(spec.text, images, region=region, variants=spec.variants),
             spec.stream,
         )
 
@@ -358,15 +358,24 @@ async def regenerate(request: web.Request) -> web.StreamResponse:
     gateway, tenant = _gateway(request)
     async with gateway.using(tenant, request.match_info["id"]) as session:
         body = await _body(request)
-        stream = (
-            bool(decode_body(body, dict[str, bool]).get("stream", False)) if body.strip() else False
-        )
+        options = decode_body(body, dict[str, bool | int]) if body.strip() else {}
+        stream = bool(options.get("stream", False))
+        variants = options.get("variants", 1)
+        if isinstance(variants, bool) or not isinstance(variants, int):
+            raise HttpError(400, "InvalidRequest", "variants must be an integer from 1 to 8")
         if session.state.record.head is None:
             raise HttpError(
                 400, "InvalidRequest", "nothing to regenerate: the session has no turns"
             )
         await gateway.check_tenant_limits(tenant)
-        return await _run_turn(request, gateway, tenant, session, session.regenerate, stream)
+        return await _run_turn(
+            request,
+            gateway,
+            tenant,
+            session,
+            lambda: session.regenerate(variants=variants),
+            stream,
+        )
 
 
 async def _run_turn(
@@ -408,6 +417,8 @@ async def _run_turn(
                     # session's lease is let go first, so a next request never finds it busy.
                     await asyncio.wait((task,))
                     await write_event(response, event)
+                    while subscription.pending:  # the other takes of a variants turn
+                        await write_event(response, await anext(subscription))
                     break
                 await write_event(response, event)
         except (ConnectionError, asyncio.CancelledError):

@@ -677,3 +677,27 @@ async def test_turn_images_take_roles(serve: Serve) -> None:
     assert any("object to put into the picture" in t and "a cup" in t for t in texts)
     status, doc = await api.turn(sid, "again", images=[{**image, "role": "mood"}])
     assert status == 400 and "role" in doc["error"]["message"]
+
+
+async def test_variants_over_http(serve: Serve) -> None:
+    """`"variants": 3` on a turn: three sibling turns (the answer is the head); streamed, every
+    take's turn.completed arrives with its variant; regenerate takes variants too; 9 is a 400."""
+    api = await serve()
+    sid = (await api.new_session())["id"]
+    await api.turn(sid, "a mug")
+    status, head = await api.turn(sid, "add a sprig", variants=3)
+    assert status == 200 and head["index"] == 2
+    _, session, _ = await api.call("GET", f"/v1/sessions/{sid}?tree=1")
+    assert len(session["branches"]) == 3 and session["head"] == head["id"]
+    async with api.http.post(
+        f"{api.base}/v1/sessions/{sid}/turns",
+        json={"text": "make it blue", "stream": True, "variants": 2},
+        headers=api.headers(),
+    ) as resp:
+        events = [e async for e in sse_events(resp)]
+    completed = [e for e in events if e["event"] == "turn.completed"]
+    assert sorted(e["data"]["variant"] for e in completed) == [1, 2]
+    status, _, _ = await api.call("POST", f"/v1/sessions/{sid}/regenerate", {"variants": 2})
+    assert status == 200
+    status, doc = await api.turn(sid, "too many", variants=9)
+    assert status == 400 and "variants" in doc["error"]["message"]
