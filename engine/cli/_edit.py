@@ -100,7 +100,8 @@ def add_edit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--region",
         metavar="X0,Y0,X1,Y1",
-        help="change only this box of the head image (pixels); every other pixel stays",
+        help="change only this box of the head image (pixels); every other pixel stays "
+        "(every prompt that has an image to edit: a new session's first prompt draws it)",
     )
     p.add_argument(
         "--mask",
@@ -425,7 +426,8 @@ async def _edit(args: argparse.Namespace, cfg: EngineConfig) -> int:
                     images if n == 1 else [],
                     stream=cfg.stream,
                     quiet=args.json,
-                    region=_region(args),
+                    # A new session's first prompt draws the picture the region then edits.
+                    region=_region(args) if session.head is not None else None,
                     variants=getattr(args, "variants", 1),
                 )
                 if getattr(args, "variants", 1) > 1:

@@ -56,7 +56,7 @@ async def test_roles_and_limits_are_checked_before_sending() -> None:
 
 
 def test_the_cli_takes_references_with_roles(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`--ref style=FILE` sends the image labelled with its role; a bad role fails first."""
     from engine.cli import main

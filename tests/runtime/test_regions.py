@@ -101,7 +101,7 @@ async def test_bad_regions_are_refused_before_anything_is_sent() -> None:
         assert len((await store.load(s.id)).turns) == 1
 
 
-def test_the_cli_edits_a_region_of_a_stored_session(tmp_path: Any, capsys: Any) -> None:
+def test_the_cli_edits_a_region_of_a_stored_session(home: Any, tmp_path: Any, capsys: Any) -> None:
     """`nanoedit edit PROMPT --session ID --region X0,Y0,X1,Y1` changes only the box of the
     session's head image; a malformed --region fails before anything runs."""
     import json

@@ -85,7 +85,7 @@ async def test_regenerate_gives_another_take(make_emulator: EmulatorFactory) -> 
     assert images[0] == images[1]
 
 
-def test_the_cli_writes_every_take(tmp_path: Any, capsys: Any) -> None:
+def test_the_cli_writes_every_take(home: Any, tmp_path: Any, capsys: Any) -> None:
     """`nanoedit edit ... --variants 3` writes turn-02a.png, turn-02b.png, turn-02c.png."""
     from engine.cli import main
 
