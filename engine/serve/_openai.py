@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,11 +27,11 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.events import TurnPartialImage, TurnTextDelta
-from engine.runtime import Session, Turn, sniff_mime
+from engine.runtime import Region, Session, Turn, sniff_mime
 from engine.serve._chat import Conversations, Message, blobs_of, contents_of, read_conversation
 from engine.serve._gateway import GATEWAY, Gateway
 from engine.serve._http import HttpError, decode_body, read_body, status_of, too_large
-from sessions import Blob, ConfigError, ImageConfig, ModelSpec, TurnRecord
+from sessions import Blob, ConfigError, Content, ImageConfig, ModelSpec, Part, TurnRecord
 
 __all__ = [
     "chat_completions",
@@ -429,7 +430,7 @@ async def _edit_form(request: web.Request, limit: int) -> tuple[dict[str, Any], 
                     raise HttpError(400, "InvalidRequest", "image is not a PNG, JPEG, GIF or WebP")
                 images.append(Blob(mime_type=mime, data=bytes(data)))
             elif part.name == "mask":
-                fields["mask"] = True
+                fields["mask"] = bytes(data)
             else:
                 fields[part.name or ""] = bytes(data).decode("utf-8", "replace")
     except HttpError:
@@ -446,13 +447,8 @@ async def image_edits(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise HttpError(400, "InvalidRequest", "images/edits takes multipart/form-data")
     fields, images = await _edit_form(request, gateway.options.max_body_bytes)
-    if fields.get("mask"):
-        raise HttpError(
-            400,
-            "InvalidRequest",
-            "mask is not supported yet: region edits arrive with the issue 'Edits a designer "
-            "trusts'; send the edit without a mask",
-        )
+    mask = fields.get("mask")
+    region = _openai_mask(mask) if mask is not None else None
     prompt = fields.get("prompt", "")
     if not prompt.strip() or not images:
         raise HttpError(400, "InvalidRequest", "an edit needs a prompt and at least one image")
@@ -467,6 +463,16 @@ async def image_edits(request: web.Request) -> web.Response:
     continued = await _conversations(gateway).match_image(tenant, digest)
     if continued is not None:
         session_id, rest = continued, images[1:]
+    elif region is not None:
+        # A masked edit of an image the server never drew: the image becomes the session's
+        # first turn (imported), so the region edit has a head image to keep pixel for pixel.
+        upload = Content(role="user", parts=[Part(text="(an uploaded image)")])
+        picture = Content(role="model", parts=[Part(inline_data=images[0])])
+        session = await gateway.engine.create_session(
+            spec.id, image_config=config, budget=gateway.options.default_budget,
+            title=prompt[:60], owner=tenant, history=[(upload, picture)], history_api="upload",
+        )  # fmt: skip
+        session_id, rest = session.id, images[1:]
     else:
         session = await gateway.engine.create_session(
             spec.id, image_config=config, budget=gateway.options.default_budget,
@@ -475,8 +481,47 @@ async def image_edits(request: web.Request) -> web.Response:
         session_id, rest = session.id, images
     async with gateway.using(tenant, session_id) as held:
         held.check_input(prompt, rest)
-        turns = await _variants(gateway, tenant, held, n, prompt, rest)
+        if region is not None:
+
+            def run() -> Awaitable[Turn]:
+                return held.send(prompt, rest, region=region, variants=n)
+
+            turns = _takes(held, await _run(gateway, tenant, held, run))
+        else:
+            turns = await _variants(gateway, tenant, held, n, prompt, rest)
         return _images_answer(request, gateway, held, turns, fmt)
+
+
+def _takes(session: Session, head: Turn) -> list[Turn]:
+    """Every take of the turn `head` is one of (itself alone for a single take)."""
+    if "variant" not in head.record.metadata:
+        return [head]
+    records = [
+        r
+        for r in session.state.turns.values()
+        if r.parent == head.record.parent and r.index == head.index and "variant" in r.metadata
+    ]
+    return [Turn.from_record(r) for r in sorted(records, key=lambda r: r.created_at)]
+
+
+def _openai_mask(data: bytes) -> Region:
+    """OpenAI's edit mask (fully transparent where the image may change) as a region mask
+    (white where it may change); a mask without transparency is read as white = change."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        mask = Image.open(io.BytesIO(data))
+        mask.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise HttpError(400, "InvalidRequest", f"mask is not an image: {exc}") from None
+    if "A" in mask.getbands() or mask.info.get("transparency") is not None:
+        alpha = mask.convert("RGBA").getchannel("A")
+        region_mask = alpha.point(lambda v: 255 if v == 0 else 0)
+    else:
+        region_mask = mask.convert("L")
+    out = io.BytesIO()
+    region_mask.save(out, "PNG")
+    return Region.from_mask(out.getvalue())
 
 
 # --- responses --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
+from PIL import Image, ImageChops, ImageDraw
 
 from engine import Engine
 from engine.serve import ServeOptions, create_app
@@ -205,7 +207,7 @@ async def test_an_unknown_conversation_is_imported(face: Any) -> None:
 
 async def test_images_generate_and_an_edit_continues_the_session(face: Any) -> None:
     """images.generate makes a session; images.edit of its latest image continues it (one
-    session, two turns); n=2 gives two sibling variants; a mask is a 400 that says so."""
+    session, three turns); n=2 gives two sibling variants; a mask confines the edit."""
     f = await face()
     client = f.client()
     made = await client.images.generate(model="nano-banana-2.1", prompt="a mug", size="1024x1024")
@@ -217,13 +219,30 @@ async def test_images_generate_and_an_edit_continues_the_session(face: Any) -> N
     assert edited.data is not None and len(edited.data) == 2
     sessions = await f.sessions()
     assert len(sessions) == 1 and sessions[0]["total_turns"] == 3
-    with pytest.raises(openai.BadRequestError, match="mask"):
-        await client.images.edit(
-            model="nano-banana-2.1",
-            image=("mug.png", first, "image/png"),
-            mask=("mask.png", png(8, 8), "image/png"),
-            prompt="only the handle",
-        )
+    # A mask (transparent where the image may change, as OpenAI's) is a region edit: every
+    # pixel outside it (beyond the feather) stays, on an image the server never drew too.
+    upload = Image.new("RGB", (640, 480), (30, 90, 160))
+    ImageDraw.Draw(upload).rectangle((400, 300, 600, 450), fill=(220, 200, 40))
+    mask = Image.new("RGBA", (640, 480), (0, 0, 0, 255))
+    ImageDraw.Draw(mask).rectangle((50, 50, 300, 250), fill=(0, 0, 0, 0))
+    masked = await client.images.edit(
+        model="nano-banana-2.1",
+        image=("photo.png", _png(upload), "image/png"),
+        mask=("mask.png", _png(mask), "image/png"),
+        prompt="add a red circle",
+    )
+    assert masked.data and masked.data[0].b64_json
+    after = Image.open(io.BytesIO(base64.b64decode(masked.data[0].b64_json))).convert("RGB")
+    changed = ImageChops.difference(upload, after).getbbox()
+    assert changed is not None  # the edit did something, inside the box and its seam only
+    assert changed[0] >= 50 - 8 and changed[1] >= 50 - 8
+    assert changed[2] <= 301 + 8 and changed[3] <= 251 + 8
+
+
+def _png(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
 
 
 async def test_responses_chain_and_branch(face: Any) -> None:
