@@ -155,3 +155,34 @@ async def test_studio_asks_for_a_key_and_keeps_it(
 
 def _blob_url() -> re.Pattern[str]:
     return re.compile(r"^blob:")
+
+
+@pytest.mark.parametrize("width", [390, 1280, 1920])
+async def test_images_keep_their_aspect_ratio(
+    browser: Browser, make_emulator: EmulatorFactory, tmp_path: Path, width: int
+) -> None:
+    """A 16:9 turn image is shown at 16:9 on a phone, a laptop and a wide screen (it was
+    stretched to the column's width); at 390 px the sidebar stacks above the timeline, so the
+    image gets most of the width. Screenshots are saved."""
+    server, engine = await _gateway(make_emulator)
+    errors: list[str] = []
+    try:
+        page = await _page(browser, errors)
+        await page.set_viewport_size({"width": width, "height": 900})
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.fill("#new-title", "ratio")
+        await page.select_option("#new-ratio", "16:9")
+        await page.click("#new-session button[type=submit]")
+        await _send(page, "a ceramic mug on an oak table", 1)
+        image = page.locator("#timeline > li").last.locator("img")
+        box = await image.bounding_box()
+        natural = await image.evaluate("img => img.naturalWidth / img.naturalHeight")
+        assert box is not None and box["height"] > 0
+        assert box["width"] / box["height"] == pytest.approx(natural, rel=0.02)
+        assert box["width"] > 0.6 * min(width, 1000)  # not squeezed beside a sidebar
+        await page.screenshot(path=str(tmp_path / f"studio-{width}.png"), full_page=True)
+        assert errors == []
+    finally:
+        await server.close()
+        await engine.aclose()
