@@ -89,6 +89,7 @@ async def test_studio_session_turns_undo_fork(
         await page.select_option("#new-ratio", "16:9")
         await page.click("#new-session button[type=submit]")
         await expect(page.locator("#session-title")).to_have_text("mug")
+        await expect(page.locator("#redo")).to_be_disabled()  # nothing to redo (was a 409)
         await _send(page, "a ceramic mug on an oak table", 1)
         await _send(page, "add a eucalyptus sprig", 2)
         first = page.locator("#timeline > li").first
@@ -102,6 +103,7 @@ async def test_studio_session_turns_undo_fork(
         # Undo: the timeline shows one turn; the branch tree still has both.
         await page.click("#undo")
         await expect(page.locator("#timeline > li")).to_have_count(1)
+        await expect(page.locator("#redo")).to_be_enabled()
         await expect(page.locator("#tree button")).to_have_count(2)
         # Jump back to turn 2 through the tree, then compare turn 1 with turn 2.
         await page.click("#tree-panel summary")

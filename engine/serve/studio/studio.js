@@ -132,6 +132,9 @@ async function render() {
   $("session-title").textContent = s.title || "session " + s.id.slice(0, 8);
   $("session-cost").textContent = "total " + money(s.cost_usd) + " · " + s.turns.length + " turns";
   $("undo").disabled = !s.head;
+  // Redo needs a turn after the head (a new session, or the tip, has none: the API says 409).
+  const next = (s.branches || []).flat().filter((t) => t.parent === (s.head || null));
+  $("redo").disabled = next.length === 0;
   $("regenerate").disabled = !s.head;
   const timeline = $("timeline");
   timeline.replaceChildren();
