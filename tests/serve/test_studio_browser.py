@@ -188,3 +188,34 @@ async def test_images_keep_their_aspect_ratio(
     finally:
         await server.close()
         await engine.aclose()
+
+
+async def test_cancel_keeps_the_prompt_and_errors_are_red(
+    browser: Browser, make_emulator: EmulatorFactory
+) -> None:
+    """A turn cancelled while it runs: the typed prompt is still there to send again, the
+    progress line counted the seconds, and the status says so in red."""
+    emu = await make_emulator(latency=3.0)
+    engine = Engine(config_for(emu.base_url))
+    await engine.start()
+    server = TestServer(create_app(engine, None), host="127.0.0.1")
+    await server.start_server()
+    errors: list[str] = []
+    try:
+        page = await _page(browser, errors)
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.click("#new-session button[type=submit]")
+        await page.fill("#prompt", "a ceramic mug on an oak table")
+        await page.click("#send")
+        await expect(page.locator("#progress")).to_contain_text(" s")
+        await expect(page.locator("#cancel")).to_be_visible()
+        await page.click("#cancel")
+        await expect(page.locator("#status")).to_have_text("turn cancelled")
+        assert await page.input_value("#prompt") == "a ceramic mug on an oak table"
+        color = await page.locator("#status").evaluate("e => getComputedStyle(e).color")
+        assert color == "rgb(176, 0, 32)"
+        await expect(page.locator("#timeline > li")).to_have_count(0)
+    finally:
+        await server.close()
+        await engine.aclose()

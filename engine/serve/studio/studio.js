@@ -285,7 +285,11 @@ async function streamTurn(path, body) {
   $("send").disabled = true;
   $("cancel").hidden = false;
   let thinking = "", answer = "", line = "starting…", ended = null;
-  progress(line);
+  const started = Date.now();
+  const show = () => progress([line + " · " + ((Date.now() - started) / 1000).toFixed(0) + " s",
+    thinking && "thinking: " + thinking.slice(-300), answer].filter(Boolean).join("\n"));
+  const clock = setInterval(show, 500); // a generation takes 20-40 s: the time keeps moving
+  show();
   try {
     const resp = await fetch(path, { method: "POST", headers: headers(true), body: JSON.stringify(body) });
     if (!resp.ok) throw await failure(resp);
@@ -314,19 +318,21 @@ async function streamTurn(path, body) {
           case "turn.failed": ended = "failed: " + event.error_type + ": " + event.error; break;
           case "turn.cancelled": ended = "cancelled"; break;
         }
-        progress([line, thinking && "thinking: " + thinking.slice(-300), answer].filter(Boolean).join("\n"));
+        show();
       }
     }
-    setStatus("turn " + (ended || "ended"), ended && ended !== "completed");
+    setStatus("turn " + (ended || "ended"), ended !== "completed");
   } catch (err) {
     setStatus(err.message, true);
   } finally {
+    clearInterval(clock);
     state.running = false;
     $("send").disabled = false;
     $("cancel").hidden = true;
     progress("");
     if (state.current) await openSession(state.current.id);
   }
+  return ended;
 }
 
 $("prompt-form").addEventListener("submit", async (e) => {
@@ -334,10 +340,12 @@ $("prompt-form").addEventListener("submit", async (e) => {
   if (state.running) return;
   const text = $("prompt").value.trim();
   const images = state.attachments.map((a) => ({ data: a.data, mime_type: a.mime }));
-  $("prompt").value = "";
-  state.attachments = [];
-  $("attachments").replaceChildren();
-  await streamTurn("/v1/sessions/" + state.current.id + "/turns", { text, images, stream: true });
+  const ended = await streamTurn("/v1/sessions/" + state.current.id + "/turns", { text, images, stream: true });
+  if (ended === "completed") { // a cancelled or failed turn keeps what was typed, to send again
+    $("prompt").value = "";
+    state.attachments = [];
+    $("attachments").replaceChildren();
+  }
 });
 
 $("regenerate").addEventListener("click", () =>
