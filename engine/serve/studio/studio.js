@@ -369,7 +369,10 @@ async function start() {
     await loadSessions();
     await loadModels();
   } catch (err) {
-    setStatus(err.message, true);
+    // No key yet: the key screen asks for one; that is no error. A key that was typed and
+    // refused is.
+    if (!state.key && !$("key-panel").hidden) setStatus("this server needs an API key");
+    else setStatus(err.message, true);
     return;
   }
   $("key-panel").hidden = true;
