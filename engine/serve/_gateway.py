@@ -292,7 +292,8 @@ class Gateway:
             id=record.id,
             index=record.index,
             parent=record.parent,
-            prompt=record.user.text(),
+            # A region edit's own words (what was sent adds where to change, in the crop).
+            prompt=(record.metadata.get("region") or {}).get("prompt") or record.user.text(),
             input_images=[self._image_out(i) for i in inputs],
             text=turn.text,
             images=[self._image_out(i) for i in turn.images],

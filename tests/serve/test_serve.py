@@ -701,3 +701,12 @@ async def test_variants_over_http(serve: Serve) -> None:
     assert status == 200
     status, doc = await api.turn(sid, "too many", variants=9)
     assert status == 400 and "variants" in doc["error"]["message"]
+
+
+async def test_a_region_turn_shows_its_own_prompt(serve: Serve) -> None:
+    """The turn's prompt is what the user wrote, not the instruction sent with the crop."""
+    api = await serve()
+    sid = (await api.new_session())["id"]
+    await api.turn(sid, "a mug")
+    status, turn = await api.turn(sid, "add a red circle", region=[10, 10, 200, 200])
+    assert status == 200 and turn["prompt"] == "add a red circle"

@@ -63,11 +63,12 @@ async def _page(browser: Browser, errors: list[str]) -> Page:
     return page
 
 
-async def _send(page: Page, prompt: str, turns: int) -> None:
+async def _send(page: Page, prompt: str, turns: int, images: int = 1) -> None:
+    """Send a prompt and wait for the turn (`images`: input images shown + the answer's)."""
     await page.fill("#prompt", prompt)
     await page.click("#send")
     await expect(page.locator("#timeline > li")).to_have_count(turns, timeout=20_000)
-    await expect(page.locator("#timeline > li").last.locator("img")).to_have_count(1)
+    await expect(page.locator("#timeline > li").last.locator("img")).to_have_count(images)
     await expect(page.locator("#send")).to_be_enabled()
 
 
@@ -221,6 +222,75 @@ async def test_cancel_keeps_the_prompt_and_errors_are_red(
         color = await page.locator("#status").evaluate("e => getComputedStyle(e).color")
         assert color == "rgb(176, 0, 32)"
         await expect(page.locator("#timeline > li")).to_have_count(0)
+    finally:
+        await server.close()
+        await engine.aclose()
+
+
+async def test_paint_a_region_then_takes_and_the_tree(
+    browser: Browser, make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Paint a stroke on the head image and send: through the API, every pixel away from the
+    stroke (brush and seam) is unchanged. Then three takes: a grid of three, "Use this take"
+    moves the head. The branch tree shows thumbnails with prompts. Screenshots saved."""
+    import io
+
+    import aiohttp
+    from PIL import Image, ImageChops
+
+    server, engine = await _gateway(make_emulator)
+    errors: list[str] = []
+    try:
+        page = await _page(browser, errors)
+        await page.set_viewport_size({"width": 1280, "height": 1000})
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.click("#new-session button[type=submit]")
+        await _send(page, "a ceramic mug on an oak table", 1)
+        await page.click("#region-panel summary")
+        canvas = page.locator("#region-canvas")
+        await expect(canvas).to_be_visible()
+        box = await canvas.bounding_box()
+        assert box is not None
+        y = box["y"] + 0.3 * box["height"]
+        await page.mouse.move(box["x"] + 0.2 * box["width"], y)
+        await page.mouse.down()
+        await page.mouse.move(box["x"] + 0.5 * box["width"], y, steps=12)
+        await page.mouse.up()
+        await page.screenshot(path=str(tmp_path / "studio-region-painted.png"), full_page=True)
+        await _send(page, "add a red circle", 2, images=2)  # the crop sent, and the result
+        sessions = await engine.store.list()
+        state = await engine.store.load(sessions[0].id)
+        first, second = state.path()
+        async with aiohttp.ClientSession() as http:
+            pictures = []
+            for turn in (first, second):
+                sha = engine.store.blobs.digest(turn.model.images()[-1].data)
+                async with http.get(str(server.make_url(f"/v1/images/{sha}"))) as resp:
+                    pictures.append(Image.open(io.BytesIO(await resp.read())).convert("RGB"))
+        width, height = pictures[0].size
+        scale = width / box["width"]
+        reach = 12 * scale + 2 + 8 + 2  # the brush's radius, the seam, rounding
+        changed = ImageChops.difference(pictures[0], pictures[1]).getbbox()
+        assert changed is not None  # the edit did something ...
+        assert changed[0] >= 0.2 * width - reach and changed[2] <= 0.5 * width + reach  # ... only
+        assert changed[1] >= 0.3 * height - reach and changed[3] <= 0.3 * height + reach
+        # Three takes: a grid to choose from.
+        await page.fill("#variants", "3")
+        await expect(page.locator("#estimate")).to_contain_text("3 takes")
+        await page.fill("#prompt", "make the mug blue")
+        await page.click("#send")
+        await expect(page.locator("#takes figure")).to_have_count(3, timeout=20_000)
+        before = (await engine.store.load(sessions[0].id)).record.head
+        await page.locator("#takes button").first.click()
+        await expect(page.locator("#status")).to_have_text("checkout done")
+        after = (await engine.store.load(sessions[0].id)).record.head
+        assert after != before
+        await page.click("#tree-panel summary")
+        await expect(page.locator("#tree button img").first).to_be_visible()
+        assert "add a red circle" in await page.locator("#tree").inner_text()
+        await page.screenshot(path=str(tmp_path / "studio-takes.png"), full_page=True)
+        assert errors == []
     finally:
         await server.close()
         await engine.aclose()

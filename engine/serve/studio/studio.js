@@ -152,8 +152,113 @@ async function render() {
     }));
     timeline.append(item);
   }
-  renderTree();
+  await renderTree();
   renderCompare();
+  await renderTakes();
+  await renderRegion();
+  estimate();
+}
+
+// The head turn's siblings of the same prompt (a "takes" turn, or regenerations): a grid to
+// pick from; the others stay as branches.
+async function renderTakes() {
+  const s = state.current, box = $("takes");
+  const all = (s.branches || []).flat();
+  const head = all.find((t) => t.id === s.head);
+  const seen = new Set();
+  const takes = head ? all.filter((t) => t.parent === head.parent && t.index === head.index &&
+    !seen.has(t.id) && seen.add(t.id)) : [];
+  box.replaceChildren();
+  box.hidden = takes.length < 2;
+  for (const t of takes) {
+    const figure = el("figure", { class: t.id === s.head ? "head" : "", "data-turn": t.id });
+    if (t.images.length) figure.append(el("img", { src: await imageUrl(t.images[0].sha256), alt: "take" }));
+    figure.append(t.id === s.head ? el("figcaption", { text: "shown" })
+      : el("button", { type: "button", text: "Use this take", onclick: () => move("checkout", { turn: t.id }) }));
+    box.append(figure);
+  }
+}
+
+function estimate() {
+  const s = state.current, last = s.turns[s.turns.length - 1];
+  const takes = Number($("variants").value) || 1;
+  $("estimate").textContent = last ? "≈ " + money(last.cost_usd * takes) + " (as the last turn" +
+    (takes > 1 ? ", × " + takes + " takes" : "") + ")" : "";
+}
+$("variants").addEventListener("input", () => estimate());
+
+// --- region: paint (or drag a box over) what may change -----------------------------------
+
+const region = { painted: false, start: null, drawing: false };
+
+async function renderRegion() {
+  const s = state.current;
+  const head = s.turns.find((t) => t.id === s.head);
+  const image = head && head.images[0];
+  $("region-panel").hidden = !image;
+  if (!image) return;
+  const img = $("region-img"), canvas = $("region-canvas");
+  if (img.dataset.sha !== image.sha256) {
+    img.src = await imageUrl(image.sha256);
+    img.dataset.sha = image.sha256;
+    canvas.width = image.width;
+    canvas.height = image.height;
+    clearRegion();
+  }
+}
+
+function clearRegion() {
+  const canvas = $("region-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  region.painted = false;
+}
+
+function canvasPoint(e) {
+  const canvas = $("region-canvas"), r = canvas.getBoundingClientRect();
+  return { x: (e.clientX - r.left) * canvas.width / r.width, y: (e.clientY - r.top) * canvas.height / r.height,
+    scale: canvas.width / r.width };
+}
+
+function paintAt(p) {
+  const ctx = $("region-canvas").getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.beginPath();
+  ctx.arc(p.x, p.y, Number($("region-brush").value) * p.scale / 2, 0, Math.PI * 2);
+  ctx.fill();
+  region.painted = true;
+}
+
+$("region-canvas").addEventListener("pointerdown", (e) => {
+  region.drawing = true;
+  region.start = canvasPoint(e);
+  if ($("region-tool").value === "paint") paintAt(region.start);
+});
+$("region-canvas").addEventListener("pointermove", (e) => {
+  if (!region.drawing) return;
+  const p = canvasPoint(e);
+  if ($("region-tool").value === "paint") return paintAt(p);
+  const canvas = $("region-canvas"), ctx = canvas.getContext("2d"), a = region.start;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(Math.min(a.x, p.x), Math.min(a.y, p.y), Math.abs(p.x - a.x), Math.abs(p.y - a.y));
+  region.painted = true;
+});
+for (const name of ["pointerup", "pointerleave"]) {
+  $("region-canvas").addEventListener(name, () => { region.drawing = false; });
+}
+$("region-clear").addEventListener("click", clearRegion);
+
+// The painted area as a mask the size of the head image: white may change, black stays.
+function regionMask() {
+  if (!region.painted || !$("region-panel").open) return null;
+  const paint = $("region-canvas"), mask = document.createElement("canvas");
+  mask.width = paint.width;
+  mask.height = paint.height;
+  const ctx = mask.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, mask.width, mask.height);
+  ctx.drawImage(paint, 0, 0);
+  return mask.toDataURL("image/png").split(",", 2)[1];
 }
 
 async function imageNode(img, alt) {
@@ -163,20 +268,23 @@ async function imageNode(img, alt) {
   return link;
 }
 
-function renderTree() {
+// Every branch as a row of turns: a thumbnail and the prompt of each (not bare numbers).
+async function renderTree() {
   const tree = $("tree");
   tree.replaceChildren();
   const s = state.current;
-  (s.branches || []).forEach((branch, n) => {
+  for (const [n, branch] of (s.branches || []).entries()) {
     const row = el("li", { text: "branch " + (n + 1) + ": " });
     for (const t of branch) {
-      const b = el("button", { type: "button", text: String(t.index), title: t.prompt, "data-turn": t.id,
+      const b = el("button", { type: "button", title: t.prompt, "data-turn": t.id,
         onclick: () => move("checkout", { turn: t.id }) });
+      if (t.images.length) b.append(el("img", { src: await imageUrl(t.images[0].sha256), alt: "turn " + t.index }));
+      b.append(el("span", { text: t.index + ". " + t.prompt }));
       if (t.id === s.head) b.classList.add("head");
       row.append(b);
     }
     tree.append(row);
-  });
+  }
 }
 
 function renderCompare() {
@@ -340,11 +448,15 @@ $("prompt-form").addEventListener("submit", async (e) => {
   if (state.running) return;
   const text = $("prompt").value.trim();
   const images = state.attachments.map((a) => ({ data: a.data, mime_type: a.mime }));
-  const ended = await streamTurn("/v1/sessions/" + state.current.id + "/turns", { text, images, stream: true });
+  const body = { text, images, stream: true, variants: Number($("variants").value) || 1 };
+  const mask = regionMask();
+  if (mask) body.mask = { data: mask };
+  const ended = await streamTurn("/v1/sessions/" + state.current.id + "/turns", body);
   if (ended === "completed") { // a cancelled or failed turn keeps what was typed, to send again
     $("prompt").value = "";
     state.attachments = [];
     $("attachments").replaceChildren();
+    clearRegion();
   }
 });
 
