@@ -4,6 +4,7 @@ checks what the page shows; a screenshot is saved under the test's tmp dir."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -290,6 +291,47 @@ async def test_paint_a_region_then_takes_and_the_tree(
         await expect(page.locator("#tree button img").first).to_be_visible()
         assert "add a red circle" in await page.locator("#tree").inner_text()
         await page.screenshot(path=str(tmp_path / "studio-takes.png"), full_page=True)
+        assert errors == []
+    finally:
+        await server.close()
+        await engine.aclose()
+
+
+async def test_references_live_updates_full_size_and_delete(
+    browser: Browser, make_emulator: EmulatorFactory
+) -> None:
+    """Drag a past turn's image into the reference tray, give it a role and send (the stored
+    turn carries the role's label); a turn run elsewhere appears while the page is open; an
+    image opens full size; the session can be deleted."""
+    server, engine = await _gateway(make_emulator)
+    errors: list[str] = []
+    try:
+        page = await _page(browser, errors)
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#status")).to_have_text("ready")
+        await page.click("#new-session button[type=submit]")
+        await _send(page, "a ceramic mug on an oak table", 1)
+        await page.locator("#timeline img").first.drag_to(page.locator("#drop"))
+        await expect(page.locator("#attachments figure")).to_have_count(1)
+        await page.select_option("#attachments select", "style")
+        await _send(page, "a teapot in this style", 2, images=2)
+        sid = (await engine.store.list())[0].id
+        state = await engine.store.load(sid)
+        texts = [p.text or "" for p in state.path()[-1].user.parts]
+        assert any("style reference" in t for t in texts)
+        # A turn run elsewhere (here: straight through the engine) shows up by itself.
+        session = await engine.open_session(sid)
+        await session.send("make it blue")
+        await expect(page.locator("#timeline > li")).to_have_count(3, timeout=15_000)
+        # Full size, then close.
+        await page.locator("#timeline img").last.click()
+        await expect(page.locator("#viewer img")).to_be_visible()
+        await page.locator("#viewer").click(position={"x": 5, "y": 5})
+        await expect(page.locator("#viewer")).to_be_hidden()
+        await page.click("#delete")
+        await expect(page.locator("#status")).to_have_text("session deleted")
+        assert await engine.store.list() == []
         assert errors == []
     finally:
         await server.close()

@@ -125,6 +125,43 @@ async function openSession(id) {
   $("session").hidden = false;
   await render();
   await loadSessions();
+  follow(id);
+}
+
+// Live: the open session's events (a turn started elsewhere -- another tab, a script, a chat
+// product -- shows while it runs and appears when it lands).
+async function follow(id) {
+  if (state.following === id) return;
+  if (state.follower) state.follower.abort();
+  const controller = new AbortController();
+  state.follower = controller;
+  state.following = id;
+  try {
+    const resp = await fetch("/v1/sessions/" + id + "/events", { headers: headers(false), signal: controller.signal });
+    if (!resp.ok) return;
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const type = (block.split("\n").find((l) => l.startsWith("event: ")) || "").slice(7);
+        if (state.running || state.following !== id) continue; // our own turn shows itself
+        if (type === "turn.started") setStatus("a turn started elsewhere…");
+        if (type === "turn.completed" || type === "session.updated") {
+          state.current = await api("GET", "/v1/sessions/" + id + "?tree=1");
+          await render();
+          setStatus("updated: a turn landed");
+        }
+      }
+    }
+  } catch (_) { /* aborted, or the server went away: the next open follows again */ }
+  if (state.following === id) state.following = null;
 }
 
 async function render() {
@@ -263,9 +300,20 @@ function regionMask() {
 
 async function imageNode(img, alt) {
   const url = await imageUrl(img.sha256);
-  const link = el("a", { href: url, download: img.sha256.slice(0, 12) + ".png" });
-  link.append(el("img", { src: url, alt, width: String(img.width), height: String(img.height) }));
-  return link;
+  const node = el("img", { src: url, alt, width: String(img.width), height: String(img.height),
+    draggable: "true", title: "click: full size · drag: into the reference tray" });
+  node.addEventListener("dragstart", (e) => e.dataTransfer.setData("application/x-nanoedit-image", img.sha256));
+  node.addEventListener("click", () => fullSize(url, img.sha256));
+  return node;
+}
+
+// Full size: the image alone over the page, at its own pixels (scrolls if larger), and a
+// download link.
+function fullSize(url, sha) {
+  const view = $("viewer");
+  view.replaceChildren(el("img", { src: url, alt: "full size" }),
+    el("a", { href: url, download: sha.slice(0, 12) + ".png", text: "Download" }));
+  view.hidden = false;
 }
 
 // Every branch as a row of turns: a thumbnail and the prompt of each (not bare numbers).
@@ -288,12 +336,17 @@ async function renderTree() {
 }
 
 function renderCompare() {
-  const withImages = state.current.turns.filter((t) => t.images.length);
+  // Any two turns of the session, across branches.
+  const seen = new Set();
+  const all = [...state.current.turns, ...(state.current.branches || []).flat()]
+    .filter((t) => !seen.has(t.id) && seen.add(t.id));
+  const withImages = all.filter((t) => t.images.length);
   for (const [id, pick] of [["compare-a", 0], ["compare-b", withImages.length - 1]]) {
     const select = $(id);
     select.replaceChildren();
     withImages.forEach((t, n) => {
-      const option = el("option", { value: t.images[0].sha256, text: "turn " + t.index });
+      const option = el("option", { value: t.images[0].sha256,
+        text: "turn " + t.index + ": " + t.prompt.slice(0, 40) });
       if (n === pick) option.selected = true;
       select.append(option);
     });
@@ -331,6 +384,19 @@ async function move(op, body) {
   }
 }
 
+$("delete").addEventListener("click", async () => {
+  if (!confirm("Delete this session and its images?")) return;
+  try {
+    await api("DELETE", "/v1/sessions/" + state.current.id);
+    state.current = null;
+    $("session").hidden = true;
+    await loadSessions();
+    setStatus("session deleted");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+});
+$("viewer").addEventListener("click", (e) => { if (e.target.tagName !== "A") $("viewer").hidden = true; });
 $("undo").addEventListener("click", () => move("undo"));
 $("redo").addEventListener("click", () => move("redo"));
 $("fork").addEventListener("click", async () => {
@@ -363,22 +429,44 @@ function readFile(file) {
   });
 }
 
+// The reference tray: each image with a role (what the model should take from it).
+const ROLES = ["", "subject", "style", "object", "character", "background"];
+
+function addToTray(item, src) {
+  state.attachments.push(item);
+  const role = el("select", { "aria-label": "role", onchange: (e) => { item.role = e.target.value; } });
+  for (const r of ROLES) role.append(el("option", { value: r, text: r || "no role" }));
+  $("attachments").append(el("figure", { class: "ref" }, el("img", { src, alt: item.name }), role));
+}
+
 async function attach(files) {
   for (const file of files) {
     if (!file.type.startsWith("image/")) continue;
     const data = await readFile(file);
-    state.attachments.push({ name: file.name, mime: file.type, data });
-    $("attachments").append(el("img", { src: "data:" + file.type + ";base64," + data, alt: file.name }));
+    addToTray({ name: file.name, mime: file.type, data, role: "" }, "data:" + file.type + ";base64," + data);
   }
+}
+
+function trayImages() {
+  return state.attachments.map((a) => {
+    const image = a.sha256 ? { sha256: a.sha256 } : { data: a.data, mime_type: a.mime };
+    if (a.role) image.role = a.role;
+    return image;
+  });
 }
 
 $("files").addEventListener("change", (e) => attach(e.target.files));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
+drop.addEventListener("drop", async (e) => {
   e.preventDefault();
   drop.classList.remove("over");
+  const sha = e.dataTransfer.getData("application/x-nanoedit-image");
+  if (sha) { // a past turn's image, dragged from the timeline: sent by reference
+    addToTray({ name: "turn image", sha256: sha, role: "" }, await imageUrl(sha));
+    return;
+  }
   attach(e.dataTransfer.files);
 });
 
@@ -447,7 +535,7 @@ $("prompt-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if (state.running) return;
   const text = $("prompt").value.trim();
-  const images = state.attachments.map((a) => ({ data: a.data, mime_type: a.mime }));
+  const images = trayImages();
   const body = { text, images, stream: true, variants: Number($("variants").value) || 1 };
   const mask = regionMask();
   if (mask) body.mask = { data: mask };
