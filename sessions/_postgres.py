@@ -339,6 +339,30 @@ class PostgresStore(SessionStore):
         result: SessionRecord = await self._run(work)
         return result
 
+    async def rename(self, session_id: str, title: str, *, expected_version: int) -> SessionRecord:
+        """Set the session's title; SessionBusy on a version clash."""
+
+        async def work(db: asyncpg.Connection) -> SessionRecord:
+            row = await db.fetchrow(
+                "UPDATE sessions SET title = $1, version = version + 1, updated_at = $2 "
+                f"WHERE id = $3 AND version = $4 RETURNING {_SESSION_COLS}",
+                title,
+                time.time(),
+                session_id,
+                expected_version,
+            )
+            if row is not None:
+                return _record(row)
+            found = await db.fetchval("SELECT version FROM sessions WHERE id = $1", session_id)
+            if found is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            raise SessionBusy(
+                f"session {session_id} changed (version {found}, expected {expected_version})"
+            )
+
+        result: SessionRecord = await self._run(work)
+        return result
+
     async def load_record(self, session_id: str) -> SessionRecord:
         """The session's record alone."""
 

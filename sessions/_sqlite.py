@@ -443,6 +443,22 @@ class SqliteStore(SessionStore):
 
         return await self._run(work)
 
+    async def rename(self, session_id: str, title: str, *, expected_version: int) -> SessionRecord:
+        """Set the session's title; SessionBusy on a version clash."""
+
+        def work(db: sqlite3.Connection) -> SessionRecord:
+            with _transaction(db, write=True):
+                cur = db.execute(
+                    "UPDATE sessions SET title = ?, version = version + 1, updated_at = ? "
+                    "WHERE id = ? AND version = ?",
+                    (title, time.time(), session_id, expected_version),
+                )
+                if cur.rowcount != 1:
+                    _clash(db, session_id, expected_version)
+                return _load_record(db, session_id)
+
+        return await self._run(work)
+
     async def load_record(self, session_id: str) -> SessionRecord:
         """The session's record alone: one row, no turns."""
 
@@ -794,6 +810,11 @@ def _bump(
     )
     if cur.rowcount == 1:
         return
+    _clash(db, session_id, expected_version)
+
+
+def _clash(db: sqlite3.Connection, session_id: str, expected_version: int) -> None:
+    """SessionNotFound, or SessionBusy for a version that moved on."""
     found = db.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
     if found is None:
         raise SessionNotFound(f"no session {session_id!r}")

@@ -193,6 +193,10 @@ class SessionStore(abc.ABC):
     ) -> SessionRecord:
         """Move the head and tip (undo, redo, checkout); SessionBusy on a version clash."""
 
+    @abc.abstractmethod
+    async def rename(self, session_id: str, title: str, *, expected_version: int) -> SessionRecord:
+        """Set the session's title; SessionBusy on a version clash."""
+
     async def load_record(self, session_id: str) -> SessionRecord:
         """The session's record alone (head, tip, version), without its turns."""
         return (await self.load(session_id)).record
@@ -373,6 +377,16 @@ class MemoryStore(SessionStore):
             updated_at=time.time(),
         )
         self._states[session_id] = SessionState.adopt(rec, turns)
+        return rec
+
+    async def rename(self, session_id: str, title: str, *, expected_version: int) -> SessionRecord:
+        """Set the session's title; SessionBusy on a version clash."""
+        state = self._get(session_id)
+        self._check(state, expected_version)
+        rec = msgspec.structs.replace(
+            state.record, title=title, version=expected_version + 1, updated_at=time.time()
+        )
+        self._states[session_id] = SessionState(rec, state.turns)
         return rec
 
     async def move_head(

@@ -268,6 +268,19 @@ class Session:
             await self._reload()
         return self.head
 
+    async def rename(self, title: str) -> None:
+        """Set the session's title (under the lock and the lease, like every change)."""
+        if not isinstance(title, str) or len(title) > 200:
+            raise ConfigError("a title is text of at most 200 characters")
+        engine = self._engine
+        engine.check_open()
+        async with engine._lock(self.id), engine.lease(self.id).held():
+            await self._reload_if_changed()
+            await engine.store.rename(
+                self.id, title.strip(), expected_version=self._state.record.version
+            )
+            await self._reload()
+
     async def undo(self) -> Turn | None:
         """Move the head back one turn; returns the new head."""
         return await self._move(tree.undo)

@@ -100,6 +100,12 @@ class CheckoutIn(_In):
     turn: int | str | None
 
 
+class RenameIn(_In):
+    """PATCH /v1/sessions/{id}: a new title."""
+
+    title: str
+
+
 class ForkIn(_In):
     """POST /v1/sessions/{id}/fork: the new session holds the turns up to `at` (default all)."""
 

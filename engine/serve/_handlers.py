@@ -19,6 +19,7 @@ from engine.serve._api import (
     CheckoutIn,
     ForkIn,
     Health,
+    RenameIn,
     SessionCreate,
     SessionList,
     SessionSummaryOut,
@@ -163,6 +164,17 @@ async def delete_session(request: web.Request) -> web.Response:
         await gateway.engine.delete_session(session.id)
     gateway.forget(session.id)
     return web.Response(status=204)
+
+
+async def rename_session(request: web.Request) -> web.Response:
+    """PATCH /v1/sessions/{id} {"title"}: the session with its new title."""
+    gateway, tenant = _gateway(request)
+    async with gateway.using(tenant, request.match_info["id"]) as session:
+        title = decode_body(await _body(request), RenameIn).title
+        if gateway.in_flight(session.id) is not None:
+            raise HttpError(409, "SessionBusy", "a turn is running", retry_after=1.0)
+        await session.rename(title)
+        return json_response(gateway.session_out(session))
 
 
 async def export_session(request: web.Request) -> web.Response:

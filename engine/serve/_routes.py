@@ -54,6 +54,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/sessions/{id}", h.get_session, "A session with its current branch",
           answer="SessionOut", params=(_ID, {"name": "tree", "in": "query", "required": False,
                                               "schema": {"type": "string", "enum": ["0", "1"]}})),
+    Route("PATCH", "/v1/sessions/{id}", h.rename_session, "Rename a session",
+          answer="SessionOut", body="RenameIn", errors=(400, 401, 404, 409)),
     Route("DELETE", "/v1/sessions/{id}", h.delete_session, "Delete a session", ok=204,
           errors=(401, 404, 409, 503)),
     Route("POST", "/v1/sessions/{id}/turns", h.create_turn, "Run a turn", answer="turn",

@@ -710,3 +710,18 @@ async def test_a_region_turn_shows_its_own_prompt(serve: Serve) -> None:
     await api.turn(sid, "a mug")
     status, turn = await api.turn(sid, "add a red circle", region=[10, 10, 200, 200])
     assert status == 200 and turn["prompt"] == "add a red circle"
+
+
+async def test_rename_a_session(serve: Serve) -> None:
+    """PATCH /v1/sessions/{id} {"title"}: renamed; another tenant's is 404; no title is 400."""
+    api = await serve(ServeOptions(keys=KEYS))
+    alice = api.as_key("alice-key-0001")
+    sid = (await alice.new_session(title="mug"))["id"]
+    status, doc, _ = await alice.call("PATCH", f"/v1/sessions/{sid}", {"title": "teapots"})
+    assert status == 200 and doc["title"] == "teapots"
+    status, _, _ = await api.as_key("bob-key-0002").call(
+        "PATCH", f"/v1/sessions/{sid}", {"title": "mine"}
+    )
+    assert status == 404
+    status, _, _ = await alice.call("PATCH", f"/v1/sessions/{sid}", {})
+    assert status == 400

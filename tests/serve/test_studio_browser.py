@@ -307,7 +307,12 @@ async def test_references_live_updates_full_size_and_delete(
     errors: list[str] = []
     try:
         page = await _page(browser, errors)
-        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        page.on(
+            "dialog",
+            lambda dialog: asyncio.ensure_future(
+                dialog.accept("teapots") if dialog.type == "prompt" else dialog.accept()
+            ),
+        )
         await page.goto(str(server.make_url("/")))
         await expect(page.locator("#status")).to_have_text("ready")
         await page.click("#new-session button[type=submit]")
@@ -329,6 +334,9 @@ async def test_references_live_updates_full_size_and_delete(
         await expect(page.locator("#viewer img")).to_be_visible()
         await page.locator("#viewer").click(position={"x": 5, "y": 5})
         await expect(page.locator("#viewer")).to_be_hidden()
+        await page.click("#rename")
+        await expect(page.locator("#session-title")).to_have_text("teapots")
+        assert (await engine.store.load_record(sid)).title == "teapots"
         await page.click("#delete")
         await expect(page.locator("#status")).to_have_text("session deleted")
         assert await engine.store.list() == []

@@ -154,6 +154,20 @@ async def test_tenant_usage_and_images_by_owner(store: SessionStore) -> None:
     assert not await store.holds_image("alice", digest)
 
 
+async def test_rename_sets_the_title_and_checks_the_version(store: SessionStore) -> None:
+    """rename changes the title and the version; a stale version is SessionBusy; an unknown
+    session SessionNotFound."""
+    sid, _ = await seed(store, 1)
+    version = (await store.load_record(sid)).version
+    record = await store.rename(sid, "teapots", expected_version=version)
+    assert record.title == "teapots" and record.version == version + 1
+    assert (await store.load_record(sid)).title == "teapots"
+    with pytest.raises(SessionBusy):
+        await store.rename(sid, "again", expected_version=version)
+    with pytest.raises(SessionNotFound):
+        await store.rename("nope", "x", expected_version=1)
+
+
 async def test_event_epochs_count_up(store: SessionStore) -> None:
     """Each call counts one more epoch of event numbering, from 1."""
     assert [await store.next_event_epoch() for _ in range(3)] == [1, 2, 3]

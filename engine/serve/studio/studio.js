@@ -384,6 +384,19 @@ async function move(op, body) {
   }
 }
 
+$("rename").addEventListener("click", async () => {
+  const title = prompt("Title of this session", state.current.title || "");
+  if (title === null) return;
+  try {
+    state.current = await api("PATCH", "/v1/sessions/" + state.current.id, { title });
+    state.current = await api("GET", "/v1/sessions/" + state.current.id + "?tree=1");
+    await render();
+    await loadSessions();
+    setStatus("renamed");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+});
 $("delete").addEventListener("click", async () => {
   if (!confirm("Delete this session and its images?")) return;
   try {
