@@ -139,6 +139,11 @@ class TurnOut(msgspec.Struct, kw_only=True):
     latency_s: float
     attempts: int
     created_at: float
+    # A region edit: the box that changed [x0, y0, x1, y1] in the image's pixels, and the
+    # pixels outside it that differ from the previous image (0).
+    region: list[int] | None = None
+    region_drift_px: int | None = None
+    variant: int | None = None  # which take of a variants turn
 
 
 class SessionOut(msgspec.Struct, kw_only=True):

@@ -287,13 +287,14 @@ class Gateway:
         """A turn as the API shows it."""
         blobs = self.engine.store.blobs
         turn = Turn.from_record(record, blobs)
+        region = record.metadata.get("region")
         inputs = [Image.from_blob(b, blobs.digest(b.data)) for b in record.user.images()]
         return TurnOut(
             id=record.id,
             index=record.index,
             parent=record.parent,
             # A region edit's own words (what was sent adds where to change, in the crop).
-            prompt=(record.metadata.get("region") or {}).get("prompt") or record.user.text(),
+            prompt=(region or {}).get("prompt") or record.user.text(),
             input_images=[self._image_out(i) for i in inputs],
             text=turn.text,
             images=[self._image_out(i) for i in turn.images],
@@ -303,6 +304,9 @@ class Gateway:
             latency_s=record.latency_s,
             attempts=record.attempts,
             created_at=record.created_at,
+            region=region.get("box") if region else None,
+            region_drift_px=region.get("region_drift_px") if region else None,
+            variant=record.metadata.get("variant"),
         )
 
     def session_out(self, session: Session, *, tree: bool = False) -> SessionOut:

@@ -118,8 +118,19 @@ async def list_models(request: web.Request) -> web.Response:
     for spec in gateway.engine.catalog.models.values():
         if spec.status == "shut down":
             continue
+        # nanoedit's own field (clients ignore what they do not know): what the studio needs
+        # for a cost estimate before sending, and the model's sizes.
+        extra = {
+            "image_price_usd": dict(spec.prices.image_by_size),
+            "sizes": list(spec.sizes) or [spec.default_size],
+            "default_size": spec.default_size,
+            "status": spec.status,
+        }
         for name in (spec.id, *spec.aliases):
-            data.append({"id": name, "object": "model", "created": 0, "owned_by": "google"})
+            data.append(
+                {"id": name, "object": "model", "created": 0, "owned_by": "google",
+                 "nanoedit": extra}
+            )  # fmt: skip
     return _json({"object": "list", "data": data})
 
 

@@ -260,6 +260,12 @@ async def test_paint_a_region_then_takes_and_the_tree(
         await page.mouse.up()
         await page.screenshot(path=str(tmp_path / "studio-region-painted.png"), full_page=True)
         await _send(page, "add a red circle", 2, images=2)  # the crop sent, and the result
+        # The region is drawn on the result on demand.
+        region_box = page.locator("#timeline > li").last.locator(".region-box")
+        await expect(region_box).to_be_hidden()
+        await page.locator("#timeline > li").last.locator(".toggle-region").click()
+        await expect(region_box).to_be_visible()
+        await page.screenshot(path=str(tmp_path / "studio-region-shown.png"), full_page=True)
         sessions = await engine.store.list()
         state = await engine.store.load(sessions[0].id)
         first, second = state.path()
@@ -277,8 +283,9 @@ async def test_paint_a_region_then_takes_and_the_tree(
         assert changed[0] >= 0.2 * width - reach and changed[2] <= 0.5 * width + reach  # ... only
         assert changed[1] >= 0.3 * height - reach and changed[3] <= 0.3 * height + reach
         # Three takes: a grid to choose from.
+        await expect(page.locator("#estimate")).to_have_text("≈ $0.0336 ($0.0336 per 1K image)")
         await page.fill("#variants", "3")
-        await expect(page.locator("#estimate")).to_contain_text("3 takes")
+        await expect(page.locator("#estimate")).to_contain_text("3 takes \u00d7 $0.0336")
         await page.fill("#prompt", "make the mug blue")
         await page.click("#send")
         await expect(page.locator("#takes figure")).to_have_count(3, timeout=20_000)

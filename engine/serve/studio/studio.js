@@ -12,6 +12,7 @@ const state = {
   attachments: [], // {name, mime, data (base64)}
   images: new Map(), // sha256 -> blob: URL
   running: false,
+  models: new Map(), // id -> {image_price_usd, sizes, default_size, status} from /v1/models
 };
 
 function setStatus(text, isError) {
@@ -180,7 +181,26 @@ async function render() {
     item.append(el("div", { class: "prompt", text: t.index + ". " + t.prompt }));
     for (const img of t.input_images) item.append(await imageNode(img, "input image"));
     if (t.text) item.append(el("div", { class: "text", text: t.text }));
-    for (const img of t.images) item.append(await imageNode(img, "turn " + t.index));
+    for (const img of t.images) {
+      const shot = el("div", { class: "shot" }, await imageNode(img, "turn " + t.index));
+      if (t.region && img.width) { // the area a region edit could change, drawn on demand
+        const [x0, y0, x1, y1] = t.region, pct = (v, of) => (100 * v / of).toFixed(2) + "%";
+        shot.append(el("div", { class: "region-box", title: "the region this edit could change" }));
+        const box = shot.lastChild;
+        box.style.left = pct(x0, img.width);
+        box.style.top = pct(y0, img.height);
+        box.style.width = pct(x1 - x0, img.width);
+        box.style.height = pct(y1 - y0, img.height);
+      }
+      item.append(shot);
+      if (t.region && img.width) {
+        item.append(el("button", { type: "button", class: "toggle-region", text: "Show region",
+          onclick: (e) => {
+            const on = item.classList.toggle("show-region");
+            e.target.textContent = on ? "Hide region" : "Show region";
+          } }));
+      }
+    }
     const u = t.usage || {};
     item.append(el("div", {
       class: "meta",
@@ -216,11 +236,21 @@ async function renderTakes() {
   }
 }
 
+// Before sending: the catalog's price of an image of the session's model (at the size its
+// last image has, else the model's default), times the takes; after, the real cost shows.
 function estimate() {
-  const s = state.current, last = s.turns[s.turns.length - 1];
-  const takes = Number($("variants").value) || 1;
-  $("estimate").textContent = last ? "≈ " + money(last.cost_usd * takes) + " (as the last turn" +
-    (takes > 1 ? ", × " + takes + " takes" : "") + ")" : "";
+  const s = state.current, takes = Number($("variants").value) || 1;
+  const model = state.models.get(s.model);
+  const last = s.turns[s.turns.length - 1];
+  let size = model ? model.default_size : null;
+  if (model && last && last.images.length) {
+    const side = Math.max(last.images[0].width, last.images[0].height);
+    size = side > 3000 ? "4K" : side > 1600 ? "2K" : side > 700 ? "1K" : "512";
+    if (!(size in model.image_price_usd)) size = model.default_size;
+  }
+  const each = model ? model.image_price_usd[size] : last ? last.cost_usd : null;
+  $("estimate").textContent = each == null ? "" : "≈ " + money(each * takes) + " (" +
+    (takes > 1 ? takes + " takes × " : "") + money(each) + (model ? " per " + size + " image)" : ", as the last turn)");
 }
 $("variants").addEventListener("input", () => estimate());
 
@@ -570,6 +600,7 @@ $("regenerate").addEventListener("click", () =>
 // every model id it serves, the default first; aliases stay out of the menu.
 async function loadModels() {
   const listing = await api("GET", "/v1/models");
+  for (const m of listing.data) if (m.nanoedit) state.models.set(m.id, m.nanoedit);
   const ids = listing.data.map((m) => m.id).filter((id) => id.startsWith("gemini-"));
   if (!ids.length) return;
   const select = $("new-model");
