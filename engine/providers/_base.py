@@ -63,6 +63,9 @@ class GenerateRequest:
     # The interaction that produced the head turn, for a provider that keeps conversations
     # server-side (Interactions): the request then carries only the new user turn.
     previous_interaction: str | None = None
+    # A region edit through a provider with native masks: the mask as OpenAI takes it (a PNG
+    # the size of the edited image, fully transparent where it may change).
+    mask: bytes | None = None
 
     @property
     def images_only(self) -> bool:
@@ -119,6 +122,9 @@ class Provider(abc.ABC):
     # The server keeps each answer's conversation (Interactions with `store: true`): a turn may
     # name its parent's answer instead of sending the history (`previous_interaction`).
     keeps_conversations: bool = False
+    # The API confines an edit to a mask itself (OpenAI's `/images/edits`): a region edit then
+    # sends the whole image and the mask, and the engine only checks what changed outside.
+    native_masks: bool = False
     # Where uploads are valid: a fingerprint of the endpoint and the key (never the key). A
     # provider with the Files and Batch APIs is a `FilesAndBatches` (engine.providers._gemini).
     scope: str = ""

@@ -79,7 +79,9 @@ class ImagesBody(LazyBody):
     streaming_content_type: str = ""
 
 
-def _multipart(fields: list[tuple[str, str]], files: list[Blob]) -> tuple[bytes, str]:
+def _multipart(
+    fields: list[tuple[str, str]], files: list[Blob], mask: bytes | None = None
+) -> tuple[bytes, str]:
     boundary = "nanoedit-" + secrets.token_hex(12)
     out = bytearray()
     for name, value in fields:
@@ -92,6 +94,12 @@ def _multipart(fields: list[tuple[str, str]], files: list[Blob]) -> tuple[bytes,
             f'filename="image-{n}.{ext}"\r\nContent-Type: {blob.mime_type}\r\n\r\n'
         ).encode()
         out += blob.data + b"\r\n"
+    if mask is not None:
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="mask"; '
+            'filename="mask.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        out += mask + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"
 
@@ -138,6 +146,7 @@ class OpenAIImagesProvider(HttpProvider):
 
     api = "openai-images"
     supports_streaming = True
+    native_masks = True
 
     def encode(self, request: GenerateRequest) -> bytes:
         """The request body (a generation's JSON or an edit's multipart form)."""
@@ -169,9 +178,9 @@ class OpenAIImagesProvider(HttpProvider):
                 streaming_content_type="application/json",
             )
         form = [("model", model), ("prompt", prompt), ("n", "1"), ("size", size)]
-        plain, content_type = _multipart(form, images)
+        plain, content_type = _multipart(form, images, request.mask)
         more = [("stream", "true"), ("partial_images", str(PARTIAL_IMAGES))]
-        streaming, streaming_type = _multipart(form + more, images)
+        streaming, streaming_type = _multipart(form + more, images, request.mask)
         return ImagesBody(
             len(plain),
             lambda: (plain,),

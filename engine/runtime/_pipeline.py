@@ -57,7 +57,14 @@ from engine.policy import (
 from engine.policy import RequestPlan as Plan
 from engine.providers import GenerateRequest, OnDelta, ProviderResult, chain_broken
 from engine.runtime._history_files import missing_file_names
-from engine.runtime._regions import Region, RegionPlan, composite, region_model_content
+from engine.runtime._regions import (
+    Region,
+    RegionPlan,
+    composite,
+    drift,
+    openai_mask,
+    region_model_content,
+)
 from engine.runtime._shield import finish
 from engine.runtime._turns import Image, Turn
 from engine.wire import ImageDelta, PartialImageDelta, RequestBody, TextDelta
@@ -254,8 +261,15 @@ class TurnRun:
                 signatures=self.ctx.spec.thinking,
                 foreign=self._foreign(plan),
                 previous_interaction=self.chain,
+                mask=self._native_mask(),
             )
         )
+
+    def _native_mask(self) -> bytes | None:
+        """The region's mask for a provider that confines edits itself (None otherwise)."""
+        if self.region is None or not self.provider.native_masks:
+            return None
+        return openai_mask(self.region[1])
 
     def _take_settings(self, take: int) -> SessionSettings:
         """The settings of one take: a regenerate or a variant asks for its own `seed` (the
@@ -696,7 +710,21 @@ class TurnRun:
                                  reason="NO_IMAGE")  # fmt: skip
         blob = answers[-1].inline_data
         assert blob is not None
-        image, drift = composite(plan, blob.data, region.feather)
+        if self.provider.native_masks:
+            # The provider confined the edit itself: its frame is the turn's image, and what
+            # it changed outside the region is counted and reported, not hidden.
+            self._region_meta = {
+                "prompt": prompt,
+                "box": list(plan.bbox),
+                "crop": None,
+                "ratio": None,
+                "feather": region.feather,
+                "mask": region.mask is not None,
+                "native": True,
+                "region_drift_px": drift(plan, blob.data, region.feather),
+            }
+            return result
+        image, drifted = composite(plan, blob.data, region.feather)
         self._region_meta = {
             "prompt": prompt,
             "box": list(plan.bbox),
@@ -704,7 +732,7 @@ class TurnRun:
             "ratio": plan.ratio,
             "feather": region.feather,
             "mask": region.mask is not None,
-            "region_drift_px": drift,
+            "region_drift_px": drifted,
         }
         return dataclasses.replace(result, content=region_model_content(result.content, image))
 

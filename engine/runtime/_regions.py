@@ -20,7 +20,15 @@ from dataclasses import dataclass
 
 from sessions import Blob, ConfigError, Content, ModelSpec, Part
 
-__all__ = ["Region", "RegionPlan", "composite", "plan_region", "region_model_content"]
+__all__ = [
+    "Region",
+    "RegionPlan",
+    "composite",
+    "drift",
+    "openai_mask",
+    "plan_region",
+    "region_model_content",
+]
 
 PLACEHOLDER_SIGNATURE = b"skip_thought_signature_validator"
 
@@ -202,6 +210,40 @@ def composite(plan: RegionPlan, answer: bytes, feather: int) -> tuple[bytes, int
     drifted = ImageChops.multiply(drift.point(lambda v: 255 if v else 0), outside)
     histogram = drifted.histogram()
     return out.getvalue(), sum(histogram[1:])
+
+
+def openai_mask(plan: RegionPlan) -> bytes:
+    """The region as OpenAI's edit mask: the image's size, fully transparent where it may
+    change, opaque where it must stay."""
+    from PIL import Image
+
+    mask = _open(plan.mask, "the mask")
+    assert isinstance(mask, Image.Image)
+    out = Image.new("RGBA", mask.size, (0, 0, 0, 255))
+    out.putalpha(mask.point(lambda v: 0 if v else 255))
+    data = io.BytesIO()
+    out.save(data, "PNG")
+    return data.getvalue()
+
+
+def drift(plan: RegionPlan, answer: bytes, feather: int) -> int:
+    """Pixels farther than the feather from the region that the answer changed (an answer of
+    another size is compared scaled to the image's)."""
+    from PIL import Image, ImageChops, ImageFilter
+
+    base = _open(plan.base, "the head image")
+    edit = _open(answer, "the model's answer")
+    mask = _open(plan.mask, "the mask")
+    assert isinstance(base, Image.Image) and isinstance(edit, Image.Image)
+    assert isinstance(mask, Image.Image)
+    base = base.convert("RGB")
+    edit = edit.convert("RGB")
+    if edit.size != base.size:
+        edit = edit.resize(base.size, Image.Resampling.LANCZOS)
+    reach = mask.filter(ImageFilter.BoxBlur(feather)) if feather else mask
+    outside = reach.point(lambda v: 255 if v == 0 else 0)
+    changed = ImageChops.difference(edit, base).convert("L").point(lambda v: 255 if v else 0)
+    return sum(ImageChops.multiply(changed, outside).histogram()[1:])
 
 
 def region_model_content(answer: Content, composite_png: bytes) -> Content:

@@ -390,6 +390,10 @@ class Session:
             raise ConfigError("a region edit needs an image to edit: the head turn has none")
         fixed = (self._state.record.settings.image_config or {}).get("aspectRatio")
         plan = plan_region(region, base, self.spec, fixed)
+        if self._engine.provider.native_masks:
+            # The API takes the whole image (the head's, which the provider sends first) and
+            # the mask: the draft is the user's own words and images.
+            return draft, (region, plan, text)
         parts = [
             Part(text=plan.instruction(text)),
             Part(inline_data=Blob(mime_type="image/png", data=plan.crop_png)),

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from engine import ConfigError, Engine, EngineConfig
+from engine.providers import GenerateRequest
 from engine.runtime import Region
-from sessions import ImageConfig, MemoryStore
+from sessions import Content, ImageConfig, MemoryStore, Part
 from tests.conftest import EmulatorFactory, config_for
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
@@ -122,3 +123,34 @@ def test_the_cli_edits_a_region_of_a_stored_session(home: Any, tmp_path: Any, ca
     assert doc["turns"][0]["index"] == 2 and box is not None
     assert box[0] >= 10 - 8 and box[1] >= 20 - 8 and box[2] <= 200 + 8 and box[3] <= 220 + 8
     assert main([*args[:-1], "10,20"]) == 1
+
+
+async def test_a_native_mask_is_sent_and_drift_is_reported(make_emulator: EmulatorFactory) -> None:
+    """Through OpenAI's images API (which takes masks itself) a region edit sends the whole
+    image and the mask, keeps the API's frame, and reports how many pixels outside the region
+    changed -- counted independently here, and not hidden (the emulator, like the gateways
+    users report, edits the whole image)."""
+    emu = await make_emulator(record_requests=True)
+    cfg = config_for(emu.base_url + "/v1", api="openai-images")
+    async with Engine(cfg) as engine:
+        s = await engine.create_session()
+        first = await s.send("a ceramic mug on an oak table")
+        turn = await s.send("add a red circle", region=Region.from_box(100, 100, 400, 400))
+        # The mask travels in the edit's form.
+        request = GenerateRequest(
+            s.model, [*s.contents(), Content(role="user", parts=[Part(text="x")])],
+            s.state.record.settings, mask=b"MASK-BYTES",
+        )  # fmt: skip
+        form = engine.provider.encode(request)
+        assert b'name="mask"' in form and b"MASK-BYTES" in form
+    meta = turn.record.metadata["region"]
+    assert meta["native"] is True
+    before, after = _decoded(first.images[0].data), _decoded(turn.images[0].data)
+    if after.size != before.size:
+        after = after.resize(before.size, Image.Resampling.LANCZOS)
+    mask = _box_mask(before.size, (100, 100, 400, 400))
+    outside = mask.filter(ImageFilter.BoxBlur(8)).point(lambda v: 255 if v == 0 else 0)
+    assert meta["region_drift_px"] == _changed(before, after, outside)
+    assert meta["region_drift_px"] > 0  # reported, not hidden by a composite
+    edits = [r for r in emu.requests if r.endpoint == "images.edits"]
+    assert len(edits) == 1 and not [p for p in turn.record.model.parts if p.thought]
