@@ -48,6 +48,23 @@ _URL = re.compile(r"https?://[0-9A-Za-z.\-\[\]:]+(?::\d+)?")
 # --- machine and results --------------------------------------------------------------------------
 
 
+# Edits a session of image turns takes in order (history.py, chat_faces.py).
+PROMPTS = [
+    "A ceramic mug on an oak table, morning light",
+    "Add a eucalyptus sprig to the left",
+    "Make the light warmer",
+    "Add a red circle on the right",
+    "Make it grayscale",
+    "Add a blue square at the top",
+    "Change the table to marble",
+    "Add a small cat at the bottom",
+    "Make it brighter",
+    "Add a green triangle on the left",
+    "Make the mug yellow",
+    "Add a lamp in the corner",
+]
+
+
 def machine_info(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Platform, Python, CPU count, UTC date and the exact command that produced a result."""
     args = list(sys.argv if argv is None else argv)

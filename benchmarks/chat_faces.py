@@ -24,25 +24,13 @@ from typing import Any
 
 import aiohttp
 import openai
-from _common import append_results, emulator_process, machine_info, markdown_table
+from _common import PROMPTS, append_results, emulator_process, machine_info, markdown_table
 from aiohttp import web
 
 from engine import Engine, EngineConfig
 from engine.cli._common import configure_logging
 from engine.serve import ServeOptions, create_app
 
-PROMPTS = [
-    "A ceramic mug on an oak table, morning light",
-    "Add a eucalyptus sprig to the left",
-    "Make the light warmer",
-    "Add a red circle on the right",
-    "Make it grayscale",
-    "Add a blue square at the top",
-    "Change the table to marble",
-    "Add a small cat at the bottom",
-    "Make it brighter",
-    "Add a green triangle on the left",
-]
 KEY = "bench-key-0001"
 
 

@@ -38,29 +38,13 @@ import sys
 import time
 from typing import Any
 
-from _common import append_results, emulator_process, fmt, machine_info, markdown_table
+from _common import PROMPTS, append_results, emulator_process, fmt, machine_info, markdown_table
 
 from engine import Engine, EngineConfig, NanoeditError
 from engine._config import HistoryImages, ImageDelivery
 from engine.cli._common import configure_logging
 from engine.events import Event
 from sessions import ImageConfig
-
-PROMPTS = [
-    "A ceramic mug on an oak table, morning light",
-    "Add a eucalyptus sprig to the left",
-    "Make the light warmer",
-    "Add a red circle on the right",
-    "Make it grayscale",
-    "Add a blue square at the top",
-    "Change the table to marble",
-    "Add a small cat at the bottom",
-    "Make it brighter",
-    "Add a green triangle on the left",
-    "Make the mug yellow",
-    "Add a lamp in the corner",
-]
-
 
 MODES = ("inline", "files", "interactions")
 

@@ -343,22 +343,7 @@ class PostgresStore(SessionStore):
         """Set the session's title; SessionBusy on a version clash."""
 
         async def work(db: asyncpg.Connection) -> SessionRecord:
-            row = await db.fetchrow(
-                "UPDATE sessions SET title = $1, version = version + 1, updated_at = $2 "
-                f"WHERE id = $3 AND version = $4 RETURNING {_SESSION_COLS}",
-                title,
-                time.time(),
-                session_id,
-                expected_version,
-            )
-            if row is not None:
-                return _record(row)
-            found = await db.fetchval("SELECT version FROM sessions WHERE id = $1", session_id)
-            if found is None:
-                raise SessionNotFound(f"no session {session_id!r}")
-            raise SessionBusy(
-                f"session {session_id} changed (version {found}, expected {expected_version})"
-            )
+            return await _update(db, session_id, expected_version, title=title)
 
         result: SessionRecord = await self._run(work)
         return result
@@ -699,11 +684,20 @@ async def _bump(
     expected_version: int,
 ) -> SessionRecord:
     """Move the pointers if the version is still `expected_version`, else raise."""
+    return await _update(db, session_id, expected_version, head=head, tip=tip)
+
+
+async def _update(
+    db: asyncpg.Connection, session_id: str, expected_version: int, **columns: object
+) -> SessionRecord:
+    """Set `columns` (names from this module, never from input) and bump the version if it is
+    still `expected_version`; SessionNotFound or SessionBusy otherwise."""
+    sets = ", ".join(f"{name} = ${n}" for n, name in enumerate(columns, start=1))
+    k = len(columns)
     row = await db.fetchrow(
-        "UPDATE sessions SET head = $1, tip = $2, version = version + 1, updated_at = $3 "
-        f"WHERE id = $4 AND version = $5 RETURNING {_SESSION_COLS}",
-        head,
-        tip,
+        f"UPDATE sessions SET {sets}, version = version + 1, updated_at = ${k + 1} "
+        f"WHERE id = ${k + 2} AND version = ${k + 3} RETURNING {_SESSION_COLS}",
+        *columns.values(),
         time.time(),
         session_id,
         expected_version,

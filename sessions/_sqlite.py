@@ -448,13 +448,7 @@ class SqliteStore(SessionStore):
 
         def work(db: sqlite3.Connection) -> SessionRecord:
             with _transaction(db, write=True):
-                cur = db.execute(
-                    "UPDATE sessions SET title = ?, version = version + 1, updated_at = ? "
-                    "WHERE id = ? AND version = ?",
-                    (title, time.time(), session_id, expected_version),
-                )
-                if cur.rowcount != 1:
-                    _clash(db, session_id, expected_version)
+                _update(db, session_id, expected_version, title=title)
                 return _load_record(db, session_id)
 
         return await self._run(work)
@@ -803,18 +797,22 @@ def _bump(
     expected_version: int,
 ) -> None:
     """Move the pointers if the version is still `expected_version`, else raise."""
+    _update(db, session_id, expected_version, head=head, tip=tip)
+
+
+def _update(
+    db: sqlite3.Connection, session_id: str, expected_version: int, **columns: object
+) -> None:
+    """Set `columns` (names from this module, never from input) and bump the version if it is
+    still `expected_version`; SessionNotFound or SessionBusy otherwise."""
+    sets = ", ".join(f"{name} = ?" for name in columns)
     cur = db.execute(
-        "UPDATE sessions SET head = ?, tip = ?, version = version + 1, updated_at = ? "
+        f"UPDATE sessions SET {sets}, version = version + 1, updated_at = ? "
         "WHERE id = ? AND version = ?",
-        (head, tip, time.time(), session_id, expected_version),
+        (*columns.values(), time.time(), session_id, expected_version),
     )
     if cur.rowcount == 1:
         return
-    _clash(db, session_id, expected_version)
-
-
-def _clash(db: sqlite3.Connection, session_id: str, expected_version: int) -> None:
-    """SessionNotFound, or SessionBusy for a version that moved on."""
     found = db.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
     if found is None:
         raise SessionNotFound(f"no session {session_id!r}")

@@ -179,7 +179,10 @@ class TurnRun:
         self.chain = self._chain_of_head()
         # A region edit: what was asked, where, and the user's own words (see `_regions`).
         self.region = region
-        self._region_meta: dict[str, Any] = {}
+        # A provider that confines edits itself takes the region's mask, made once.
+        self._mask = (
+            openai_mask(region[1]) if region is not None and self.provider.native_masks else None
+        )
         # Takes of one prompt, generated together and committed as sibling turns.
         self.variants = variants
         self._variant_tries: dict[int, int] = {}
@@ -203,9 +206,9 @@ class TurnRun:
                 )
             )
             plan = await self._plan()
-            body = self._encode(plan)
             if self.variants > 1:
                 return await self._run_variants(plan)
+            body = self._encode(plan)
             # Set aside once, where every engine that shares this session's budget sees it (it
             # lapses if this node dies).
             self.hold = await self.engine.shared.reserve(
@@ -220,12 +223,13 @@ class TurnRun:
                 # expired or was deleted: upload again. Either retried once.
                 body = await self._recover(plan, exc)
                 result, images = await self._send(body)
+            region_meta = None
             if self.region is not None:
-                result = self._composited(result)
+                result, region_meta = self._composited(result)
             if self.gate is not None:
                 await self.gate()
             # From here on the turn lands, whatever is cancelled meanwhile.
-            return await finish(self._commit(plan, result, images), reraise=False)
+            return await finish(self._commit(plan, result, images, region_meta), reraise=False)
         except asyncio.CancelledError:
             await finish(self._publish(TurnCancelled(session_id=sid, turn=index)))
             raise
@@ -261,15 +265,9 @@ class TurnRun:
                 signatures=self.ctx.spec.thinking,
                 foreign=self._foreign(plan),
                 previous_interaction=self.chain,
-                mask=self._native_mask(),
+                mask=self._mask,
             )
         )
-
-    def _native_mask(self) -> bytes | None:
-        """The region's mask for a provider that confines edits itself (None otherwise)."""
-        if self.region is None or not self.provider.native_masks:
-            return None
-        return openai_mask(self.region[1])
 
     def _take_settings(self, take: int) -> SessionSettings:
         """The settings of one take: a regenerate or a variant asks for its own `seed` (the
@@ -587,15 +585,15 @@ class TurnRun:
         self.hold = await self.engine.shared.reserve(
             ctx.id, self.settings.owner, total, self.reservation_ttl
         )
-        self.chain = None if plan.carried is not None or plan.rebased else self.chain
+        if plan.carried is not None or plan.rebased:
+            self.chain = None  # a compacted history is not the stored conversation
         loop = asyncio.get_running_loop()
 
         async def take(k: int) -> tuple[float, int, ProviderResult, list[Image], dict[str, Any]]:
             result, images = await self._send(self._encode(plan, k), variant=k)
             meta: dict[str, Any] = {}
             if self.region is not None:
-                result = self._composited(result)
-                meta = dict(self._region_meta)
+                result, meta = self._composited(result)
             return loop.time(), k, result, images, meta
 
         outcomes = await asyncio.gather(*(take(k) for k in range(1, n + 1)), return_exceptions=True)
@@ -613,11 +611,7 @@ class TurnRun:
         self, done: list[tuple[float, int, ProviderResult, list[Image], dict[str, Any]]]
     ) -> Turn:
         engine, ctx, state = self.engine, self.ctx, self.state
-        spec = ctx.spec
-        costs = [
-            settle_cost(spec, self.provider.name, r.usage, self.image_size, len(r.content.images()))
-            for _, _, r, _, _ in done
-        ]
+        costs = [self._cost(r) for _, _, r, _, _ in done]
         hold, self.hold = self.hold, None
         assert hold is not None
         await engine.shared.settle(
@@ -633,32 +627,15 @@ class TurnRun:
         turns = dict(state.turns)
         committed: list[Turn] = []
         for (_, k, result, images, region_meta), cost in zip(done, costs, strict=True):
-            meta = _api_metadata(_turn_metadata(result), self.provider.api)
-            _chain_metadata(meta, self.provider, result)
-            if region_meta:
-                meta["region"] = region_meta
+            meta = self._metadata(result, region_meta)
             meta["variant"], meta["variants"] = k, self.variants
-            record = intern_turn(
-                TurnRecord(
-                    id=new_id(),
-                    parent=parent,
-                    index=self.index,
-                    user=self.draft,
-                    model=result.content,
-                    model_id=spec.id,
-                    image_config=self.settings.image_config,
-                    usage=result.usage,
-                    cost_usd=cost.total_usd,
-                    finish_reason=result.finish_reason,
-                    attempts=self._variant_tries.get(k, 1),
-                    latency_s=time.monotonic() - self.started,
-                    timings=result.timings,
-                    request_bytes=result.request_bytes,
-                    response_bytes=result.response_bytes,
-                    metadata=meta,
-                ),
-                engine.store.blobs,
-                [(image.data, image.sha256) for image in images],
+            record = self._record(
+                result,
+                images,
+                parent=parent,
+                cost_usd=cost.total_usd,
+                attempts=self._variant_tries.get(k, 1),
+                metadata=meta,
             )
             rec = await engine.store.commit_turn(
                 ctx.id, record, expected_version=version, lease_owner=engine.lease_owner
@@ -672,36 +649,80 @@ class TurnRun:
             committed.append(turn)
             if self.committed is None:
                 self.committed = turn
-            await self._publish(
-                TurnCompleted(
-                    session_id=ctx.id,
-                    turn=self.index,
-                    finish_reason=turn.finish_reason,
-                    attempts=turn.attempts,
-                    latency_s=turn.latency_s,
-                    images=[i.ref() for i in turn.images],
-                    text=turn.text,
-                    usage=turn.usage,
-                    cost_usd=turn.cost_usd,
-                    variant=k,
-                    turn_id=turn.id,
-                )
-            )
+            await self._completed(turn, turn.attempts, variant=k)
         first = committed[0]
         rec = await engine.store.move_head(ctx.id, first.id, first.id, expected_version=version)
         ctx.commit(SessionState.adopt(rec, turns))
         self._log.info("turn.committed", turn=self.index, variants=len(committed))
         return first
 
-    def _metadata(self, result: ProviderResult) -> dict[str, Any]:
+    def _metadata(
+        self, result: ProviderResult, region_meta: dict[str, Any] | None
+    ) -> dict[str, Any]:
         meta = _api_metadata(_turn_metadata(result), self.provider.api)
         _chain_metadata(meta, self.provider, result)
-        if self.region is not None:
-            meta["region"] = self._region_meta
+        if region_meta:
+            meta["region"] = region_meta
         return meta
 
-    def _composited(self, result: ProviderResult) -> ProviderResult:
-        """The answer for the crop composited into the head image (see `_regions`)."""
+    def _record(
+        self,
+        result: ProviderResult,
+        images: list[Image],
+        *,
+        parent: str | None,
+        cost_usd: float,
+        attempts: int,
+        metadata: dict[str, Any],
+        plan: Plan | None = None,
+    ) -> TurnRecord:
+        """The turn as it is stored, its blobs interned (the answer's images by the digests
+        their events already computed)."""
+        return intern_turn(
+            TurnRecord(
+                id=new_id(),
+                parent=parent,
+                index=self.index,
+                user=self.draft,
+                model=result.content,
+                model_id=self.ctx.spec.id,
+                image_config=self.settings.image_config,
+                usage=result.usage,
+                cost_usd=cost_usd,
+                finish_reason=result.finish_reason,
+                attempts=attempts,
+                latency_s=time.monotonic() - self.started,
+                timings=result.timings,
+                request_bytes=result.request_bytes,
+                response_bytes=result.response_bytes,
+                carried=plan.carried if plan is not None else None,
+                rebased=plan.rebased if plan is not None else False,
+                metadata=metadata,
+            ),
+            self.engine.store.blobs,
+            [(image.data, image.sha256) for image in images],
+        )
+
+    async def _completed(self, turn: Turn, attempts: int, *, variant: int = 0) -> None:
+        await self._publish(
+            TurnCompleted(
+                session_id=self.ctx.id,
+                turn=self.index,
+                finish_reason=turn.finish_reason,
+                attempts=attempts,
+                latency_s=turn.latency_s,
+                images=[i.ref() for i in turn.images],
+                text=turn.text,
+                usage=turn.usage,
+                cost_usd=turn.cost_usd,
+                variant=variant,
+                turn_id=turn.id if variant else "",
+            )
+        )
+
+    def _composited(self, result: ProviderResult) -> tuple[ProviderResult, dict[str, Any]]:
+        """The answer for the crop composited into the head image (see `_regions`), and what
+        the turn records of the region."""
         assert self.region is not None
         region, plan, prompt = self.region
         answers = [p for p in result.content.parts if p.is_image and not p.thought]
@@ -710,65 +731,53 @@ class TurnRun:
                                  reason="NO_IMAGE")  # fmt: skip
         blob = answers[-1].inline_data
         assert blob is not None
+        meta: dict[str, Any] = {
+            "prompt": prompt,
+            "box": list(plan.bbox),
+            "feather": region.feather,
+            "mask": region.mask is not None,
+        }
         if self.provider.native_masks:
             # The provider confined the edit itself: its frame is the turn's image, and what
             # it changed outside the region is counted and reported, not hidden.
-            self._region_meta = {
-                "prompt": prompt,
-                "box": list(plan.bbox),
-                "crop": None,
-                "ratio": None,
-                "feather": region.feather,
-                "mask": region.mask is not None,
-                "native": True,
-                "region_drift_px": drift(plan, blob.data, region.feather),
-            }
-            return result
+            drifted = drift(plan, blob.data, region.feather)
+            meta.update(crop=None, ratio=None, native=True, region_drift_px=drifted)
+            return result, meta
         image, drifted = composite(plan, blob.data, region.feather)
-        self._region_meta = {
-            "prompt": prompt,
-            "box": list(plan.bbox),
-            "crop": list(plan.crop),
-            "ratio": plan.ratio,
-            "feather": region.feather,
-            "mask": region.mask is not None,
-            "region_drift_px": drifted,
-        }
-        return dataclasses.replace(result, content=region_model_content(result.content, image))
+        meta.update(crop=list(plan.crop), ratio=plan.ratio, region_drift_px=drifted)
+        content = region_model_content(result.content, image)
+        return dataclasses.replace(result, content=content), meta
 
-    async def _commit(self, plan: Plan, result: ProviderResult, images: list[Image]) -> Turn:
+    def _cost(self, result: ProviderResult) -> CostBreakdown:
+        return settle_cost(
+            self.ctx.spec,
+            self.provider.name,
+            result.usage,
+            self.image_size,
+            len(result.content.images()),
+        )
+
+    async def _commit(
+        self,
+        plan: Plan,
+        result: ProviderResult,
+        images: list[Image],
+        region_meta: dict[str, Any] | None,
+    ) -> Turn:
         """Settle the cost, store the turn, publish `turn.completed`: all or nothing."""
         engine, ctx, state = self.engine, self.ctx, self.state
-        spec = ctx.spec
-        breakdown = settle_cost(
-            spec, self.provider.name, result.usage, self.image_size, len(result.content.images())
-        )
+        breakdown = self._cost(result)
         hold, self.hold = self.hold, None
         assert hold is not None
         await engine.shared.settle(hold, breakdown)
-        record = intern_turn(
-            TurnRecord(
-                id=new_id(),
-                parent=state.record.head,
-                index=self.index,
-                user=self.draft,
-                model=result.content,
-                model_id=spec.id,
-                image_config=self.settings.image_config,
-                usage=result.usage,
-                cost_usd=breakdown.total_usd,
-                finish_reason=result.finish_reason,
-                attempts=self.attempts,
-                latency_s=time.monotonic() - self.started,
-                timings=result.timings,
-                request_bytes=result.request_bytes,
-                response_bytes=result.response_bytes,
-                carried=plan.carried,
-                rebased=plan.rebased,
-                metadata=self._metadata(result),
-            ),
-            engine.store.blobs,
-            [(image.data, image.sha256) for image in images],
+        record = self._record(
+            result,
+            images,
+            parent=state.record.head,
+            cost_usd=breakdown.total_usd,
+            attempts=self.attempts,
+            metadata=self._metadata(result, region_meta),
+            plan=plan,
         )
         # Fenced: only while this engine still holds the session's lease.
         rec = await engine.store.commit_turn(
@@ -783,19 +792,7 @@ class TurnRun:
             self.files.schedule((record.user, record.model))
         turn = Turn.from_record(record, engine.store.blobs, images)
         self.committed = turn
-        await self._publish(
-            TurnCompleted(
-                session_id=ctx.id,
-                turn=self.index,
-                finish_reason=turn.finish_reason,
-                attempts=self.attempts,
-                latency_s=turn.latency_s,
-                images=[i.ref() for i in turn.images],
-                text=turn.text,
-                usage=turn.usage,
-                cost_usd=turn.cost_usd,
-            )
-        )
+        await self._completed(turn, self.attempts)
         self._log.info("turn.committed", turn=self.index, attempts=self.attempts)
         return turn
 

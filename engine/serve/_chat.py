@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,31 +244,35 @@ class Conversations:
         return state, turn_id
 
 
-async def blobs_of(engine: Engine, tenant_holds: Any, message: Message) -> list[Blob]:
-    """A message's images as Blobs: inline bytes as sent, this server's from the store (404
+TenantImage = Callable[[str], Awaitable[bytes | None]]
+"""The bytes of an image of the tenant's by digest, None for any other (`Gateway.tenant_image`)."""
+
+
+async def blobs_of(tenant_image: TenantImage, message: Message) -> list[Blob]:
+    """A message's images as Blobs: inline bytes as sent, this server's from the store (400
     unless the tenant holds them)."""
     out: list[Blob] = []
     for ref in message.images:
         if ref.data is not None:
             out.append(Blob(mime_type=ref.mime_type, data=ref.data))
             continue
-        if not await tenant_holds(ref.sha256):
+        data = await tenant_image(ref.sha256)
+        if data is None:
             raise HttpError(400, "InvalidRequest", f"no image {ref.sha256[:16]} of this key")
-        data = await engine.store.load_blob(ref.sha256)
         out.append(Blob(mime_type=sniff_mime(data), data=data))
     return out
 
 
 async def contents_of(
-    engine: Engine, tenant_holds: Any, pairs: Sequence[tuple[Message, Message]]
+    tenant_image: TenantImage, pairs: Sequence[tuple[Message, Message]]
 ) -> list[tuple[Content, Content]]:
     """Earlier turns as (user, model) Contents, to import into a new session."""
     out = []
     for user, answer in pairs:
         user_parts = [Part(text=user.text)] if user.text else []
-        user_parts += [Part(inline_data=b) for b in await blobs_of(engine, tenant_holds, user)]
+        user_parts += [Part(inline_data=b) for b in await blobs_of(tenant_image, user)]
         model_parts = [Part(text=answer.text)] if answer.text else []
-        model_parts += [Part(inline_data=b) for b in await blobs_of(engine, tenant_holds, answer)]
+        model_parts += [Part(inline_data=b) for b in await blobs_of(tenant_image, answer)]
         out.append(
             (Content(role="user", parts=user_parts), Content(role="model", parts=model_parts))
         )

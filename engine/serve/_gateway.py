@@ -16,9 +16,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
+from engine.events import Event
 from engine.policy import Budget
 from engine.runtime import Engine, Image, Session, Turn
 from engine.serve._api import ImageOut, SessionOut, TurnOut
@@ -27,7 +29,7 @@ from engine.serve._fanout import ClusterFanout, LocalFanout, SessionFanout
 from engine.serve._http import HttpError
 from engine.serve._metrics import Metrics
 from engine.serve._tenants import RateWindow, Tenants
-from engine.state import Cluster
+from engine.state import Cluster, Subscription
 from sessions import NanoeditError, SessionNotFound, TurnRecord
 
 __all__ = ["GATEWAY", "OPENAPI", "Gateway", "ServeOptions", "not_found"]
@@ -167,6 +169,14 @@ class Gateway:
         a miss costs the same however many sessions the tenant has (and sees every node's)."""
         return await self.engine.store.holds_image(tenant, digest)
 
+    async def tenant_image(self, tenant: str, digest: str) -> bytes | None:
+        """The bytes of an image one of the tenant's sessions holds; None for any other digest
+        (another tenant's included)."""
+        digest = digest.lower()
+        if not await self.holds(tenant, digest):
+            return None
+        return await self.engine.store.load_blob(digest)
+
     async def check_tenant_limits(self, tenant: str) -> None:
         """429 past the tenant's turn rate, 402 past its spending limit."""
         options = self.options
@@ -216,6 +226,32 @@ class Gateway:
         self._turns[session.id] = task
         task.add_done_callback(functools.partial(self._turn_done, session.id, handle))
         return task
+
+    @asynccontextmanager
+    async def watched_turn(
+        self,
+        tenant: str,
+        session: Session,
+        run: Callable[[], Awaitable[Turn]],
+        types: tuple[str, ...],
+    ) -> AsyncIterator[tuple[asyncio.Task[Turn], AsyncIterator[Event]]]:
+        """Start a turn with a subscription to its events (of `types`) already open: the task,
+        and the events as they come until the turn ends (then those still buffered)."""
+        bus = self.engine.bus
+        subscription = bus.subscribe(
+            session_id=session.id,
+            types=types,
+            since_seq=bus.last_seq(session.id),
+            maxsize=4096,
+            overflow="drop_oldest",
+        )
+        async with subscription:
+            task = await self.start_turn(tenant, session, run)
+            done = asyncio.ensure_future(asyncio.wait((task,)))
+            try:
+                yield task, _until(subscription, done)
+            finally:
+                done.cancel()
 
     def _turn_done(self, session_id: str, handle: _Handle, task: asyncio.Task[Turn]) -> None:
         if self._turns.get(session_id) is task:
@@ -329,3 +365,17 @@ class Gateway:
 
 GATEWAY = web.AppKey("nanoedit_gateway", Gateway)
 OPENAPI = web.AppKey("nanoedit_openapi", bytes)  # the document, built from the route table
+
+
+async def _until(subscription: Subscription, done: asyncio.Future[Any]) -> AsyncIterator[Event]:
+    """The subscription's events until `done` (then what is still buffered)."""
+    while True:
+        getter = asyncio.ensure_future(anext(subscription))
+        finished, _ = await asyncio.wait((getter, done), return_when=asyncio.FIRST_COMPLETED)
+        if getter in finished:
+            yield getter.result()
+            continue
+        getter.cancel()
+        while subscription.pending:
+            yield await anext(subscription)
+        return

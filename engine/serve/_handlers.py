@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import structlog
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from engine.policy import Budget
 from engine.runtime import Reference, Region, Session, Turn, sniff_mime
@@ -32,8 +31,8 @@ from engine.serve._http import (
     decode_body,
     json_response,
     read_body,
+    read_form,
     sse_response,
-    too_large,
     write_event,
 )
 from sessions import Blob, ImageConfig, StoreError
@@ -260,10 +259,11 @@ async def _turn_input(
         if item.sha256 is not None:
             if item.data is not None:
                 raise HttpError(400, "InvalidRequest", f"images[{n}]: give data or sha256")
-            digest = item.sha256.lower()
-            if not await gateway.holds(tenant, digest):
+            found = await gateway.tenant_image(tenant, item.sha256)
+            if found is None:
+                digest = item.sha256.lower()
                 raise HttpError(400, "InvalidRequest", f"images[{n}]: no image {digest[:16]}")
-            data = await gateway.engine.store.load_blob(digest)
+            data = found
         elif item.data is not None:
             try:
                 data = base64.b64decode(item.data, validate=True)
@@ -284,42 +284,20 @@ async def _turn_input(
 
 
 async def _multipart(request: web.Request, limit: int) -> tuple[TurnCreate, list[Blob]]:
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
-    # aiohttp's reader raises ValueError, AssertionError or KeyError for a missing or wrong
-    # boundary and broken framing: each is the client's malformed body, a 400.
-    try:
-        return await _read_form(request, limit)
-    except HttpError:
-        raise
-    except (ValueError, AssertionError, KeyError, LookupError, HttpProcessingError) as exc:
-        raise HttpError(400, "InvalidRequest", f"malformed multipart body: {exc}") from None
-
-
-async def _read_form(request: web.Request, limit: int) -> tuple[TurnCreate, list[Blob]]:
-    reader = await request.multipart()
-    text, stream, images, total = "", False, [], 0
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):  # pragma: no cover - nested multipart
-            raise HttpError(400, "InvalidRequest", "nested multipart bodies are not accepted")
-        data = bytearray()
-        while chunk := await part.read_chunk():
-            total += len(chunk)
-            if total > limit:
-                raise too_large(limit)
-            data += chunk
+    text, stream, images = "", False, []
+    for part in await read_form(request, limit):
         if part.name == "text":
             try:
-                text = data.decode("utf-8")
+                text = part.data.decode("utf-8")
             except UnicodeDecodeError:
                 raise HttpError(400, "InvalidRequest", "the text field is not UTF-8") from None
         elif part.name == "stream":
-            stream = bytes(data).strip().lower() in (b"1", b"true", b"yes")
+            stream = part.data.strip().lower() in (b"1", b"true", b"yes")
         elif part.name in ("image", "images", "image[]"):
-            mime = sniff_mime(bytes(data), "")
+            mime = sniff_mime(part.data, "")
             if not mime:
                 raise HttpError(400, "InvalidRequest", f"{part.filename or 'an image'} is not one")
-            images.append(Blob(mime_type=mime, data=bytes(data)))
+            images.append(Blob(mime_type=mime, data=part.data))
         else:
             raise HttpError(400, "InvalidRequest", f"unknown form field {part.name!r}")
     return TurnCreate(text=text, stream=stream), images

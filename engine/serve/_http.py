@@ -4,10 +4,11 @@ JSON bodies in and out, bounded body reads, and the SSE response both event rout
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine._exceptions import (
     ApiError,
@@ -34,11 +35,13 @@ from engine.state import ClusterError
 __all__ = [
     "JSON",
     "STATUS",
+    "FormPart",
     "HttpError",
     "decode_body",
     "error_response",
     "json_response",
     "read_body",
+    "read_form",
     "sse_response",
     "status_of",
     "write_event",
@@ -147,6 +150,41 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class FormPart(NamedTuple):
+    """One field of a multipart form, read whole."""
+
+    name: str
+    filename: str | None
+    data: bytes
+
+
+async def read_form(request: web.Request, limit: int) -> list[FormPart]:
+    """Every field of a multipart body, refused with 413 past `limit` bytes in all and with 400
+    for a malformed body (aiohttp's reader raises ValueError, AssertionError, KeyError or an
+    HTTP processing error for a missing or wrong boundary, broken framing, bad part headers)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    parts: list[FormPart] = []
+    total = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):  # pragma: no cover - nested multipart
+                raise HttpError(400, "InvalidRequest", "nested multipart bodies are not accepted")
+            data = bytearray()
+            while chunk := await part.read_chunk():
+                total += len(chunk)
+                if total > limit:
+                    raise too_large(limit)
+                data += chunk
+            parts.append(FormPart(part.name or "", part.filename, bytes(data)))
+    except HttpError:
+        raise
+    except (ValueError, AssertionError, KeyError, LookupError, HttpProcessingError) as exc:
+        raise HttpError(400, "InvalidRequest", f"malformed multipart body: {exc}") from None
+    return parts
 
 
 def sse_response(request: web.Request) -> web.StreamResponse:

@@ -25,7 +25,7 @@ from mcp_types import CallToolResult, ImageContent, TextContent
 
 from engine._exceptions import NanoeditError
 from engine.events import TurnImage, TurnRetrying, TurnStarted, TurnTextDelta
-from engine.runtime import sniff_mime
+from engine.runtime import Session, Turn, sniff_mime
 from engine.serve._gateway import Gateway
 from engine.serve._http import HttpError
 from sessions import Blob, ImageConfig
@@ -78,10 +78,11 @@ async def _images(gateway: Gateway, tenant: str, items: list[dict[str, str]] | N
     out: list[Blob] = []
     for n, item in enumerate(items or []):
         if "sha256" in item:
-            digest = str(item["sha256"]).lower()
-            if not await gateway.holds(tenant, digest):
+            found = await gateway.tenant_image(tenant, str(item["sha256"]))
+            if found is None:
+                digest = str(item["sha256"]).lower()
                 raise ValueError(f"images[{n}]: no image {digest[:16]} in your sessions")
-            data = await gateway.engine.store.load_blob(digest)
+            data = found
         else:
             try:
                 data = base64.b64decode(str(item.get("data", "")), validate=True)
@@ -145,7 +146,7 @@ def build_mcp(gateway: Gateway) -> MCPServer:
                 session.check_input(prompt, blobs)
                 await gateway.check_tenant_limits(tenant)
                 turn = await _with_progress(
-                    gateway, ctx, session.id, lambda: session.send(prompt, blobs), tenant, session
+                    gateway, ctx, tenant, session, lambda: session.send(prompt, blobs)
                 )
                 doc = gateway.turn_out(turn.record)
                 summary = (
@@ -244,51 +245,24 @@ def build_mcp(gateway: Gateway) -> MCPServer:
 async def _with_progress(
     gateway: Gateway,
     ctx: Context,
-    session_id: str,
-    run: Callable[[], Awaitable[Any]],
     tenant: str,
-    session: Any,
-) -> Any:
+    session: Session,
+    run: Callable[[], Awaitable[Turn]],
+) -> Turn:
     """Run the turn, sending a progress notification for each step (started, text, retrying,
     image), so a long turn (Pro at 4K) keeps the client's timeout from running out."""
-    bus = gateway.engine.bus
-    subscription = bus.subscribe(
-        session_id=session_id,
-        types=("turn.started", "turn.text_delta", "turn.retrying", "turn.image"),
-        since_seq=bus.last_seq(session_id),
-        maxsize=1024,
-        overflow="drop_oldest",
-    )
-    step = 0
     labels: dict[type[Any], str] = {
         TurnStarted: "the model is working",
         TurnTextDelta: "writing",
         TurnRetrying: "retrying",
         TurnImage: "image ready",
     }
-
-    async def report(event: Any) -> None:
-        nonlocal step
-        step += 1
-        await ctx.report_progress(step, None, labels.get(type(event), event.type))
-
-    async with subscription:
-        task = await gateway.start_turn(tenant, session, run)
-        done = asyncio.ensure_future(asyncio.wait((task,)))
-        try:
-            while not done.done():
-                getter = asyncio.ensure_future(anext(subscription))
-                finished, _ = await asyncio.wait(
-                    (getter, done), return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in finished:
-                    getter.cancel()
-                    break
-                await report(getter.result())
-            while subscription.pending:  # what arrived with the end of the turn
-                await report(await anext(subscription))
-        finally:
-            done.cancel()
+    types = ("turn.started", "turn.text_delta", "turn.retrying", "turn.image")
+    async with gateway.watched_turn(tenant, session, run, types) as (task, events):
+        step = 0
+        async for event in events:
+            step += 1
+            await ctx.report_progress(step, None, labels.get(type(event), event.type))
         return await task
 
 

@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from engine.events import TurnPartialImage, TurnTextDelta
 from engine.runtime import Region, Session, Turn, sniff_mime
 from engine.serve._chat import Conversations, Message, blobs_of, contents_of, read_conversation
 from engine.serve._gateway import GATEWAY, Gateway
-from engine.serve._http import HttpError, decode_body, read_body, status_of, too_large
+from engine.serve._http import HttpError, decode_body, read_body, read_form, status_of
 from sessions import Blob, ConfigError, Content, ImageConfig, ModelSpec, Part, TurnRecord
 
 __all__ = [
@@ -155,8 +155,8 @@ async def _session_for_chat(
     if matched is not None:
         state, turn_id = matched
         return state.id, turn_id, conversation.latest, [], spec, conversation.system
-    holds = lambda digest: gateway.holds(tenant, digest)  # noqa: E731
-    imported = await contents_of(gateway.engine, holds, conversation.pairs)
+    tenant_image = functools.partial(gateway.tenant_image, tenant)
+    imported = await contents_of(tenant_image, conversation.pairs)
     return "", None, conversation.latest, imported, spec, conversation.system
 
 
@@ -179,8 +179,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     session_id, continue_from, latest, imported, spec, system = await _session_for_chat(
         request, gateway, tenant, doc
     )
-    holds = lambda digest: gateway.holds(tenant, digest)  # noqa: E731
-    images = await blobs_of(gateway.engine, holds, latest)
+    images = await blobs_of(functools.partial(gateway.tenant_image, tenant), latest)
     if not latest.text and not images:
         raise HttpError(400, "InvalidRequest", "the last user message has no text or image")
     if not session_id:
@@ -249,68 +248,39 @@ async def _stream_chat(
     headers: dict[str, str],
 ) -> web.StreamResponse:
     await gateway.check_tenant_limits(tenant)
-    bus = gateway.engine.bus
-    subscription = bus.subscribe(
-        session_id=session.id,
-        types=("turn.text_delta",),
-        since_seq=bus.last_seq(session.id),
-        maxsize=4096,
-        overflow="drop_oldest",
-    )
-    async with subscription:
-        task = await gateway.start_turn(tenant, session, run)
+    async with gateway.watched_turn(tenant, session, run, ("turn.text_delta",)) as (task, events):
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", **headers}
         )
         await response.prepare(request)
         pending = "pending"
         await response.write(_chunk(pending, created, session.model, {"role": "assistant"}))
-        waiter = asyncio.ensure_future(asyncio.wait((task,)))
+        async for event in events:
+            if isinstance(event, TurnTextDelta) and not event.thought:
+                text = {"content": event.text}
+                await response.write(_chunk(pending, created, session.model, text))
         try:
-            async for event in _until(subscription, waiter):
-                if isinstance(event, TurnTextDelta) and not event.thought:
-                    text = {"content": event.text}
-                    await response.write(_chunk(pending, created, session.model, text))
-            try:
-                turn = task.result()
-            except Exception as exc:
-                status, _ = status_of(exc)
-                error = {"error": _error_body(status, type(exc).__name__, str(exc))}
-                await response.write(b"data: " + _encoder.encode(error) + b"\n\n")
-                await response.write(b"data: [DONE]\n\n")
-                return response
-            _conversations(gateway).learn(tenant, session.id, turn.record)
-            images = [
-                {"type": "image_url", "image_url": {"url": _image_url(request, gateway, i)}}
-                for i in turn.images
-            ]
-            if images:
-                delta = {"images": images}
-                await response.write(_chunk(turn.id, created, session.model, delta))
-            await response.write(
-                _chunk(
-                    turn.id, created, session.model, {}, finish="stop", usage=_usage(turn.record)
-                )
-            )
+            turn = task.result()
+        except Exception as exc:
+            status, _ = status_of(exc)
+            error = {"error": _error_body(status, type(exc).__name__, str(exc))}
+            await response.write(b"data: " + _encoder.encode(error) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        finally:
-            waiter.cancel()
+            return response
+        _conversations(gateway).learn(tenant, session.id, turn.record)
+        images = [
+            {"type": "image_url", "image_url": {"url": _image_url(request, gateway, i)}}
+            for i in turn.images
+        ]
+        if images:
+            delta = {"images": images}
+            await response.write(_chunk(turn.id, created, session.model, delta))
+        await response.write(
+            _chunk(turn.id, created, session.model, {}, finish="stop", usage=_usage(turn.record))
+        )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
     return response
-
-
-async def _until(subscription: Any, done: asyncio.Future[Any]) -> AsyncIterator[Any]:
-    """The subscription's events until `done` (then what is still buffered)."""
-    while True:
-        getter = asyncio.ensure_future(anext(subscription))
-        finished, _ = await asyncio.wait((getter, done), return_when=asyncio.FIRST_COMPLETED)
-        if getter in finished:
-            yield getter.result()
-            continue
-        getter.cancel()
-        while subscription.pending:
-            yield await anext(subscription)
-        return
 
 
 def _error_body(status: int, kind: str, message: str) -> dict[str, Any]:
@@ -419,35 +389,18 @@ async def image_generations(request: web.Request) -> web.Response:
 
 
 async def _edit_form(request: web.Request, limit: int) -> tuple[dict[str, Any], list[Blob]]:
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
     fields: dict[str, Any] = {}
     images: list[Blob] = []
-    total = 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):  # pragma: no cover - nested multipart
-                raise HttpError(400, "InvalidRequest", "nested multipart bodies are not accepted")
-            data = bytearray()
-            while chunk := await part.read_chunk():
-                total += len(chunk)
-                if total > limit:
-                    raise too_large(limit)
-                data += chunk
-            if part.name in ("image", "image[]"):
-                mime = sniff_mime(bytes(data), "")
-                if not mime:
-                    raise HttpError(400, "InvalidRequest", "image is not a PNG, JPEG, GIF or WebP")
-                images.append(Blob(mime_type=mime, data=bytes(data)))
-            elif part.name == "mask":
-                fields["mask"] = bytes(data)
-            else:
-                fields[part.name or ""] = bytes(data).decode("utf-8", "replace")
-    except HttpError:
-        raise
-    except (ValueError, AssertionError, KeyError, LookupError, HttpProcessingError) as exc:
-        raise HttpError(400, "InvalidRequest", f"malformed multipart body: {exc}") from None
+    for part in await read_form(request, limit):
+        if part.name in ("image", "image[]"):
+            mime = sniff_mime(part.data, "")
+            if not mime:
+                raise HttpError(400, "InvalidRequest", "image is not a PNG, JPEG, GIF or WebP")
+            images.append(Blob(mime_type=mime, data=part.data))
+        elif part.name == "mask":
+            fields["mask"] = part.data
+        else:
+            fields[part.name] = part.data.decode("utf-8", "replace")
     return fields, images
 
 
@@ -594,8 +547,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     spec = _spec(gateway, doc.get("model"))
     raw = doc.get("input")
     latest = Message(text=raw) if isinstance(raw, str) else read_conversation(raw).latest
-    holds = lambda digest: gateway.holds(tenant, digest)  # noqa: E731
-    images = await blobs_of(gateway.engine, holds, latest)
+    images = await blobs_of(functools.partial(gateway.tenant_image, tenant), latest)
     previous = doc.get("previous_response_id")
     if previous is not None:
         session_id, turn_id = _parse_response_id(previous)
@@ -648,17 +600,9 @@ async def _stream_response(
     its `partial_image`s when the provider sends previews), `response.output_text.delta`s,
     then each item done and `response.completed` with the committed turn."""
     await gateway.check_tenant_limits(tenant)
-    bus = gateway.engine.bus
     blobs = gateway.engine.store.blobs
-    subscription = bus.subscribe(
-        session_id=session.id,
-        types=("turn.text_delta", "turn.partial_image"),
-        since_seq=bus.last_seq(session.id),
-        maxsize=4096,
-        overflow="drop_oldest",
-    )
-    async with subscription:
-        task = await gateway.start_turn(tenant, session, run)
+    types = ("turn.text_delta", "turn.partial_image")
+    async with gateway.watched_turn(tenant, session, run, types) as (task, events):
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
@@ -673,51 +617,47 @@ async def _stream_response(
         message_item = {"type": "message", "id": "msg_pending", "status": "in_progress",
                         "role": "assistant", "content": []}  # fmt: skip
         await out.send("response.output_item.added", output_index=1, item=message_item)
-        waiter = asyncio.ensure_future(asyncio.wait((task,)))
+        async for event in events:
+            if isinstance(event, TurnTextDelta) and not event.thought:
+                await out.send(
+                    "response.output_text.delta",
+                    item_id="msg_pending",
+                    output_index=1,
+                    content_index=0,
+                    delta=event.text,
+                )
+            elif isinstance(event, TurnPartialImage):
+                preview = blobs.get(event.image.sha256)
+                if preview is not None:
+                    await out.send(
+                        "response.image_generation_call.partial_image",
+                        item_id="ig_pending",
+                        output_index=0,
+                        partial_image_index=event.index,
+                        partial_image_b64=base64.b64encode(preview).decode(),
+                    )
         try:
-            async for event in _until(subscription, waiter):
-                if isinstance(event, TurnTextDelta) and not event.thought:
-                    await out.send(
-                        "response.output_text.delta",
-                        item_id="msg_pending",
-                        output_index=1,
-                        content_index=0,
-                        delta=event.text,
-                    )
-                elif isinstance(event, TurnPartialImage):
-                    preview = blobs.get(event.image.sha256)
-                    if preview is not None:
-                        await out.send(
-                            "response.image_generation_call.partial_image",
-                            item_id="ig_pending",
-                            output_index=0,
-                            partial_image_index=event.index,
-                            partial_image_b64=base64.b64encode(preview).decode(),
-                        )
-            try:
-                turn = task.result()
-            except Exception as exc:
-                status, _ = status_of(exc)
-                error = _error_body(status, type(exc).__name__, str(exc))
-                await out.send("error", **error)
-                await response.write_eof()
-                return response
-            _conversations(gateway).learn(tenant, session.id, turn.record)
-            answer = _response_doc(session, turn.record, blobs)
-            for n, item in enumerate(answer["output"]):
-                if item["type"] == "message":
-                    await out.send(
-                        "response.output_text.done",
-                        item_id=item["id"],
-                        output_index=n,
-                        content_index=0,
-                        text=turn.text,
-                    )
-                await out.send("response.output_item.done", output_index=n, item=item)
-            await out.send("response.completed", response=answer)
+            turn = task.result()
+        except Exception as exc:
+            status, _ = status_of(exc)
+            error = _error_body(status, type(exc).__name__, str(exc))
+            await out.send("error", **error)
             await response.write_eof()
-        finally:
-            waiter.cancel()
+            return response
+        _conversations(gateway).learn(tenant, session.id, turn.record)
+        answer = _response_doc(session, turn.record, blobs)
+        for n, item in enumerate(answer["output"]):
+            if item["type"] == "message":
+                await out.send(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=n,
+                    content_index=0,
+                    text=turn.text,
+                )
+            await out.send("response.output_item.done", output_index=n, item=item)
+        await out.send("response.completed", response=answer)
+        await response.write_eof()
     return response
 
 

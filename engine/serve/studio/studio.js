@@ -129,6 +129,28 @@ async function openSession(id) {
   follow(id);
 }
 
+// The events of a `text/event-stream` response, as the JSON of their data lines (with the
+// `event:` name as `type` when the data has none).
+async function* sseEvents(resp) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const lines = buffer.slice(0, cut).split("\n");
+      buffer = buffer.slice(cut + 2);
+      const data = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (!data) continue;
+      const name = (lines.find((l) => l.startsWith("event: ")) || "").slice(7);
+      yield { type: name, ...JSON.parse(data) };
+    }
+  }
+}
+
 // Live: the open session's events (a turn started elsewhere -- another tab, a script, a chat
 // product -- shows while it runs and appears when it lands).
 async function follow(id) {
@@ -140,25 +162,13 @@ async function follow(id) {
   try {
     const resp = await fetch("/v1/sessions/" + id + "/events", { headers: headers(false), signal: controller.signal });
     if (!resp.ok) return;
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const type = (block.split("\n").find((l) => l.startsWith("event: ")) || "").slice(7);
-        if (state.running || state.following !== id) continue; // our own turn shows itself
-        if (type === "turn.started") setStatus("a turn started elsewhere…");
-        if (type === "turn.completed" || type === "session.updated") {
-          state.current = await api("GET", "/v1/sessions/" + id + "?tree=1");
-          await render();
-          setStatus("updated: a turn landed");
-        }
+    for await (const event of sseEvents(resp)) {
+      if (state.running || state.following !== id) continue; // our own turn shows itself
+      if (event.type === "turn.started") setStatus("a turn started elsewhere…");
+      if (event.type === "turn.completed" || event.type === "session.updated") {
+        state.current = await api("GET", "/v1/sessions/" + id + "?tree=1");
+        await render();
+        setStatus("updated: a turn landed");
       }
     }
   } catch (_) { /* aborted, or the server went away: the next open follows again */ }
@@ -532,33 +542,19 @@ async function streamTurn(path, body) {
   try {
     const resp = await fetch(path, { method: "POST", headers: headers(true), body: JSON.stringify(body) });
     if (!resp.ok) throw await failure(resp);
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
-        if (!data) continue;
-        const event = JSON.parse(data);
-        switch (event.type) {
-          case "turn.started": line = "turn " + event.turn + " started"; break;
-          case "turn.text_delta":
-            if (event.thought) thinking += event.text; else answer += event.text;
-            break;
-          case "turn.retrying": line = "retrying: " + event.error; break;
-          case "turn.image": if (!event.thought) line = "image received (" + event.image.width + "×" + event.image.height + ")"; break;
-          case "turn.completed": ended = "completed"; break;
-          case "turn.failed": ended = "failed: " + event.error_type + ": " + event.error; break;
-          case "turn.cancelled": ended = "cancelled"; break;
-        }
-        show();
+    for await (const event of sseEvents(resp)) {
+      switch (event.type) {
+        case "turn.started": line = "turn " + event.turn + " started"; break;
+        case "turn.text_delta":
+          if (event.thought) thinking += event.text; else answer += event.text;
+          break;
+        case "turn.retrying": line = "retrying: " + event.error; break;
+        case "turn.image": if (!event.thought) line = "image received (" + event.image.width + "×" + event.image.height + ")"; break;
+        case "turn.completed": ended = "completed"; break;
+        case "turn.failed": ended = "failed: " + event.error_type + ": " + event.error; break;
+        case "turn.cancelled": ended = "cancelled"; break;
       }
+      show();
     }
     setStatus("turn " + (ended || "ended"), ended !== "completed");
   } catch (err) {
